@@ -1,0 +1,119 @@
+"""Reader of a prepared data set: validated manifest and records, lazily opened HDF5 shards.
+
+Shard files are opened on first use in each process (never before a DataLoader forks), and
+reading a sample decodes only its window's frames: no video decoding at training time.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from pipeline.frame_codec import decode_frame
+from schemas.prepared import SampleRecord, SchemaError, validate_manifest
+
+
+class PreparedDataMissing(FileNotFoundError):
+    """PREP is not a finished prepared data set."""
+
+
+@dataclass
+class PreparedSample:
+    record: SampleRecord
+    frames: np.ndarray          # (T, h, w, 3) uint8 RGB, the window around the annotated frame
+    long_mask: np.ndarray       # (h, w) bool, the referred instance
+    short_mask: np.ndarray      # (h, w) bool, all instances sharing the short expression
+    instance_masks: np.ndarray  # (N, h, w) bool, every annotated instance of the frame
+    instance_ids: np.ndarray    # (N,)
+
+    @property
+    def annotated_index(self) -> int:
+        return self.record.window.index(self.record.frame) if self.record.window.count(self.record.frame) == 1 \
+            else len(self.record.window) // 2
+
+
+def load_manifest(prep: Path) -> dict:
+    path = Path(prep) / "manifest.json"
+    if not path.exists():
+        raise PreparedDataMissing(f"{prep} has no manifest.json: run `losh prepare-data` first (or let it finish)")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SchemaError(f"{path}: not valid JSON ({e})") from e
+    return validate_manifest(manifest, str(path))
+
+
+def load_records(prep: Path, manifest: dict) -> list[SampleRecord]:
+    path = Path(prep) / manifest["records_file"]
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise SchemaError(f"{path}:{line_no}: not valid JSON ({e})") from e
+            records.append(SampleRecord.from_dict(d, f"{path}:{line_no}"))
+    if len(records) != manifest["counts"]["samples"]:
+        raise SchemaError(f"{path}: {len(records)} records but the manifest counts {manifest['counts']['samples']}")
+    return records
+
+
+class PreparedDataset:
+    """Random access to the samples of PREP (optionally one split)."""
+
+    def __init__(self, prep: Path, split: str | None = None) -> None:
+        self.root = Path(prep)
+        self.manifest = load_manifest(self.root)
+        records = load_records(self.root, self.manifest)
+        self.records = [r for r in records if split is None or r.split == split]
+        self._files: dict[str, h5py.File] = {}
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> PreparedSample:
+        return self.read(self.records[index])
+
+    def _shard(self, rel: str) -> h5py.File:
+        if os.getpid() != self._pid:  # forked worker: handles of the parent must not be shared
+            self._files, self._pid = {}, os.getpid()
+        f = self._files.get(rel)
+        if f is None:
+            f = self._files[rel] = h5py.File(self.root / rel, "r")
+        return f
+
+    def read_frames(self, record: SampleRecord, frame_numbers: list[int] | None = None) -> np.ndarray:
+        """(T, h, w, 3) uint8 RGB frames for the given 1-based frame numbers (default: the window)."""
+        f = self._shard(record.shard)
+        numbers = frame_numbers if frame_numbers is not None else record.window
+        stored = f["frame_numbers"][()]
+        position = {int(n): i for i, n in enumerate(stored)}
+        cache: dict[int, np.ndarray] = {}
+        out = []
+        for n in numbers:
+            if n not in cache:
+                if n not in position:
+                    raise SchemaError(f"{record.shard}: frame {n} of sample {record.sample_id} is not stored")
+                cache[n] = decode_frame(f["frames"][position[n]])[:, :, ::-1]
+            out.append(cache[n])
+        return np.ascontiguousarray(np.stack(out))
+
+    def read(self, record: SampleRecord) -> PreparedSample:
+        f = self._shard(record.shard)
+        g = f[f"annotated/{record.frame:05d}"]
+        masks = g["masks"][()].astype(bool)
+        return PreparedSample(record=record, frames=self.read_frames(record), long_mask=masks[record.referred_index],
+                              short_mask=g["short_masks"][record.short_index].astype(bool),
+                              instance_masks=masks, instance_ids=g["instance_ids"][()])
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files = {}

@@ -1,0 +1,122 @@
+"""Contract of a prepared data set (PREP): manifest.json, samples.jsonl and per-video HDF5 shards.
+
+PREP/manifest.json   written last: schema name + version, source, short-text settings, counts
+PREP/samples.jsonl   one SampleRecord per line, sorted by sample_id
+PREP/report.json     broken input, by id and reason
+PREP/shards/<video_id>.h5
+    attrs: schema, version, video_id, settings_hash, records (JSON), problems (JSON)
+    frames          vlen uint8: encoded frames (BGR, `codec`), one per stored video frame
+    frame_numbers   int32: 1-based video frame number of each entry of `frames`
+    annotated/<frame:05d>/instance_ids  int64 (N,)  annotated instances of the frame
+    annotated/<frame:05d>/masks         uint8 (N, h, w)  their masks at the stored resolution
+    annotated/<frame:05d>/short_masks   uint8 (S, h, w)  merged masks of the short-expression groups
+A shard exists only once complete (written under a temporary name, then renamed).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+PREPARED_SCHEMA = "losh.prepared"
+PREPARED_VERSION = 1
+SPLITS = ("train", "test")
+
+
+class SchemaError(ValueError):
+    """A manifest, record or shard does not follow this contract (or another version of it)."""
+
+
+def check_version(obj: dict, what: str, schema: str = PREPARED_SCHEMA, version: int = PREPARED_VERSION) -> None:
+    if obj.get("schema") != schema:
+        raise SchemaError(f"{what}: not a {schema} file (schema={obj.get('schema')!r})")
+    if obj.get("version") != version:
+        raise SchemaError(f"{what}: {schema} version {obj.get('version')!r}, this toolkit reads version {version};"
+                          " re-run the stage that wrote it")
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    """One training/evaluation sample: an expression at one annotated frame of its video."""
+
+    sample_id: str
+    video_id: str
+    instance_id: int
+    frame: int                  # 1-based annotated frame number
+    split: str
+    long: str
+    short: str
+    shard: str                  # path relative to PREP
+    window: list[int]           # 1-based frame numbers of the w frames around `frame` (clamped)
+    referred_index: int         # index of the instance in annotated/<frame>/instance_ids
+    short_index: int            # index in annotated/<frame>/short_masks
+    short_instance_ids: list[int]  # instances merged into the short mask (>1: merged)
+    size: list[int]             # stored [h, w]
+    orig_size: list[int]        # raw video [H, W]
+
+    @property
+    def short_merged(self) -> bool:
+        return len(self.short_instance_ids) > 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "record") -> "SampleRecord":
+        expected = {f.name: f.type for f in fields(cls)}
+        missing = set(expected) - set(d)
+        if missing:
+            raise SchemaError(f"{where}: missing fields {sorted(missing)}")
+        extra = set(d) - set(expected)
+        if extra:
+            raise SchemaError(f"{where}: unknown fields {sorted(extra)}")
+        record = cls(**d)
+        record.validate(where)
+        return record
+
+    def validate(self, where: str = "record") -> None:
+        def bad(msg: str) -> SchemaError:
+            return SchemaError(f"{where} ({self.sample_id!r}): {msg}")
+
+        for name in ("sample_id", "video_id", "long", "short", "shard"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise bad(f"{name} must be a non-empty string")
+        for name in ("instance_id", "frame", "referred_index", "short_index"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise bad(f"{name} must be a non-negative integer")
+        if self.frame < 1:
+            raise bad("frame numbers are 1-based")
+        if self.split not in SPLITS:
+            raise bad(f"split must be one of {SPLITS}, got {self.split!r}")
+        if not self.window or not all(isinstance(f, int) and f >= 1 for f in self.window):
+            raise bad("window must be a non-empty list of 1-based frame numbers")
+        if self.frame not in self.window:
+            raise bad("window must contain the annotated frame")
+        if self.instance_id not in self.short_instance_ids:
+            raise bad("short_instance_ids must contain the referred instance")
+        for name in ("size", "orig_size"):
+            v = getattr(self, name)
+            if len(v) != 2 or not all(isinstance(x, int) and x > 0 for x in v):
+                raise bad(f"{name} must be [h, w] positive integers")
+
+
+MANIFEST_FIELDS = {
+    "schema": str, "version": int, "dataset": str, "source": str, "created": str,
+    "short_text": dict, "window": int, "resolution": dict, "codec": dict, "settings_hash": str,
+    "counts": dict, "shards": list, "records_file": str, "report_file": str,
+}
+
+
+def validate_manifest(manifest: dict, where: str = "manifest.json") -> dict:
+    check_version(manifest, where)
+    for name, typ in MANIFEST_FIELDS.items():
+        if name not in manifest:
+            raise SchemaError(f"{where}: missing field {name!r}")
+        if not isinstance(manifest[name], typ):
+            raise SchemaError(f"{where}: field {name!r} must be {typ.__name__}")
+    for key in ("source", "tagger", "rule"):
+        if key not in manifest["short_text"]:
+            raise SchemaError(f"{where}: short_text lacks {key!r}")
+    for key in ("samples", "merged_short_masks", "broken"):
+        if key not in manifest["counts"]:
+            raise SchemaError(f"{where}: counts lacks {key!r}")
+    return manifest
