@@ -1,0 +1,160 @@
+"""Training/evaluation input: samples read from the prepared shards (and flow shards), augmented.
+
+Everything here is cheap array work on already-decoded windows: no video decoding, no optical
+flow. Frames leave the loader as uint8 and are normalised on the device, which keeps the
+host-to-device copy 4x smaller than float32.
+"""
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from pipeline.shards import PreparedDataset
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_LEFT_RIGHT = re.compile(r"\b(left|right)(s?)\b", re.IGNORECASE)
+
+
+def swap_left_right(text: str) -> str:
+    """'left' <-> 'right' (case kept), as a horizontal flip changes what the words refer to."""
+    def swap(m: re.Match) -> str:
+        word = m.group(1)
+        new = "right" if word.lower() == "left" else "left"
+        if word.isupper():
+            new = new.upper()
+        elif word[0].isupper():
+            new = new.capitalize()
+        return new + m.group(2)
+    return _LEFT_RIGHT.sub(swap, text)
+
+
+def flip_flows(flows: np.ndarray) -> np.ndarray:
+    """Mirror (..., 2, h, w) flow fields horizontally: x mirrored and the x component negated."""
+    flipped = flows[..., ::-1].copy()
+    flipped[..., 0, :, :] *= -1
+    return flipped
+
+
+@dataclass(frozen=True)
+class Augment:
+    """MTTR-style training augmentation: random short side among `scales` (long side capped) and a
+    horizontal flip with probability `flip_p`."""
+
+    scales: tuple[int, ...] = ()
+    max_long_side: int = 576
+    flip_p: float = 0.5
+
+
+class RVOSDataset(Dataset):
+    """Samples of one split of PREP as tensors; flows from PREP/flows when asked for."""
+
+    def __init__(self, prep: Path, split: str, *, with_flows: bool = False, augment: Augment | None = None,
+                 seed: int = 0) -> None:
+        self.data = PreparedDataset(prep, split)
+        if len(self.data) == 0:
+            raise ValueError(f"{prep} holds no {split} sample")
+        self.flows = None
+        if with_flows:
+            from pipeline.flows import FlowReader
+            self.flows = FlowReader(prep)
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.data[index]
+        r = sample.record
+        frames = sample.frames                                    # (T, h, w, 3) uint8
+        masks = np.concatenate([sample.long_mask[None], sample.short_mask[None], sample.instance_masks])
+        long_text, short_text = r.long, r.short
+        flows = valid = None
+        if self.flows is not None:
+            flows, valid = self.flows.read(r.video_id, r.frame)   # (4, 2, hf, wf) in stored-grid pixels
+            flows = flows * self.flows.stride                     # -> pixels of the stored frames
+        # per-sample randomness from (seed, epoch, index): reproducible and worker-count independent
+        rng = random.Random((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+        flipped = False
+        if self.augment is not None and rng.random() < self.augment.flip_p:
+            flipped = True
+            frames = frames[:, :, ::-1]
+            masks = masks[:, :, ::-1]
+            long_text, short_text = swap_left_right(long_text), swap_left_right(short_text)
+            if flows is not None:
+                flows = flip_flows(flows)
+        frames_t = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)   # (T, 3, h, w) uint8
+        masks_t = torch.from_numpy(np.ascontiguousarray(masks))
+        if self.augment is not None and self.augment.scales:
+            frames_t, masks_t, flows = self._resize(frames_t, masks_t, flows, rng.choice(self.augment.scales))
+        item = {
+            "sample_id": r.sample_id, "frames": frames_t, "long_text": long_text, "short_text": short_text,
+            "long_mask": masks_t[0], "short_mask": masks_t[1], "instance_masks": masks_t[2:],
+            "referred_index": r.referred_index, "annotated_index": sample.annotated_index, "flipped": flipped,
+        }
+        if flows is not None:
+            item["flows"] = torch.from_numpy(np.ascontiguousarray(flows, dtype=np.float32))
+            item["flow_valid"] = torch.from_numpy(np.asarray(valid, dtype=bool))
+        return item
+
+    def _resize(self, frames, masks, flows, short_side: int):
+        h, w = frames.shape[-2:]
+        scale = min(short_side / min(h, w), self.augment.max_long_side / max(h, w))
+        if abs(scale - 1.0) < 1e-6:
+            return frames, masks, flows
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        frames = F.interpolate(frames.float(), size=size, mode="bilinear", align_corners=False,
+                               antialias=scale < 1).round().clamp(0, 255).to(torch.uint8)
+        masks = F.interpolate(masks[None].float(), size=size, mode="nearest")[0].bool()
+        if flows is not None:
+            flows = flows * np.float32(size[1] / w)   # frame pixels scale with the frame
+        return frames, masks, flows
+
+
+def collate(items: list[dict]) -> dict:
+    """Pad a batch to its largest frame size (bottom/right, zeros); `valid_size` keeps the true sizes."""
+    H = max(it["frames"].shape[-2] for it in items)
+    W = max(it["frames"].shape[-1] for it in items)
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        return F.pad(t, (0, W - t.shape[-1], 0, H - t.shape[-2]))
+
+    batch = {
+        "sample_id": [it["sample_id"] for it in items],
+        "frames": torch.stack([pad(it["frames"]) for it in items]),
+        "long_text": [it["long_text"] for it in items], "short_text": [it["short_text"] for it in items],
+        "long_mask": torch.stack([pad(it["long_mask"]) for it in items]),
+        "short_mask": torch.stack([pad(it["short_mask"]) for it in items]),
+        "instance_masks": [pad(it["instance_masks"]) for it in items],
+        "referred_index": torch.tensor([it["referred_index"] for it in items]),
+        "annotated_index": torch.tensor([it["annotated_index"] for it in items]),
+        "valid_size": torch.tensor([list(it["frames"].shape[-2:]) for it in items]),
+        "flipped": [it["flipped"] for it in items],
+    }
+    if "flows" in items[0]:
+        # flows keep their own (coarser) grid; pad them by the same fraction of the frame
+        fh = max(it["flows"].shape[-2] for it in items)
+        fw = max(it["flows"].shape[-1] for it in items)
+        batch["flows"] = torch.stack([F.pad(it["flows"], (0, fw - it["flows"].shape[-1], 0, fh - it["flows"].shape[-2]))
+                                      for it in items])
+        batch["flow_valid"] = torch.stack([it["flow_valid"] for it in items])
+    return batch
+
+
+def normalise_frames(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, T, 3, H, W) on any device -> float ImageNet-normalised."""
+    mean = torch.tensor(IMAGENET_MEAN, device=frames.device).view(1, 1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=frames.device).view(1, 1, 3, 1, 1)
+    return (frames.float() / 255.0 - mean) / std

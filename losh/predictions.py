@@ -1,0 +1,84 @@
+"""A folder of predicted masks, so that any method's output can be scored with our protocol.
+
+Layout (documented in README "Evaluation"):
+    DIR/predictions.json                         {"schema": "losh.predictions", "version": 1,
+                                                  "split": ..., "scores": {sample_id: float}}
+    DIR/<video_id>/<instance_id>/<frame:05d>.png one binary mask (0 / 255) per sample and frame,
+                                                 at the prepared frame size (record.size)
+A sample without a score is scored 1.0 (mAP then ranks those predictions arbitrarily).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from losh.metrics import MetricAccumulator
+from pipeline.shards import PreparedDataset
+from schemas.prepared import SampleRecord, SchemaError, check_version
+
+PREDICTIONS_SCHEMA = "losh.predictions"
+PREDICTIONS_VERSION = 1
+
+
+def mask_path(root: Path, record: SampleRecord, frame: int | None = None) -> Path:
+    return Path(root) / record.video_id / str(record.instance_id) / f"{frame or record.frame:05d}.png"
+
+
+def write_mask(path: Path, mask: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    if not cv2.imwrite(str(tmp), mask.astype(np.uint8) * 255):
+        raise OSError(f"could not write {path}")
+    os.replace(tmp, path)
+
+
+def read_mask(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise FileNotFoundError(f"missing or unreadable prediction {path}")
+    return image > 127
+
+
+def write_scores(root: Path, split: str, scores: dict[str, float]) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    doc = {"schema": PREDICTIONS_SCHEMA, "version": PREDICTIONS_VERSION, "split": split,
+           "scores": {k: float(v) for k, v in sorted(scores.items())}}
+    tmp = root / f".predictions.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, root / "predictions.json")
+
+
+def score_predictions(prep: Path, predictions: Path, split: str = "test", progress: bool = True) -> tuple[dict, list[str]]:
+    """Metrics of a predictions folder against PREP's `split`; also the ids of missing predictions
+    (scored as empty masks, so a partial folder cannot look better than it is)."""
+    predictions = Path(predictions)
+    scores: dict[str, float] = {}
+    index = predictions / "predictions.json"
+    if index.exists():
+        doc = json.loads(index.read_text())
+        check_version(doc, str(index), PREDICTIONS_SCHEMA, PREDICTIONS_VERSION)
+        scores = doc["scores"]
+    elif not predictions.is_dir():
+        raise FileNotFoundError(f"no predictions folder {predictions}")
+    data = PreparedDataset(prep, split)
+    if len(data) == 0:
+        raise SchemaError(f"{prep} holds no {split} sample")
+    acc = MetricAccumulator()
+    missing: list[str] = []
+    for record in tqdm(data.records, desc="score", unit="sample", disable=not progress):
+        gt = data.read(record).long_mask
+        path = mask_path(predictions, record)
+        if path.exists():
+            pred = read_mask(path)
+            if pred.shape != gt.shape:
+                raise SchemaError(f"{path}: mask of size {pred.shape}, the prepared frame is {gt.shape}")
+        else:
+            missing.append(record.sample_id)
+            pred = np.zeros_like(gt)
+        acc.add(gt, pred[None], [scores.get(record.sample_id, 1.0)])
+    return acc.result(), missing

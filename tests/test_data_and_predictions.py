@@ -1,0 +1,82 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from losh.data import Augment, RVOSDataset, collate, flip_flows, normalise_frames, swap_left_right
+from losh.predictions import mask_path, score_predictions, write_mask, write_scores
+from pipeline.prepare import PrepareSettings, prepare_a2d
+from pipeline.shards import PreparedDataset
+
+
+@pytest.fixture(scope="module")
+def prep(synth_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("prep") / "prep"
+    prepare_a2d(synth_root, out, short_source="manual", settings=PrepareSettings(window=8, short_side=64, max_long_side=88),
+                workers=1, progress=False)
+    return out
+
+
+def test_swap_left_right_keeps_case_and_words():
+    assert swap_left_right("the dog on the left, moving Right") == "the dog on the right, moving Left"
+    assert swap_left_right("bright leftover") == "bright leftover"
+    assert swap_left_right("LEFT lefts") == "RIGHT rights"
+
+
+def test_flip_flows_mirrors_and_negates_x():
+    flows = np.zeros((4, 2, 2, 3), dtype=np.float32)
+    flows[0, 0] = [[1, 2, 3], [4, 5, 6]]     # u
+    flows[0, 1] = [[7, 8, 9], [10, 11, 12]]  # v
+    out = flip_flows(flows)
+    assert (out[0, 0] == -np.array([[3, 2, 1], [6, 5, 4]])).all()
+    assert (out[0, 1] == np.array([[9, 8, 7], [12, 11, 10]])).all()
+    # a point moving right (u > 0) moves left after the flip
+    assert (flip_flows(np.ones((1, 2, 1, 1), np.float32))[0, 0] == -1).all()
+
+
+def test_flip_augmentation_flips_frames_masks_and_texts_together(prep):
+    plain = RVOSDataset(prep, "train")
+    flipped = RVOSDataset(prep, "train", augment=Augment(flip_p=1.0))
+    for i in range(len(plain)):
+        a, b = plain[i], flipped[i]
+        assert b["flipped"] and not a["flipped"]
+        assert torch.equal(a["frames"].flip(-1), b["frames"])
+        assert torch.equal(a["long_mask"].flip(-1), b["long_mask"])
+        assert torch.equal(a["short_mask"].flip(-1), b["short_mask"])
+        assert b["long_text"] == swap_left_right(a["long_text"])
+        assert a["frames"].dtype == torch.uint8 and a["frames"].shape[:2] == (8, 3)
+
+
+def test_random_resize_and_collate_pad(prep):
+    ds = RVOSDataset(prep, "train", augment=Augment(scales=(48,), flip_p=0.0))
+    item = ds[0]
+    assert item["frames"].shape[-2:] == (48, 66)
+    assert item["long_mask"].shape == (48, 66) and item["long_mask"].dtype == torch.bool
+    plain = RVOSDataset(prep, "train")[1]
+    batch = collate([item, plain])
+    assert batch["frames"].shape == (2, 8, 3, 64, 88)
+    assert batch["valid_size"].tolist() == [[48, 66], [64, 88]]
+    assert not batch["long_mask"][0, 48:].any()
+    x = normalise_frames(batch["frames"])
+    raw = float(batch["frames"][0, 0, 1, 0, 0])
+    assert x.dtype == torch.float32 and abs(float(x[0, 0, 1, 0, 0]) - (raw / 255 - 0.456) / 0.224) < 1e-5
+
+
+def test_scoring_a_predictions_folder(prep, tmp_path):
+    data = PreparedDataset(prep, "test")
+    out = tmp_path / "pred"
+    for r in data.records:                      # perfect predictions
+        write_mask(mask_path(out, r), data.read(r).long_mask)
+    write_scores(out, "test", {r.sample_id: 0.9 for r in data.records})
+    metrics, missing = score_predictions(prep, out, progress=False)
+    assert missing == [] and metrics["mean_iou"] == 1.0 and metrics["map"] == pytest.approx(1.0)
+    assert metrics["num_images"] == len(data.records)
+    # drop one prediction: scored as an empty mask, and reported
+    gone = data.records[0]
+    mask_path(out, gone).unlink()
+    metrics, missing = score_predictions(prep, out, progress=False)
+    assert missing == [gone.sample_id]
+    assert metrics["mean_iou"] == pytest.approx((len(data.records) - 1) / len(data.records))
+    doc = json.loads((out / "predictions.json").read_text())
+    assert doc["schema"] == "losh.predictions"
