@@ -1,0 +1,112 @@
+"""FLOPs of LoSh-M and of the MTTR baseline at the paper's input (paper table 4: 253.2G vs 238.9G).
+
+`python -m bench.flops` prints one JSON object per line:
+    flops_ratio_losh_vs_mttr   LoSh-M / MTTR forward FLOPs of one training sample (target 1.06)
+    flops_losh_m, flops_mttr   forward GFLOPs (torch.utils.flop_counter: 2 per multiply-add), with
+                               GMACs, the paper's figure and the inference (long pathway only) FLOPs
+    params_losh_m, params_mttr trainable parameters (M; the frozen RoBERTa is reported apart)
+
+Models are the paper presets with random weights (no download): Video Swin-T dims from torchvision,
+a RoBERTa built from a config with roberta-base's dims. One sample: 8 frames of 320 x 576, the
+transformer on the annotated frame (MTTR's A2D setting); the "all frames" figures are in the details.
+Texts have the mean lengths of real A2D-Sentences expressions (6.9 words long, 3.1 words short, in
+shared/data/a2d_expressions_dev.csv).
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
+from torch.utils import flop_counter
+
+from losh.losh import build_model
+from schemas.config import get_config, with_overrides
+
+PAPER_GFLOPS = {"losh-m": 253.2, "mttr": 238.9}
+FRAMES, HEIGHT, WIDTH, ANNOTATED = 8, 320, 576, 4
+LONG_TEXT = "the brown dog is running on grass"   # 7 words
+SHORT_TEXT = "the brown dog"                       # 3 words
+
+
+def _count_cpu_attention() -> None:
+    """FlopCounterMode has no formula for the CPU kernel of scaled_dot_product_attention: add one."""
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is None or op in flop_counter.flop_registry:
+        return
+
+    @register_flop_formula(op)
+    def _cpu_sdpa(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def paper_sized_model(spec: str, decode_frames: str = "annotated"):
+    config = with_overrides(get_config(spec), {
+        "backbone.require_weights": False, "text.pretrained": False, "text.max_tokens": 512,
+        "transformer.decode_frames": decode_frames,
+    })
+    torch.manual_seed(0)
+    return build_model(config).eval()
+
+
+def count_flops(model, frames: torch.Tensor, infer: bool = False) -> int:
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        if infer:
+            model.infer(frames, [LONG_TEXT], annotated_index=ANNOTATED)
+        else:
+            model(frames, [LONG_TEXT], [SHORT_TEXT], annotated_index=ANNOTATED)
+    return counter.get_total_flops()
+
+
+def measure() -> list[dict]:
+    _count_cpu_attention()
+    frames = torch.randn(1, FRAMES, 3, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(0))
+    results: dict[str, dict] = {}
+    for spec in ("losh-m", "mttr"):
+        started = time.perf_counter()
+        model = paper_sized_model(spec)
+        flops = count_flops(model, frames)
+        infer_flops = count_flops(model, frames, infer=True)
+        all_frames = count_flops(paper_sized_model(spec, "all"), frames)
+        text = model.text_encoder
+        results[spec] = {
+            "flops": flops, "infer_flops": infer_flops, "all_frames_flops": all_frames,
+            "params": model.num_parameters(),
+            "params_frozen_text_encoder": sum(p.numel() for p in text.parameters() if not p.requires_grad),
+            "text_tokens": len(text.tokenizer(LONG_TEXT)["input_ids"]),
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+    losh, mttr = results["losh-m"], results["mttr"]
+    shape = [FRAMES, 3, HEIGHT, WIDTH]
+    lines = [{
+        "bench": "flops_ratio_losh_vs_mttr", "value": round(losh["flops"] / mttr["flops"], 4), "unit": "ratio",
+        "target": round(PAPER_GFLOPS["losh-m"] / PAPER_GFLOPS["mttr"], 2), "input": shape,
+        "losh_m_gflops": round(losh["flops"] / 1e9, 1), "mttr_gflops": round(mttr["flops"] / 1e9, 1),
+        "infer_ratio": round(losh["infer_flops"] / mttr["infer_flops"], 4),
+        "all_frames_ratio": round(losh["all_frames_flops"] / mttr["all_frames_flops"], 4),
+        "note": "forward of one training sample, transformer on the annotated frame (MTTR on A2D)",
+    }]
+    for spec, name in (("losh-m", "flops_losh_m"), ("mttr", "flops_mttr")):
+        r = results[spec]
+        lines.append({
+            "bench": name, "value": round(r["flops"] / 1e9, 1), "unit": "GFLOPs", "target": None,
+            "gmacs": round(r["flops"] / 2e9, 1), "paper_g": PAPER_GFLOPS[spec],
+            "infer_gflops": round(r["infer_flops"] / 1e9, 1),
+            "all_frames_gflops": round(r["all_frames_flops"] / 1e9, 1), "input": shape,
+            "long_text_tokens": r["text_tokens"], "seconds": r["seconds"],
+        })
+    for spec, name in (("losh-m", "params_losh_m"), ("mttr", "params_mttr")):
+        r = results[spec]
+        lines.append({"bench": name, "value": round(r["params"] / 1e6, 2), "unit": "M trainable", "target": None,
+                      "frozen_text_encoder_m": round(r["params_frozen_text_encoder"] / 1e6, 2)})
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    for line in measure():
+        print(json.dumps(line), flush=True)
+
+
+if __name__ == "__main__":
+    main()

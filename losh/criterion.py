@@ -1,0 +1,141 @@
+"""The training loss of LoSh-M (paper eq. 7) and of the MTTR baseline: matching, then each term.
+
+targets: one dict per sample, for its annotated frame, masks at the model's input resolution
+(smaller masks, of frames padded in the batch, are zero-padded bottom/right as MTTR does):
+    "instance_masks"  (N, H, W) bool/float: every annotated instance of the frame (N >= 1)
+    "referred_index"  int: which of them the long expression refers to
+    "short_mask"      (H, W), optional: the short expression's (possibly merged) mask
+                      (default: the referred instance's mask)
+    "long_mask"       (H, W), optional: replaces instance_masks[referred_index] when given
+
+Only the annotated frame is supervised (MTTR's A2D protocol), so "summed over frames" is that frame.
+Terms (unweighted), for the last decoder layer and, with "_aux{i}", for each earlier one:
+    loss_is_referred_{long,short}   2-way softmax CE, "not referred" weighted by eos_coef (0.1)
+    loss_dice_{long,short}          over all matched instances, / number of instances
+    loss_focal_{long,short}         idem (alpha 0.25, gamma 2, mean over pixels)
+    loss_lsi                        eq. 1 on the query matched to the referred instance, batch mean
+    loss_fbc                        eq. 6 (last layer only: it is on the backbone features)
+and "loss": the weighted total (is_referred 2, dice 5, focal 2, lsi 5, fbc 0.1 in the paper).
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from losh.losses import dice_loss, fbc_loss, is_referred_loss, lsi_loss, sigmoid_focal_loss
+from losh.matcher import FrameTargets, LongShortMatcher, upsampled_logits, upsampled_probs
+from schemas.config import LossConfig, ModelConfig
+
+PATHWAYS = ("long", "short")
+
+
+class SetCriterion(nn.Module):
+    def __init__(self, config: LossConfig, use_short_text: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        self.use_short_text = use_short_text
+        self.matcher = LongShortMatcher(config.match_is_referred, config.match_dice, config.match_lsi,
+                                        config.lsi_threshold, config.lsi_epsilon)
+        self.weights = {"is_referred": config.is_referred, "dice": config.dice, "focal": config.focal,
+                        "lsi": config.lsi, "fbc": config.fbc}
+
+    def weight_of(self, key: str) -> float:
+        """The weight of a loss key: loss_dice_long_aux1 -> the dice weight."""
+        base = re.sub(r"_aux\d+$", "", key)[len("loss_"):]
+        base = re.sub(r"_(long|short)$", "", base)
+        return self.weights[base]
+
+    def forward(self, outputs: dict, targets: list[dict], *, flows: Tensor | None = None,
+                flow_valid: Tensor | None = None, flow_frame_size: tuple[int, int] | None = None
+                ) -> dict[str, Tensor]:
+        if self.use_short_text and "short" not in outputs:
+            raise ValueError("this config trains the short pathway: call the model with short_texts")
+        frame_targets = prepare_targets(targets, tuple(outputs["input_size"]), outputs["long"]["pred_masks"].device)
+        position = outputs["frame_indices"].index(outputs["annotated_index"])
+        pathways = [name for name in PATHWAYS if name in outputs]
+        layers = [("", {p: _at_frame(outputs[p], position) for p in pathways})]
+        if self.config.aux_loss:
+            for i in range(len(outputs["long"]["aux_outputs"])):
+                layers.append((f"_aux{i}", {p: _at_frame(outputs[p]["aux_outputs"][i], position) for p in pathways}))
+        losses: dict[str, Tensor] = {}
+        for suffix, layer in layers:
+            indices = self.matcher(layer, frame_targets)
+            losses.update({k + suffix: v for k, v in self.layer_losses(layer, frame_targets, indices).items()})
+        if self.weights["fbc"] > 0:
+            if flows is None:
+                raise ValueError(f"L_fbc is on (loss.fbc = {self.weights['fbc']}) but no flows were given: pass "
+                                 "flows and flow_valid, or use the 'wo-fbc' ablation")
+            features = outputs["fbc_features"]
+            if flow_valid is None:
+                flow_valid = torch.ones(flows.shape[:2], dtype=torch.bool, device=flows.device)
+            losses["loss_fbc"] = fbc_loss(features, flows.to(features.device), flow_valid.to(features.device),
+                                          outputs["annotated_index"], self.config.fbc_variant,
+                                          frame_size=flow_frame_size, padding_mask=outputs.get("fbc_padding_mask"))
+        losses["loss"] = sum(self.weight_of(k) * v for k, v in losses.items())
+        return losses
+
+    def layer_losses(self, layer: dict[str, dict[str, Tensor]], targets: list[FrameTargets],
+                     indices: list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
+        num_masks = max(sum(len(t.long_masks) for t in targets), 1)
+        referred_queries = torch.stack([queries[instances == t.referred_index][0]
+                                        for (queries, instances), t in zip(indices, targets)])
+        losses = {}
+        for name, out in layer.items():
+            predicted = torch.cat([upsampled_logits(out["pred_masks"][b][queries], t.size)
+                                   for b, ((queries, _), t) in enumerate(zip(indices, targets))])
+            wanted = torch.cat([(t.long_masks if name == "long" else t.short_masks)[instances]
+                                for (_, instances), t in zip(indices, targets)])
+            losses[f"loss_is_referred_{name}"] = is_referred_loss(out["pred_is_referred"], referred_queries,
+                                                                  self.config.eos_coef)
+            losses[f"loss_dice_{name}"] = dice_loss(predicted, wanted, num_masks)
+            losses[f"loss_focal_{name}"] = sigmoid_focal_loss(predicted, wanted, num_masks)
+        if "short" in layer:
+            batch = range(len(targets))
+            long_ref = torch.cat([upsampled_probs(layer["long"]["pred_masks"][b][referred_queries[b], None],
+                                                  targets[b].size) for b in batch])
+            short_ref = torch.cat([upsampled_probs(layer["short"]["pred_masks"][b][referred_queries[b], None],
+                                                   targets[b].size) for b in batch])
+            losses["loss_lsi"] = lsi_loss(long_ref, short_ref, self.config.lsi_threshold,
+                                          self.config.lsi_epsilon).mean()
+        return losses
+
+
+def _at_frame(out: dict[str, Tensor], position: int) -> dict[str, Tensor]:
+    # losses in float32 even when the model runs under autocast
+    return {"pred_is_referred": out["pred_is_referred"][:, position].float(),
+            "pred_masks": out["pred_masks"][:, position].float()}
+
+
+def prepare_targets(targets: list[dict], input_size: tuple[int, int], device: torch.device | None = None
+                    ) -> list[FrameTargets]:
+    prepared = []
+    for index, target in enumerate(targets):
+        instances = torch.as_tensor(target["instance_masks"], device=device).float()
+        if instances.dim() != 3 or instances.shape[0] < 1:
+            raise ValueError(f"target {index}: instance_masks must be (N >= 1, H, W), got {tuple(instances.shape)}")
+        referred = int(target["referred_index"])
+        if not 0 <= referred < instances.shape[0]:
+            raise ValueError(f"target {index}: referred_index {referred} outside {instances.shape[0]} instances")
+        long_masks = instances.clone()
+        if target.get("long_mask") is not None:
+            long_masks[referred] = torch.as_tensor(target["long_mask"], device=device).float()
+        short_masks = long_masks.clone()
+        if target.get("short_mask") is not None:
+            short_masks[referred] = torch.as_tensor(target["short_mask"], device=device).float()
+        long_masks, short_masks = (_pad_to(m, input_size, index) for m in (long_masks, short_masks))
+        prepared.append(FrameTargets(long_masks.flatten(1), short_masks.flatten(1), referred, input_size))
+    return prepared
+
+
+def _pad_to(masks: Tensor, size: tuple[int, int], index: int) -> Tensor:
+    h, w = masks.shape[-2:]
+    if h > size[0] or w > size[1]:
+        raise ValueError(f"target {index}: masks of {h}x{w} larger than the model input {size[0]}x{size[1]}")
+    return F.pad(masks, (0, size[1] - w, 0, size[0] - h))
+
+
+def build_criterion(config: ModelConfig) -> SetCriterion:
+    return SetCriterion(config.loss, use_short_text=config.use_short_text)

@@ -1,0 +1,94 @@
+"""Long-short matching (paper eq. 4-5 on top of MTTR's Hungarian matcher).
+
+As in MTTR, the queries are assigned one-to-one to all annotated instances of the frame; the
+instance referred by the long expression is the one whose matched query is supervised as
+"referred". The cost of query q for instance j sums, over the pathways (long, and short when
+present), with MTTR's weights:
+
+    cost_is_referred * (-p(q has j's class))      j's class: "referred" for the referred instance,
+                                                  "not referred" for the others (MTTR's soft cost)
+    cost_dice * (-dice(sigmoid(mask_q), target_j)) long targets: the instance masks; short targets:
+                                                  the same, the referred one replaced by the short
+                                                  expression's (possibly merged) mask
+
+and, for the referred instance only (L_lsi involves the referred prediction, eq. 5),
+    cost_lsi * L_lsi(long mask_q, short mask_q).
+
+Predicted masks are upsampled (bilinear) to the targets' resolution first, as MTTR does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from losh.hungarian import linear_sum_assignment
+from losh.losses import dice_coefficient, lsi_loss
+
+
+@dataclass
+class FrameTargets:
+    """Targets of one sample's annotated frame, flattened: masks (N, H*W) float."""
+
+    long_masks: Tensor
+    short_masks: Tensor
+    referred_index: int
+    size: tuple[int, int]
+
+
+@dataclass
+class LongShortMatcher:
+    cost_is_referred: float = 2.0
+    cost_dice: float = 5.0
+    cost_lsi: float = 5.0
+    lsi_threshold: float = 0.5
+    lsi_epsilon: float = 1.0
+
+    @torch.no_grad()
+    def cost_matrix(self, long_logits: Tensor, long_probs: Tensor, target: FrameTargets,
+                    short_logits: Tensor | None = None, short_probs: Tensor | None = None) -> Tensor:
+        """One sample: logits (Q, 2), mask probabilities (Q, H*W) at the target size -> cost (Q, N)."""
+        n = target.long_masks.shape[0]
+        is_referred_class = torch.zeros(n, dtype=torch.bool, device=long_logits.device)
+        is_referred_class[target.referred_index] = True
+        cost = long_logits.new_zeros(long_logits.shape[0], n)
+        pathways = [(long_logits, long_probs, target.long_masks)]
+        if short_logits is not None:
+            pathways.append((short_logits, short_probs, target.short_masks))
+        for logits, probs, masks in pathways:
+            p_referred = logits.softmax(-1)[:, 0:1]
+            p_class = torch.where(is_referred_class[None, :], p_referred, 1 - p_referred)
+            cost = cost - self.cost_is_referred * p_class - self.cost_dice * dice_coefficient(probs, masks)
+        if short_probs is not None and self.cost_lsi > 0:
+            lsi = lsi_loss(long_probs, short_probs, self.lsi_threshold, self.lsi_epsilon)
+            cost[:, target.referred_index] += self.cost_lsi * lsi
+        return cost
+
+    @torch.no_grad()
+    def __call__(self, layer: dict[str, dict[str, Tensor]], targets: list[FrameTargets]) -> list[tuple[Tensor, Tensor]]:
+        """layer: {"long": {...}, "short": {...}} with "pred_is_referred" (B, Q, 2) and "pred_masks"
+        (B, Q, h, w) of the annotated frame. Returns per sample (query indices, instance indices)."""
+        indices = []
+        short = layer.get("short")
+        for b, target in enumerate(targets):
+            long_probs = upsampled_probs(layer["long"]["pred_masks"][b], target.size)
+            short_probs = upsampled_probs(short["pred_masks"][b], target.size) if short is not None else None
+            cost = self.cost_matrix(layer["long"]["pred_is_referred"][b], long_probs, target,
+                                    short["pred_is_referred"][b] if short is not None else None, short_probs)
+            rows, cols = linear_sum_assignment(cost.float().cpu().numpy())
+            device = cost.device
+            indices.append((torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device)))
+        return indices
+
+
+def upsampled_probs(mask_logits: Tensor, size: tuple[int, int]) -> Tensor:
+    """(M, h, w) logits -> (M, H*W) probabilities at `size`."""
+    return upsampled_logits(mask_logits, size).sigmoid()
+
+
+def upsampled_logits(mask_logits: Tensor, size: tuple[int, int]) -> Tensor:
+    if mask_logits.shape[-2:] != tuple(size):
+        mask_logits = F.interpolate(mask_logits[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    return mask_logits.flatten(1)

@@ -1,0 +1,427 @@
+"""Model and loss configuration of LoSh-M (and its MTTR baseline and ablations): validated, versioned.
+
+A config is a frozen `ModelConfig` made of four parts (`backbone`, `text`, `transformer`, `loss`).
+Named presets:
+
+    losh-m   the paper's LoSh-M (Video Swin-T + RoBERTa-base, D = 256, 4 encoder / 3 decoder layers,
+             50 queries, long <- short cross-attention, L_lsi, L_fbc); needs local Kinetics-400 weights
+    mttr     the MTTR baseline at the same settings: long text only, no L_lsi, no L_fbc
+    tiny     the same classes in small dims, random init, trained tokenizer: CPU tests and the demo
+
+Every row of the paper's tables 2 and 3 is an ablation switch applied to a preset, written
+"PRESET:ABLATION" (e.g. "losh-m:wo-ca", "tiny:baseline"); `PAPER_ROWS` lists them by table and row.
+
+JSON form (`save_config` / `load_config`): {"schema": "losh.model_config", "version": 1, ...fields};
+unknown or missing fields, another schema or another version are errors, never silently ignored.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args, get_type_hints
+
+CONFIG_SCHEMA = "losh.model_config"
+CONFIG_VERSION = 1
+
+CrossAttention = Literal["none", "long_from_short", "short_from_long", "bidirectional"]
+FbcVariant = Literal["standard", "opposite", "mutual"]
+DecodeFrames = Literal["annotated", "all"]
+ShortTextSource = Literal["manual", "machine"]
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid, or a config file does not follow this schema/version."""
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Video Swin built from torchvision's SwinTransformer3d, adapted as MTTR does.
+
+    `depths`/`num_heads` describe all four Swin stages (as in the weight files and for the stochastic
+    depth schedule); only the first three are built (strides 4, 8, 16), the fourth is dropped.
+    """
+
+    embed_dim: int = 96
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: tuple[int, ...] = (3, 6, 12, 24)
+    window_size: tuple[int, int, int] = (8, 7, 7)
+    patch_size: tuple[int, int, int] = (1, 4, 4)   # temporal 1: every frame keeps its own features
+    stochastic_depth: float = 0.1
+    weights: str | None = None       # local torchvision Swin3D_T_Weights file or official Video Swin checkpoint
+    require_weights: bool = True     # paper presets: building without `weights` is an error
+    trainable: bool = True
+
+    def validate(self) -> None:
+        if self.embed_dim <= 0:
+            raise ConfigError(f"backbone.embed_dim must be positive, got {self.embed_dim}")
+        if len(self.depths) != 4 or len(self.num_heads) != 4:
+            raise ConfigError("backbone.depths and backbone.num_heads describe the 4 Swin stages "
+                              f"(the 4th is dropped), got {self.depths} and {self.num_heads}")
+        if any(d < 1 for d in self.depths) or any(h < 1 for h in self.num_heads):
+            raise ConfigError("backbone.depths and backbone.num_heads must be >= 1")
+        for stage in range(3):
+            dim = self.embed_dim * 2 ** stage
+            if dim % self.num_heads[stage]:
+                raise ConfigError(f"backbone stage {stage}: width {dim} is not divisible by "
+                                  f"{self.num_heads[stage]} heads")
+        if len(self.window_size) != 3 or min(self.window_size) < 1:
+            raise ConfigError(f"backbone.window_size must be 3 positive ints, got {self.window_size}")
+        if len(self.patch_size) != 3 or self.patch_size[0] != 1 or min(self.patch_size) < 1:
+            raise ConfigError("backbone.patch_size must be (1, p, p): a temporal patch of 1 keeps "
+                              f"per-frame features, got {self.patch_size}")
+        if not 0.0 <= self.stochastic_depth < 1.0:
+            raise ConfigError(f"backbone.stochastic_depth must be in [0, 1), got {self.stochastic_depth}")
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """Text encoder: a Hugging Face encoder by name or local path, never downloaded.
+
+    `pretrained=False` builds a randomly initialised RoBERTa of the dims below and a byte-level BPE
+    tokenizer trained on the fly (deterministic): the `tiny` preset and the FLOPs benchmark.
+    """
+
+    encoder: str = "roberta-base"
+    pretrained: bool = True
+    freeze: bool = True
+    max_tokens: int = 64
+    # dims of the random RoBERTa (used only when pretrained is False)
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    vocab_size: int = 50265
+
+    def validate(self) -> None:
+        if not self.encoder:
+            raise ConfigError("text.encoder must name a Hugging Face model or a local directory")
+        if self.max_tokens < 4:
+            raise ConfigError(f"text.max_tokens must be >= 4, got {self.max_tokens}")
+        if not self.pretrained:
+            if min(self.hidden_size, self.num_layers, self.num_heads, self.intermediate_size) < 1:
+                raise ConfigError("text dims must be positive")
+            if self.hidden_size % self.num_heads:
+                raise ConfigError(f"text.hidden_size {self.hidden_size} not divisible by "
+                                  f"text.num_heads {self.num_heads}")
+            if self.vocab_size < 300:
+                raise ConfigError("text.vocab_size must be >= 300 (256 byte symbols + specials + merges)")
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """Multimodal transformer, decoder and heads (MTTR's values where the paper is silent)."""
+
+    d_model: int = 256
+    nheads: int = 8
+    dim_feedforward: int = 2048
+    dropout: float = 0.1
+    num_encoder_layers: int = 4
+    num_decoder_layers: int = 3
+    num_queries: int = 50
+    mask_kernel_dim: int = 8
+    # long_from_short: the paper's CA (long queries, short keys/values) in the even-numbered layers
+    cross_attention: CrossAttention = "long_from_short"
+    # annotated: only the annotated frame goes through the transformer (MTTR on A2D); all: every frame
+    decode_frames: DecodeFrames = "annotated"
+
+    def validate(self) -> None:
+        if self.d_model % 64:
+            raise ConfigError(f"transformer.d_model must be a multiple of 64 (the spatial decoder's "
+                              f"GroupNorm(8) runs on d_model/8 channels), got {self.d_model}")
+        if self.d_model % self.nheads:
+            raise ConfigError(f"transformer.d_model {self.d_model} not divisible by nheads {self.nheads}")
+        for name in ("dim_feedforward", "num_encoder_layers", "num_decoder_layers", "num_queries",
+                     "mask_kernel_dim"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"transformer.{name} must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"transformer.dropout must be in [0, 1), got {self.dropout}")
+        _check_choice("transformer.cross_attention", self.cross_attention, CrossAttention)
+        _check_choice("transformer.decode_frames", self.decode_frames, DecodeFrames)
+        if self.cross_attention != "none" and self.num_encoder_layers < 2:
+            raise ConfigError("cross-attention replaces the even-numbered encoder layers: "
+                              "it needs num_encoder_layers >= 2")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss weights (paper eq. 5-7; MTTR's dice 5 / focal 2 = lambda_seg 5 with focal at 0.4)."""
+
+    is_referred: float = 2.0
+    dice: float = 5.0
+    focal: float = 2.0
+    lsi: float = 5.0
+    fbc: float = 0.1
+    eos_coef: float = 0.1              # weight of the "not referred" class (MTTR)
+    lsi_threshold: float = 0.5
+    lsi_epsilon: float = 1.0
+    fbc_variant: FbcVariant = "standard"
+    fbc_level: int = 2                 # backbone stage of F_v: 2 = stride 16, the features entering the transformer
+    aux_loss: bool = True
+    match_is_referred: float = 2.0
+    match_dice: float = 5.0
+    match_lsi: float = 5.0
+
+    def validate(self) -> None:
+        for name in ("is_referred", "dice", "focal", "lsi", "fbc", "match_is_referred", "match_dice",
+                     "match_lsi", "lsi_epsilon"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
+        if self.match_is_referred == 0 and self.match_dice == 0 and self.match_lsi == 0:
+            raise ConfigError("the matching cost needs at least one non-zero term")
+        if not 0.0 <= self.eos_coef <= 1.0:
+            raise ConfigError(f"loss.eos_coef must be in [0, 1], got {self.eos_coef}")
+        if not 0.0 <= self.lsi_threshold < 1.0:
+            raise ConfigError(f"loss.lsi_threshold must be in [0, 1), got {self.lsi_threshold}")
+        if self.fbc_level not in (0, 1, 2):
+            raise ConfigError(f"loss.fbc_level is a backbone stage 0, 1 or 2, got {self.fbc_level}")
+        _check_choice("loss.fbc_variant", self.fbc_variant, FbcVariant)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "losh-m"
+    use_short_text: bool = True
+    short_text_source: ShortTextSource = "manual"   # manual: the data set's short_query; machine: the tagger's
+    window: int = 8                                  # frames per sample around the annotated frame
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    version: int = CONFIG_VERSION
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.version != CONFIG_VERSION:
+            raise ConfigError(f"model config version {self.version}, this toolkit reads version {CONFIG_VERSION}")
+        if not self.name:
+            raise ConfigError("a model config needs a name")
+        if self.window < 1:
+            raise ConfigError(f"window must be >= 1, got {self.window}")
+        _check_choice("short_text_source", self.short_text_source, ShortTextSource)
+        self.backbone.validate()
+        self.text.validate()
+        self.transformer.validate()
+        self.loss.validate()
+        if not self.use_short_text:
+            if self.transformer.cross_attention != "none":
+                raise ConfigError("cross-attention between the long and short pathways needs the short "
+                                  "text: set transformer.cross_attention = 'none' or use_short_text = true")
+            if self.loss.lsi > 0 or self.loss.match_lsi > 0:
+                raise ConfigError("L_lsi compares long and short predictions: set loss.lsi = "
+                                  "loss.match_lsi = 0 or use_short_text = true")
+
+    def to_dict(self) -> dict[str, Any]:
+        body = asdict(self)
+        body.pop("version")
+        return {"schema": CONFIG_SCHEMA, "version": self.version, **body}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "config") -> "ModelConfig":
+        data = dict(data)
+        schema = data.pop("schema", CONFIG_SCHEMA)
+        if schema != CONFIG_SCHEMA:
+            raise ConfigError(f"{where}: not a {CONFIG_SCHEMA} file (schema={schema!r})")
+        if data.get("version", CONFIG_VERSION) != CONFIG_VERSION:
+            raise ConfigError(f"{where}: {CONFIG_SCHEMA} version {data.get('version')!r}, this toolkit "
+                              f"reads version {CONFIG_VERSION}")
+        return _build(cls, data, where)
+
+
+def _check_choice(name: str, value: Any, literal: Any) -> None:
+    if value not in get_args(literal):
+        raise ConfigError(f"{name} must be one of {list(get_args(literal))}, got {value!r}")
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Dataclass `cls` from a JSON-like dict: unknown keys are errors, lists become tuples."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected an object, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown fields {unknown} (known: {sorted(known)})")
+    kwargs = {}
+    for name, value in data.items():
+        kind = hints[name]
+        if isinstance(kind, type) and is_dataclass(kind):
+            kwargs[name] = _build(kind, value, f"{where}.{name}")
+        elif isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+        _check_type(f"{where}.{name}", kwargs[name], kind)
+    try:
+        return cls(**kwargs)
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
+
+
+def _check_type(name: str, value: Any, kind: Any) -> None:
+    text = str(kind)
+    if kind is bool or text == "bool":
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif kind is str:
+        ok = isinstance(value, str)
+    elif text.startswith("str | None"):
+        ok = value is None or isinstance(value, str)
+    elif text.startswith("tuple"):
+        ok = isinstance(value, tuple) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    else:
+        ok = True   # literals are checked by validate(), dataclasses by _build
+    if not ok:
+        raise ConfigError(f"{name}: {value!r} is not of type {text}")
+
+
+# ------------------------------------------------------------------------------------- presets
+
+def _losh_m() -> ModelConfig:
+    return ModelConfig(name="losh-m")
+
+
+def _tiny() -> ModelConfig:
+    """LoSh-M's structure (4 encoder / 3 decoder layers, CA, L_lsi, L_fbc) in dims a CPU trains."""
+    return ModelConfig(
+        name="tiny",
+        backbone=BackboneConfig(embed_dim=24, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8),
+                                window_size=(8, 7, 7), stochastic_depth=0.0, weights=None,
+                                require_weights=False),
+        text=TextConfig(encoder="tiny-roberta", pretrained=False, hidden_size=64, num_layers=2,
+                        num_heads=2, intermediate_size=128, vocab_size=1000, max_tokens=32),
+        transformer=TransformerConfig(d_model=64, nheads=4, dim_feedforward=128, dropout=0.0,
+                                      num_queries=16),
+    )
+
+
+# Each ablation is a set of field overrides ("part.field": value) applied to a preset.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "ours": {},
+    "baseline": {"use_short_text": False, "transformer.cross_attention": "none", "loss.lsi": 0.0,
+                 "loss.match_lsi": 0.0, "loss.fbc": 0.0},
+    "wo-sh": {"use_short_text": False, "transformer.cross_attention": "none", "loss.lsi": 0.0,
+              "loss.match_lsi": 0.0},
+    "wo-lsi": {"loss.lsi": 0.0, "loss.match_lsi": 0.0},
+    "wo-ca": {"transformer.cross_attention": "none"},
+    "inv-ca": {"transformer.cross_attention": "short_from_long"},
+    "bi-ca": {"transformer.cross_attention": "bidirectional"},
+    "msh": {"short_text_source": "machine"},
+    "wo-fbc": {"loss.fbc": 0.0},
+    "ofbc": {"loss.fbc_variant": "opposite"},
+    "mfbc": {"loss.fbc_variant": "mutual"},
+}
+
+# The rows of the paper's ablation tables, as "PRESET:ABLATION" specs.
+PAPER_ROWS: dict[str, dict[str, str]] = {
+    "table2": {
+        "Baseline": "losh-m:baseline",
+        "LoSh-M w/o Sh": "losh-m:wo-sh",
+        "LoSh-M w/o L_lsi": "losh-m:wo-lsi",
+        "LoSh-M w/o CA": "losh-m:wo-ca",
+        "LoSh-M w/ Inv-CA": "losh-m:inv-ca",
+        "LoSh-M w/ Bi-CA": "losh-m:bi-ca",
+        "LoSh-M w/ MSh": "losh-m:msh",
+        "LoSh-M (Ours)": "losh-m:ours",
+    },
+    "table3": {
+        "LoSh-M w/o L_fbc": "losh-m:wo-fbc",
+        "LoSh-M w/ L^o_fbc": "losh-m:ofbc",
+        "LoSh-M w/ L^m_fbc": "losh-m:mfbc",
+        "LoSh-M (Ours)": "losh-m:ours",
+    },
+}
+
+def _mttr() -> ModelConfig:
+    return with_overrides(_losh_m(), {"name": "mttr", **ABLATIONS["baseline"]})
+
+
+_PRESETS = {"losh-m": _losh_m, "mttr": _mttr, "tiny": _tiny}
+PRESET_NAMES = tuple(_PRESETS)
+
+
+def with_overrides(config: ModelConfig, overrides: dict[str, Any]) -> ModelConfig:
+    """A copy of `config` with dotted-path overrides, e.g. {"loss.fbc": 0.0, "backbone.weights": "w.pth"}.
+
+    The result is validated as a whole (switches that only make sense together are applied together).
+    """
+    top: dict[str, Any] = {}
+    parts: dict[str, dict[str, Any]] = {}
+    for path, value in overrides.items():
+        head, _, rest = path.partition(".")
+        if not hasattr(config, head):
+            raise ConfigError(f"unknown config field {path!r}")
+        if rest:
+            part = getattr(config, head)
+            if not is_dataclass(part) or not hasattr(part, rest):
+                raise ConfigError(f"unknown config field {path!r}")
+            parts.setdefault(head, {})[rest] = tuple(value) if isinstance(value, list) else value
+        else:
+            top[head] = value
+    data = config.to_dict()
+    for head, values in parts.items():
+        data[head] = {**data[head], **{k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}}
+    data.update(top)
+    return ModelConfig.from_dict(data, where=f"{config.name} with overrides")
+
+
+def get_config(spec: str) -> ModelConfig:
+    """A preset ("losh-m", "mttr", "tiny") or a preset with an ablation switch ("tiny:wo-ca")."""
+    preset, _, ablation = spec.partition(":")
+    if preset not in _PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; presets: {list(_PRESETS)}")
+    config = _PRESETS[preset]()
+    if ablation:
+        if ablation not in ABLATIONS:
+            raise ConfigError(f"unknown ablation {ablation!r}; ablations: {list(ABLATIONS)}")
+        name = config.name if ablation == "ours" else f"{config.name}:{ablation}"
+        config = with_overrides(config, {"name": name, **ABLATIONS[ablation]})
+    return config
+
+
+def save_config(config: ModelConfig, path: str | os.PathLike) -> None:
+    """Writes the config as JSON atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(config.to_dict(), handle, indent=2)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_config(path: str | os.PathLike) -> ModelConfig:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}: not valid JSON ({error})") from None
+    return ModelConfig.from_dict(data, where=str(path))
+
+
+def resolve_config(spec_or_path: str) -> ModelConfig:
+    """A preset spec ("losh-m:wo-ca") or the path of a JSON config file."""
+    if spec_or_path.endswith(".json") or os.sep in spec_or_path:
+        return load_config(spec_or_path)
+    return get_config(spec_or_path)
+
+
+__all__ = [
+    "ABLATIONS", "BackboneConfig", "CONFIG_SCHEMA", "CONFIG_VERSION", "ConfigError", "LossConfig",
+    "ModelConfig", "PAPER_ROWS", "PRESET_NAMES", "TextConfig", "TransformerConfig", "get_config",
+    "load_config", "resolve_config", "save_config", "with_overrides",
+]
