@@ -1,0 +1,124 @@
+"""`losh evaluate`: a checkpoint's metrics on a split of PREP (MTTR's A2D protocol + J/F), with
+optional predicted-mask PNGs and side-by-side pictures."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from losh.data import RVOSDataset, collate, normalise_frames
+from losh.losh import build_model
+from losh.metrics import MetricAccumulator, mask_iou
+from losh.predictions import mask_path, write_mask, write_scores
+from losh.train import autocast_for, load_checkpoint, padding_mask_of, select_device, setup_distributed, to_device
+from losh.visualize import comparison_picture, save_picture
+from schemas.config import ModelConfig
+
+
+def load_model(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    ckpt = load_checkpoint(checkpoint)
+    config = ModelConfig.from_dict(ckpt["model_config"])
+    model = build_model(config)
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), ckpt
+
+
+def write_json(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, allow_nan=False))
+    os.replace(tmp, path)
+
+
+def _query_masks(logits: torch.Tensor, padded: tuple[int, int], valid: tuple[int, int]) -> torch.Tensor:
+    """(Q, h, w) stride-4 logits -> (Q, H, W) bool at the frame size (padding cropped)."""
+    up = F.interpolate(logits[None].float(), size=padded, mode="bilinear", align_corners=False)[0]
+    return up[:, :valid[0], :valid[1]].sigmoid() > 0.5
+
+
+@torch.no_grad()
+def evaluate_checkpoint(data: Path, checkpoint: Path, *, split: str = "test", out: Path | None = None,
+                        save_predictions: Path | None = None, visualize: int = 0, visualize_dir: Path | None = None,
+                        batch_size: int = 2, num_workers: int = 0, device: str | None = None,
+                        progress: bool = True) -> dict:
+    dev = select_device(setup_distributed(), device)
+    model, ckpt = load_model(checkpoint, dev)
+    amp = ckpt["train_settings"].get("amp", "off")
+    dataset = RVOSDataset(data, split)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers,
+                        pin_memory=dev.type == "cuda")
+    acc = MetricAccumulator()
+    scores_out: dict[str, float] = {}
+    pictures_left = visualize
+    vis_dir = visualize_dir or (Path(out).parent / "pictures" if out else Path("pictures"))
+    records = {r.sample_id: r for r in dataset.data.records}
+    for batch in tqdm(loader, desc=f"evaluate {split}", unit="batch", disable=not progress):
+        batch = to_device(batch, dev)
+        frames = normalise_frames(batch["frames"])
+        padded = tuple(frames.shape[-2:])
+        padding = padding_mask_of(batch["valid_size"], padded, dev)
+        annotated = int(batch["annotated_index"][0])
+        with autocast_for(dev, amp):
+            result = model.infer(frames, batch["long_text"], annotated_index=annotated, padding_mask=padding,
+                                 upsample=False)
+        position = result["frame_indices"].index(annotated)
+        for b, sample_id in enumerate(batch["sample_id"]):
+            valid = tuple(int(v) for v in batch["valid_size"][b])
+            masks = _query_masks(result["pred_masks"][b, position], padded, valid).cpu().numpy()
+            scores = result["scores"][b].float().cpu().numpy()
+            gt = batch["long_mask"][b, :valid[0], :valid[1]].cpu().numpy()
+            iou = acc.add(gt, masks, scores)
+            best = int(np.argmax(scores))
+            scores_out[sample_id] = float(scores[best])
+            if save_predictions is not None:
+                write_mask(mask_path(save_predictions, records[sample_id]), masks[best])
+            if pictures_left > 0:
+                pictures_left -= 1
+                _picture(model, batch, b, annotated, padded, valid, best, masks[best], iou, dev, amp,
+                         vis_dir / f"{sample_id}.png")
+    metrics = acc.result()
+    if save_predictions is not None:
+        write_scores(Path(save_predictions), split, scores_out)
+    report = {**{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in metrics.items()},
+              "split": split, "checkpoint": str(checkpoint), "data": str(data), "model": ckpt["model_config"]["name"]}
+    if out is not None:
+        write_json(Path(out), report)
+    return report
+
+
+def _picture(model, batch, b, annotated, padded, valid, best, pred_long, iou, dev, amp, path: Path) -> None:
+    """GT and prediction, long and (when the model has one) short, for sample b of the batch."""
+    frames = normalise_frames(batch["frames"][b:b + 1])
+    padding = padding_mask_of(batch["valid_size"][b:b + 1], padded, dev)
+    pred_short = gt_short = None
+    if model.config.use_short_text:
+        with autocast_for(dev, amp):
+            out = model(frames, batch["long_text"][b:b + 1], batch["short_text"][b:b + 1], annotated_index=annotated,
+                        padding_mask=padding)
+        if "short" in out:
+            position = out["frame_indices"].index(annotated)
+            pred_short = _query_masks(out["short"]["pred_masks"][0, position, best:best + 1], padded, valid)[0]
+            pred_short = pred_short.cpu().numpy()
+            gt_short = batch["short_mask"][b, :valid[0], :valid[1]].cpu().numpy()
+    frame = batch["frames"][b, annotated, :, :valid[0], :valid[1]].permute(1, 2, 0).cpu().numpy()
+    gt_long = batch["long_mask"][b, :valid[0], :valid[1]].cpu().numpy()
+    picture = comparison_picture(frame, batch["long_text"][b], batch["short_text"][b], gt_long, pred_long,
+                                 gt_short, pred_short, iou)
+    save_picture(path, picture)
+
+
+def trivial_baselines(data: Path, split: str = "test") -> dict[str, float]:
+    """Mean IoU of the empty mask and of the full frame: what a model must clearly beat."""
+    dataset = RVOSDataset(data, split)
+    empty, full = [], []
+    for record in dataset.data.records:
+        gt = dataset.data.read(record).long_mask
+        empty.append(mask_iou(np.zeros_like(gt), gt))
+        full.append(mask_iou(np.ones_like(gt), gt))
+    return {"empty_mask_mean_iou": float(np.mean(empty)), "full_frame_mean_iou": float(np.mean(full))}

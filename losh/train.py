@@ -1,0 +1,276 @@
+"""`losh train`: LoSh-M / MTTR / ablations on the prepared shards, one GPU, many (torchrun), or CPU.
+
+Read top to bottom: set-up (devices, seeds, run folder), data, model, optimiser, resume, then the
+loop. The data loader reads only shards (frames, masks, flows); the GPU never waits on video
+decoding or optical flow.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from losh.criterion import build_criterion
+from losh.data import Augment, RVOSDataset, collate, normalise_frames
+from losh.losh import build_model, param_groups
+from schemas.config import ModelConfig
+from schemas.train import TrainSettings
+
+CHECKPOINT_SCHEMA = "losh.checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training stopped: a loss became NaN/inf. The last checkpoint on disk is the last good one."""
+
+
+class RunExists(RuntimeError):
+    """RUN already holds a checkpoint and --resume was not given."""
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed() -> Dist:
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; one process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return Dist(rank, world, local)
+
+
+def select_device(d: Dist, device: str | None = None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device(f"cuda:{d.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def autocast_for(device: torch.device, amp: str):
+    """bf16 autocast on CUDA (no loss scaling needed), fp16 with a GradScaler, float32 on the CPU."""
+    if device.type != "cuda" or amp == "off":
+        return nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def padding_mask_of(valid_size: torch.Tensor, size: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """(B, H, W) True on the bottom/right padding that `collate` added."""
+    h = torch.arange(size[0], device=device)[None, :, None]
+    w = torch.arange(size[1], device=device)[None, None, :]
+    vs = valid_size.to(device)
+    return (h >= vs[:, 0, None, None]) | (w >= vs[:, 1, None, None])
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    non_blocking = device.type == "cuda"
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            out[k] = v.to(device, non_blocking=non_blocking)
+        elif isinstance(v, list) and v and isinstance(v[0], torch.Tensor):
+            out[k] = [t.to(device, non_blocking=non_blocking) for t in v]
+        else:
+            out[k] = v
+    return out
+
+
+def forward_and_loss(model, criterion, batch: dict, device: torch.device, amp: str) -> dict[str, torch.Tensor]:
+    """One batch through the model and the loss (shared by the trainer and the benchmarks)."""
+    frames = normalise_frames(batch["frames"])
+    size = tuple(frames.shape[-2:])
+    annotated = batch["annotated_index"]
+    if not bool((annotated == annotated[0]).all()):
+        raise ValueError("a batch must share the annotated frame's window position")
+    padding = padding_mask_of(batch["valid_size"], size, device)
+    targets = [{"instance_masks": m, "referred_index": int(r), "long_mask": lm, "short_mask": sm}
+               for m, r, lm, sm in zip(batch["instance_masks"], batch["referred_index"], batch["long_mask"],
+                                       batch["short_mask"])]
+    with autocast_for(device, amp):
+        outputs = model(frames, batch["long_text"], batch["short_text"], annotated_index=int(annotated[0]),
+                        padding_mask=padding)
+    return criterion(outputs, targets, flows=batch.get("flows"), flow_valid=batch.get("flow_valid"),
+                     flow_frame_size=size)
+
+
+def atomic_save(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, map_location="cpu") -> dict:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    if ckpt.get("schema") != CHECKPOINT_SCHEMA or ckpt.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: not a {CHECKPOINT_SCHEMA} v{CHECKPOINT_VERSION} checkpoint")
+    return ckpt
+
+
+def train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, *, resume: bool = False,
+          device: str | None = None, progress: bool = True) -> dict:
+    """Train and return a summary (epochs, steps, last losses, checkpoint path)."""
+    settings.validate()
+    d = setup_distributed()
+    dev = select_device(d, device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    out = Path(out)
+    ckpt_path = out / "checkpoints" / "last.pt"
+    checkpoint = None
+    if ckpt_path.exists():
+        if not resume:
+            raise RunExists(f"{out} already holds a run ({ckpt_path}); pass --resume to continue it, "
+                            "or choose another --out")
+        checkpoint = load_checkpoint(ckpt_path)
+        saved = ModelConfig.from_dict(checkpoint["model_config"])
+        if saved.to_dict() != config.to_dict():
+            raise ValueError(f"--resume: {out} was trained with config {saved.name!r}; resume it with that config")
+        # the run keeps its own settings; only how long it runs may change on resume
+        settings = replace(TrainSettings.from_dict(checkpoint["train_settings"]), epochs=settings.epochs,
+                           max_steps=settings.max_steps)
+    elif resume:
+        raise FileNotFoundError(f"--resume: no checkpoint in {out / 'checkpoints'}")
+    seed_everything(settings.seed + d.rank)
+
+    # ---- data: shards only
+    with_flows = config.loss.fbc > 0
+    dataset = RVOSDataset(data, "train", with_flows=with_flows, seed=settings.seed,
+                          augment=Augment(settings.scales, settings.max_long_side, settings.flip_p))
+    sampler = DistributedSampler(dataset, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=settings.seed)
+    loader = DataLoader(dataset, batch_size=settings.batch_size, sampler=sampler, collate_fn=collate,
+                        num_workers=settings.num_workers, pin_memory=dev.type == "cuda",
+                        persistent_workers=settings.num_workers > 0, drop_last=False)
+
+    # ---- model, loss, optimiser
+    model = build_model(config)
+    if model.text_encoder.trained_tokenizer and checkpoint is None:
+        # randomly initialised text encoder (tiny): its tokenizer learns the training vocabulary
+        model.text_encoder.fit_tokenizer(sorted({t for r in dataset.data.records for t in (r.long, r.short)}))
+    model.to(dev)
+    criterion = build_criterion(config).to(dev)
+    optimizer = torch.optim.AdamW(param_groups(model, settings.lr, settings.backbone_lr, settings.weight_decay,
+                                               settings.text_encoder_lr), lr=settings.lr,
+                                  weight_decay=settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(settings.lr_milestones), settings.lr_gamma)
+    scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda" and settings.amp == "fp16")
+    epoch, step_in_epoch, global_step = 0, 0, 0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        epoch, step_in_epoch, global_step = checkpoint["epoch"], checkpoint["step_in_epoch"], checkpoint["global_step"]
+        rng = checkpoint["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+    net = DistributedDataParallel(model, find_unused_parameters=True) if d.world_size > 1 else model
+
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+        (out / "train.json").write_text(json.dumps(settings.to_dict(), indent=1))
+    log = open(out / "metrics.jsonl", "a", encoding="utf-8") if d.main else None
+
+    def save(epoch_: int, step_in_epoch_: int) -> None:
+        if not d.main:
+            return
+        atomic_save({
+            "schema": CHECKPOINT_SCHEMA, "version": CHECKPOINT_VERSION, "model_config": config.to_dict(),
+            "train_settings": settings.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch_,
+            "step_in_epoch": step_in_epoch_, "global_step": global_step, "data": str(Path(data).resolve()),
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+        }, ckpt_path)
+
+    last: dict[str, float] = {}
+    start = time.time()
+    stop = False
+    while epoch < settings.epochs and not stop:
+        sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        net.train()
+        sums: dict[str, float] = {}
+        n_steps = 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=not (progress and d.main))
+        for i, batch in enumerate(bar):
+            if i < step_in_epoch:  # resuming inside an epoch: the sampler order is the same, skip what was done
+                continue
+            batch = to_device(batch, dev)
+            losses = forward_and_loss(net, criterion, batch, dev, settings.amp)
+            loss = losses["loss"]
+            if not torch.isfinite(loss):
+                terms = {k: float(v) for k, v in losses.items()}
+                raise NonFiniteLoss(f"non-finite loss at epoch {epoch + 1}, step {i + 1} "
+                                    f"(samples {batch['sample_id']}): {terms}; the last good checkpoint is "
+                                    f"{ckpt_path if ckpt_path.exists() else 'not written yet'}")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if settings.clip_max_norm > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_max_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            global_step += 1
+            n_steps += 1
+            step_in_epoch = i + 1
+            last = {k: float(v) for k, v in losses.items() if "_aux" not in k}
+            for k, v in last.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in last.items()
+                             if k in ("loss", "loss_dice_long", "loss_lsi", "loss_fbc")})
+            if log and global_step % settings.log_every_steps == 0:
+                log.write(json.dumps({"epoch": epoch + 1, "step": global_step, "lr": optimizer.param_groups[0]["lr"],
+                                      "time_s": round(time.time() - start, 2), **last}) + "\n")
+                log.flush()
+            if settings.checkpoint_every_steps and global_step % settings.checkpoint_every_steps == 0:
+                save(epoch, step_in_epoch)
+            if settings.max_steps and global_step >= settings.max_steps:
+                stop = True
+                break
+        if not stop:
+            scheduler.step()
+            epoch, step_in_epoch = epoch + 1, 0
+        save(epoch, step_in_epoch)
+        if log:
+            log.write(json.dumps({"epoch_end": epoch, "step": global_step, "time_s": round(time.time() - start, 2),
+                                  **{f"mean_{k}": v / max(n_steps, 1) for k, v in sums.items()}}) + "\n")
+            log.flush()
+    if log:
+        log.close()
+    if d.world_size > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return {"epochs": epoch, "steps": global_step, "last_losses": last, "checkpoint": str(ckpt_path),
+            "seconds": round(time.time() - start, 1), "device": str(dev)}
