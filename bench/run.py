@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["prepare_storage", "shorten_agreement", "flops"]
+BENCHMARKS = ["prepare_storage", "shorten_agreement", "flops", "flows"]
 
 
 def main(argv: list[str]) -> int:

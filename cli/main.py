@@ -130,22 +130,161 @@ def _not_yet(command: str, issue: str) -> None:
     fail(f"`losh {command}` is not available in this version yet ({issue}); nothing was done", 2)
 
 
-@app.command("compute-flows", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def compute_flows(ctx: typer.Context) -> None:
+@app.command("compute-flows")
+def compute_flows(
+    prep: Annotated[Path, typer.Argument(help="Prepared data set folder (PREP); flows go to PREP/flows.")],
+    workers: Annotated[Optional[int], typer.Option(min=0, help="Local Dask worker processes (default: all cores; "
+                                                   "0: in this process, without Dask).", envvar="LOSH_WORKERS")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="Running Dask scheduler tcp://HOST:PORT whose workers see "
+                                                     "PREP at the same path (then --workers is ignored).",
+                                                     envvar="LOSH_DASK_SCHEDULER")] = None,
+    offsets: Annotated[str, typer.Option(help="Frame offsets t of the flows k -> k+t, comma-separated.")] = "-2,-1,1,2",
+    pyr_scale: Annotated[float, typer.Option(help="Farneback pyramid scale.")] = 0.5,
+    levels: Annotated[int, typer.Option(min=1, help="Farneback pyramid levels.")] = 3,
+    winsize: Annotated[int, typer.Option(min=1, help="Farneback averaging window.")] = 15,
+    iterations: Annotated[int, typer.Option(min=1, help="Farneback iterations per level.")] = 3,
+    poly_n: Annotated[int, typer.Option(help="Farneback polynomial neighbourhood (5 or 7).")] = 5,
+    poly_sigma: Annotated[float, typer.Option(help="Farneback polynomial Gaussian sigma.")] = 1.2,
+    stride: Annotated[int, typer.Option(min=1, help="Store flows at 1/stride of the frame resolution (4: the "
+                                                    "backbone's stride-4 features; 1: frame resolution).")] = 4,
+    dtype: Annotated[str, typer.Option(help="Storage dtype: float16 or float32.")] = "float16",
+    quant_step: Annotated[float, typer.Option(min=0, help="Round stored vectors to multiples of this many grid "
+                                                          "pixels, for compression (0: no rounding).")] = 1 / 64,
+    compression: Annotated[str, typer.Option(help="none, lzf, gzip-N, shuffle+lzf or shuffle+gzip-N.")] = "shuffle+gzip-4",
+    verify: Annotated[bool, typer.Option("--verify", help="Only check the stored flows (with the parameters the "
+                                                         "index records; the parameter options are ignored).")] = False,
+    verify_samples: Annotated[int, typer.Option(min=0, help="Annotated frames --verify recomputes.")] = 8,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
     """Farneback flows of every annotated frame into HDF5 shards, in parallel with Dask."""
-    _not_yet("compute-flows", "issue 3")
+    from pipeline.flow_verify import verify_flows
+    from pipeline.flows import FlowComputeError, compute_flows as run_compute_flows
+    from pipeline.shards import PreparedDataMissing
+    from schemas.flows import FarnebackParams, FlowParams
+    from schemas.prepared import SchemaError
+
+    if verify:
+        report = verify_flows(prep, samples=verify_samples)
+        for problem in report.problems[:20]:
+            typer.echo(f"  {problem}", err=True)
+        if not report.ok:
+            fail(f"flows of {prep} failed verification: {len(report.problems)} problems "
+                 f"({report.shards} shards, {report.frames} annotated frames checked)")
+        typer.echo(f"flows of {prep} verified: {report.shards} shards, {report.frames} annotated frames, "
+                   f"{report.recomputed} recomputed (max difference {report.max_error:.2g} grid pixels)")
+        return
+    try:
+        params = FlowParams(offsets=tuple(int(o) for o in offsets.split(",")),
+                            farneback=FarnebackParams(pyr_scale, levels, winsize, iterations, poly_n, poly_sigma),
+                            stride=stride, dtype=dtype, compression=compression,
+                            quant_step=quant_step or None).validate()
+    except ValueError as e:
+        fail(f"invalid flow parameters: {e}", 2)
+    try:
+        run = run_compute_flows(prep, params, workers=workers, scheduler=scheduler, progress=progress)
+    except (PreparedDataMissing, SchemaError, FlowComputeError, ValueError, OSError) as e:
+        fail(str(e))
+    c = run.index["counts"]
+    typer.echo(f"flows of {c['annotated_frames']} annotated frames in {c['videos']} videos ({c['flows']} flows, "
+               f"{c['invalid_flows']} clamped at a video end): {len(run.computed)} videos computed, "
+               f"{len(run.resumed)} kept; {c['bytes'] / max(c['annotated_frames'], 1) / 1024:.1f} KiB per annotated "
+               f"frame; index {Path(prep) / 'flows' / 'index.json'}")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def train(ctx: typer.Context) -> None:
-    """Train LoSh-M (or the MTTR baseline, or an ablation) on CUDA, CPU fallback."""
-    _not_yet("train", "issue 5")
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option("--data", help="Prepared data set (PREP), with flows when L_fbc is on.")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints, metrics.jsonl, config.")],
+    config: Annotated[str, typer.Option(help="Preset (losh-m, mttr, tiny), preset:ablation (losh-m:wo-fbc) "
+                                             "or a JSON config file.")] = "losh-m",
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs (default 70, MTTR on A2D).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Batch per process (default 3).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default 1e-4).")] = None,
+    lr_milestones: Annotated[Optional[str], typer.Option(help="Comma-separated epochs where lr x lr-gamma.")] = None,
+    amp: Annotated[Optional[str], typer.Option(help="bf16 (default), fp16 or off; CUDA only.")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=0, help="DataLoader workers (default 4).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed (default 42).")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(min=0, help="Stop after this many steps (smoke runs).")] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option(min=0, help="Also checkpoint every N steps.")] = None,
+    settings_file: Annotated[Optional[Path], typer.Option("--settings", help="JSON training settings file.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    device: Annotated[Optional[str], typer.Option(help="Force a device (cpu, cuda:0).")] = None,
+) -> None:
+    """Train LoSh-M (or the MTTR baseline, or an ablation) on CUDA, CPU fallback; torchrun for many GPUs."""
+    from dataclasses import replace
+
+    from losh.errors import AssetMissing
+    from losh.train import NonFiniteLoss, RunExists, train as run_training
+    from pipeline.shards import PreparedDataMissing
+    from schemas.config import ConfigError, resolve_config
+    from schemas.prepared import SchemaError
+    from schemas.train import TrainConfigError, TrainSettings
+
+    try:
+        model_config = resolve_config(config)
+        settings = TrainSettings()
+        if settings_file is not None:
+            settings = TrainSettings.from_dict(json.loads(settings_file.read_text()))
+        overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "amp": amp, "num_workers": workers,
+                     "seed": seed, "max_steps": max_steps, "checkpoint_every_steps": checkpoint_every,
+                     "lr_milestones": tuple(int(m) for m in lr_milestones.split(",") if m) if lr_milestones else None}
+        settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None}).validate()
+        summary = run_training(data, model_config, out, settings, resume=resume, device=device)
+    except NonFiniteLoss as e:
+        fail(str(e), 3)
+    except (ConfigError, TrainConfigError, SchemaError, PreparedDataMissing, RunExists, FileNotFoundError,
+            AssetMissing, ValueError) as e:
+        fail(str(e))
+    losses = ", ".join(f"{k}={v:.4f}" for k, v in summary["last_losses"].items() if k in
+                       ("loss", "loss_dice_long", "loss_lsi", "loss_fbc"))
+    typer.echo(f"trained {summary['steps']} steps ({summary['epochs']} epochs) on {summary['device']} in "
+               f"{summary['seconds']} s; last {losses}; checkpoint {summary['checkpoint']}")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def evaluate(ctx: typer.Context) -> None:
-    """Metrics of a checkpoint on a split; JSON out; optional overlay pictures."""
-    _not_yet("evaluate", "issue 5")
+@app.command()
+def evaluate(
+    data: Annotated[Path, typer.Option("--data", help="Prepared data set (PREP).")],
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Checkpoint to evaluate (RUN/checkpoints/last.pt).")] = None,
+    predictions: Annotated[Optional[Path], typer.Option(help="Score a predictions folder instead of a model.")] = None,
+    split: Annotated[str, typer.Option(help="train or test.")] = "test",
+    out: Annotated[Optional[Path], typer.Option(help="Write the metrics as JSON here.")] = None,
+    save_predictions: Annotated[Optional[Path], typer.Option(help="Write predicted masks (PNG) here.")] = None,
+    visualize: Annotated[int, typer.Option(min=0, help="Write this many GT-vs-prediction pictures.")] = 0,
+    visualize_dir: Annotated[Optional[Path], typer.Option(help="Folder of the pictures.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 2,
+    device: Annotated[Optional[str], typer.Option(help="Force a device (cpu, cuda:0).")] = None,
+) -> None:
+    """Metrics of a checkpoint (or of a predictions folder) on a split; JSON out; optional pictures."""
+    from losh.errors import AssetMissing
+    from losh.metrics import METRIC_KEYS, format_table
+    from pipeline.shards import PreparedDataMissing
+    from schemas.prepared import SchemaError
+
+    if (checkpoint is None) == (predictions is None):
+        fail("give exactly one of --checkpoint and --predictions", 2)
+    try:
+        if predictions is not None:
+            from losh.evaluate import write_json
+            from losh.predictions import score_predictions
+            metrics, missing = score_predictions(data, predictions, split)
+            report = {**metrics, "split": split, "predictions": str(predictions), "missing_predictions": len(missing)}
+            if missing:
+                typer.secho(f"warning: {len(missing)} samples have no prediction (scored as empty masks), "
+                            f"e.g. {missing[:3]}", fg=typer.colors.YELLOW, err=True)
+            if out is not None:
+                write_json(out, report)
+        else:
+            from losh.evaluate import evaluate_checkpoint
+            report = evaluate_checkpoint(data, checkpoint, split=split, out=out, save_predictions=save_predictions,
+                                         visualize=visualize, visualize_dir=visualize_dir, batch_size=batch_size,
+                                         device=device)
+    except (SchemaError, PreparedDataMissing, FileNotFoundError, AssetMissing, ValueError) as e:
+        fail(str(e))
+    typer.echo(format_table({k: report[k] for k in METRIC_KEYS if k in report}))
+    if out is not None:
+        typer.echo(f"metrics written to {out}")
+    if visualize and checkpoint is not None:
+        typer.echo(f"pictures in {visualize_dir or (out.parent / 'pictures' if out else Path('pictures'))}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from pipeline.flow_field import hflip_flows
 from pipeline.shards import PreparedDataset
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -34,13 +35,6 @@ def swap_left_right(text: str) -> str:
             new = new.capitalize()
         return new + m.group(2)
     return _LEFT_RIGHT.sub(swap, text)
-
-
-def flip_flows(flows: np.ndarray) -> np.ndarray:
-    """Mirror (..., 2, h, w) flow fields horizontally: x mirrored and the x component negated."""
-    flipped = flows[..., ::-1].copy()
-    flipped[..., 0, :, :] *= -1
-    return flipped
 
 
 @dataclass(frozen=True)
@@ -63,7 +57,7 @@ class RVOSDataset(Dataset):
             raise ValueError(f"{prep} holds no {split} sample")
         self.flows = None
         if with_flows:
-            from pipeline.flows import FlowReader
+            from pipeline.flow_reader import FlowReader
             self.flows = FlowReader(prep)
         self.augment = augment
         self.seed = seed
@@ -83,8 +77,9 @@ class RVOSDataset(Dataset):
         long_text, short_text = r.long, r.short
         flows = valid = None
         if self.flows is not None:
-            flows, valid = self.flows.read(r.video_id, r.frame)   # (4, 2, hf, wf) in stored-grid pixels
-            flows = flows * self.flows.stride                     # -> pixels of the stored frames
+            flows, valid = self.flows.read(r.video_id, r.frame)   # (4, 2, gh, gw) in stored-grid pixels
+            h, w = frames.shape[1:3]                              # -> pixels of the stored frames
+            flows = flows * np.array([w / flows.shape[-1], h / flows.shape[-2]], np.float32).reshape(1, 2, 1, 1)
         # per-sample randomness from (seed, epoch, index): reproducible and worker-count independent
         rng = random.Random((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
         flipped = False
@@ -94,7 +89,7 @@ class RVOSDataset(Dataset):
             masks = masks[:, :, ::-1]
             long_text, short_text = swap_left_right(long_text), swap_left_right(short_text)
             if flows is not None:
-                flows = flip_flows(flows)
+                flows = hflip_flows(flows)
         frames_t = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)   # (T, 3, h, w) uint8
         masks_t = torch.from_numpy(np.ascontiguousarray(masks))
         if self.augment is not None and self.augment.scales:
@@ -119,7 +114,8 @@ class RVOSDataset(Dataset):
                                antialias=scale < 1).round().clamp(0, 255).to(torch.uint8)
         masks = F.interpolate(masks[None].float(), size=size, mode="nearest")[0].bool()
         if flows is not None:
-            flows = flows * np.float32(size[1] / w)   # frame pixels scale with the frame
+            # vectors are in frame pixels: they scale with the frame (the grid itself is resampled by the loss)
+            flows = flows * np.array([size[1] / w, size[0] / h], np.float32).reshape(1, 2, 1, 1)
         return frames, masks, flows
 
 

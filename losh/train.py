@@ -121,6 +121,11 @@ def forward_and_loss(model, criterion, batch: dict, device: torch.device, amp: s
                      flow_frame_size=size)
 
 
+def main_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The learning rate of the transformer/heads group (the backbone's is 10x lower)."""
+    return next((g["lr"] for g in optimizer.param_groups if g.get("name") == "rest"), optimizer.param_groups[0]["lr"])
+
+
 def atomic_save(obj: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -140,6 +145,15 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
 def train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, *, resume: bool = False,
           device: str | None = None, progress: bool = True) -> dict:
     """Train and return a summary (epochs, steps, last losses, checkpoint path)."""
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
+    try:
+        return _train(data, config, out, settings, resume=resume, device=device, progress=progress)
+    finally:
+        torch.use_deterministic_algorithms(deterministic_before)
+
+
+def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, *, resume: bool,
+           device: str | None, progress: bool) -> dict:
     settings.validate()
     d = setup_distributed()
     dev = select_device(d, device)
@@ -162,6 +176,8 @@ def train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, *
     elif resume:
         raise FileNotFoundError(f"--resume: no checkpoint in {out / 'checkpoints'}")
     seed_everything(settings.seed + d.rank)
+    if settings.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
     # ---- data: shards only
     with_flows = config.loss.fbc > 0
@@ -231,7 +247,7 @@ def train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, *
             losses = forward_and_loss(net, criterion, batch, dev, settings.amp)
             loss = losses["loss"]
             if not torch.isfinite(loss):
-                terms = {k: float(v) for k, v in losses.items()}
+                terms = {k: float(v.detach()) for k, v in losses.items()}
                 raise NonFiniteLoss(f"non-finite loss at epoch {epoch + 1}, step {i + 1} "
                                     f"(samples {batch['sample_id']}): {terms}; the last good checkpoint is "
                                     f"{ckpt_path if ckpt_path.exists() else 'not written yet'}")
@@ -245,13 +261,13 @@ def train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, *
             global_step += 1
             n_steps += 1
             step_in_epoch = i + 1
-            last = {k: float(v) for k, v in losses.items() if "_aux" not in k}
+            last = {k: float(v.detach()) for k, v in losses.items() if "_aux" not in k}
             for k, v in last.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in last.items()
                              if k in ("loss", "loss_dice_long", "loss_lsi", "loss_fbc")})
             if log and global_step % settings.log_every_steps == 0:
-                log.write(json.dumps({"epoch": epoch + 1, "step": global_step, "lr": optimizer.param_groups[0]["lr"],
+                log.write(json.dumps({"epoch": epoch + 1, "step": global_step, "lr": main_lr(optimizer),
                                       "time_s": round(time.time() - start, 2), **last}) + "\n")
                 log.flush()
             if settings.checkpoint_every_steps and global_step % settings.checkpoint_every_steps == 0:

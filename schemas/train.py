@@ -34,6 +34,7 @@ class TrainSettings:
     checkpoint_every_steps: int = 0        # 0: at the end of each epoch only
     log_every_steps: int = 10
     max_steps: int = 0                     # >0 stops after this many optimiser steps (smoke runs, benchmarks)
+    deterministic: bool = False            # bit-reproducible runs (slower: e.g. Swin's bias-table backward)
 
     def validate(self) -> "TrainSettings":
         def bad(msg: str) -> TrainConfigError:

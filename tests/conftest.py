@@ -22,3 +22,25 @@ def raw_copy(synth_root, tmp_path) -> Path:
     dst = tmp_path / "raw"
     shutil.copytree(synth_root, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def prepared(synth_root, tmp_path_factory) -> Path:
+    """`synth_root` prepared at its own 64 x 88 size, manual short text (read-only)."""
+    from pipeline.prepare import PrepareSettings, prepare_a2d
+
+    out = tmp_path_factory.mktemp("prepared") / "prep"
+    prepare_a2d(synth_root, out, short_source="manual", settings=PrepareSettings(window=8, short_side=64,
+                max_long_side=88), workers=1, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def prepared_with_flows(prepared, tmp_path_factory) -> Path:
+    """A copy of `prepared` with its Farneback flows (computed in-process, read-only)."""
+    from pipeline.flows import compute_flows
+
+    out = tmp_path_factory.mktemp("prepared_flows") / "prep"
+    shutil.copytree(prepared, out)
+    compute_flows(out, workers=0, progress=False)
+    return out

@@ -4,35 +4,20 @@ import numpy as np
 import pytest
 import torch
 
-from losh.data import Augment, RVOSDataset, collate, flip_flows, normalise_frames, swap_left_right
+from losh.data import Augment, RVOSDataset, collate, normalise_frames, swap_left_right
 from losh.predictions import mask_path, score_predictions, write_mask, write_scores
-from pipeline.prepare import PrepareSettings, prepare_a2d
 from pipeline.shards import PreparedDataset
 
 
-@pytest.fixture(scope="module")
-def prep(synth_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("prep") / "prep"
-    prepare_a2d(synth_root, out, short_source="manual", settings=PrepareSettings(window=8, short_side=64, max_long_side=88),
-                workers=1, progress=False)
-    return out
+@pytest.fixture()
+def prep(prepared):
+    return prepared
 
 
 def test_swap_left_right_keeps_case_and_words():
     assert swap_left_right("the dog on the left, moving Right") == "the dog on the right, moving Left"
     assert swap_left_right("bright leftover") == "bright leftover"
     assert swap_left_right("LEFT lefts") == "RIGHT rights"
-
-
-def test_flip_flows_mirrors_and_negates_x():
-    flows = np.zeros((4, 2, 2, 3), dtype=np.float32)
-    flows[0, 0] = [[1, 2, 3], [4, 5, 6]]     # u
-    flows[0, 1] = [[7, 8, 9], [10, 11, 12]]  # v
-    out = flip_flows(flows)
-    assert (out[0, 0] == -np.array([[3, 2, 1], [6, 5, 4]])).all()
-    assert (out[0, 1] == np.array([[9, 8, 7], [12, 11, 10]])).all()
-    # a point moving right (u > 0) moves left after the flip
-    assert (flip_flows(np.ones((1, 2, 1, 1), np.float32))[0, 0] == -1).all()
 
 
 def test_flip_augmentation_flips_frames_masks_and_texts_together(prep):
@@ -80,3 +65,20 @@ def test_scoring_a_predictions_folder(prep, tmp_path):
     assert metrics["mean_iou"] == pytest.approx((len(data.records) - 1) / len(data.records))
     doc = json.loads((out / "predictions.json").read_text())
     assert doc["schema"] == "losh.predictions"
+
+
+def test_flows_follow_the_flip_and_the_resize(prepared_with_flows):
+    plain = RVOSDataset(prepared_with_flows, "train", with_flows=True)
+    flipped = RVOSDataset(prepared_with_flows, "train", with_flows=True, augment=Augment(flip_p=1.0))
+    a, b = plain[0], flipped[0]
+    assert a["flows"].shape == (4, 2, 16, 22) and a["flow_valid"].dtype == torch.bool
+    assert torch.equal(b["flows"][:, 0], -a["flows"][:, 0].flip(-1))   # x mirrored and negated
+    assert torch.equal(b["flows"][:, 1], a["flows"][:, 1].flip(-1))
+    assert torch.equal(a["flow_valid"], b["flow_valid"])
+    # stored in grid pixels (stride 4): the loader gives frame pixels, 4x larger
+    from pipeline.flow_reader import FlowReader
+    r = plain.data.records[0]
+    grid, _ = FlowReader(prepared_with_flows).read(r.video_id, r.frame)
+    assert torch.allclose(a["flows"], torch.from_numpy(grid) * 4)
+    half = RVOSDataset(prepared_with_flows, "train", with_flows=True, augment=Augment(scales=(32,), flip_p=0.0))[0]
+    assert torch.allclose(half["flows"], a["flows"] * 0.5, atol=1e-6)

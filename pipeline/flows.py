@@ -1,0 +1,357 @@
+"""`losh compute-flows PREP`: the Farneback flows of every annotated frame, in parallel with Dask.
+
+One task per video: it decodes the video's needed frames once from its PREP shard, computes the
+flows from each annotated frame k to its stored frames k+t, and writes PREP/flows/<video_id>.h5
+under a temporary name, then renames it; only this process's client writes flows/index.json, last.
+A shard is reused only when its hash of (parameters, PREP shard, frames) equals the requested one;
+any other shard of that video is recomputed, so a flow set never mixes parameters.
+"""
+from __future__ import annotations
+
+import ctypes
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.flow_field import encode, farneback, gray_from_bgr, to_grid
+from pipeline.frame_codec import decode_frame
+from pipeline.shards import load_manifest, load_records
+from schemas.flows import FLOWS_SCHEMA, FLOWS_VERSION, UNITS, FlowParams, parse_compression
+from schemas.prepared import SchemaError
+
+INDEX_FILE = "index.json"
+FLOWS_DIR = "flows"
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3   # glibc mallopt parameters
+
+
+class FlowComputeError(RuntimeError):
+    """Some videos could not get their flows (the others are stored; a re-run retries them)."""
+
+
+@dataclass(frozen=True)
+class FlowJob:
+    """The flows of one video: from each annotated frame to its stored frames k+t (clamped)."""
+
+    video_id: str
+    prep_shard: str                        # absolute path of PREP/shards/<video_id>.h5
+    out: str                               # absolute path of PREP/flows/<video_id>.h5
+    frames: tuple[int, ...]                # annotated frames, ascending
+    targets: tuple[tuple[int, ...], ...]   # per frame, the stored frame of each offset
+    valid: tuple[tuple[bool, ...], ...]    # per frame, k+t inside the video
+    prep_shard_hash: str
+    params: FlowParams
+
+    def inputs_hash(self) -> str:
+        spec = {"params": self.params.hash(), "prep_shard": self.prep_shard_hash, "frames": self.frames,
+                "targets": self.targets, "valid": self.valid}
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class FlowRun:
+    index: dict
+    computed: list[str] = field(default_factory=list)   # videos whose shard this run wrote
+    resumed: list[str] = field(default_factory=list)    # videos whose finished shard was kept
+    seconds: float = 0.0                                 # wall time of compute_flows
+    task_seconds: dict[str, dict] = field(default_factory=dict)   # per computed video: decode, flows, write, wall, cpu
+
+
+def flows_dir(prep: Path) -> Path:
+    return Path(prep) / FLOWS_DIR
+
+
+def offset_targets(window: list[int], frame: int, offsets: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[bool, ...]]:
+    """Stored frame and validity of each offset, read off the sample's window.
+
+    The window (MTTR's, clamped to the video) puts frame k at position w//2, so position w//2 + t
+    holds min(max(k + t, 1), last frame); t outside the window's reach cannot be served.
+    """
+    w = len(window)
+    centre = w // 2
+    if window[centre] != frame:
+        raise SchemaError(f"window {window} does not hold annotated frame {frame} at position {centre}")
+    targets, valid = [], []
+    for t in offsets:
+        if not 0 <= centre + t < w:
+            lo, hi = -centre, w - 1 - centre
+            raise ValueError(f"offset {t:+d} needs frame k{t:+d}, but PREP stores windows of {w} frames "
+                             f"(offsets {lo:+d}..{hi:+d}); re-run prepare-data with a larger --window "
+                             f"(>= {2 * abs(t) + (1 if t > 0 else 0)}) or choose --offsets within {lo:+d}..{hi:+d}")
+        targets.append(window[centre + t])
+        valid.append(window[centre + t] == frame + t)
+    return tuple(targets), tuple(valid)
+
+
+def build_flow_jobs(prep: Path, params: FlowParams) -> tuple[list[FlowJob], dict]:
+    """One job per video of PREP, covering every annotated frame among its records."""
+    prep = Path(prep).resolve()
+    manifest = load_manifest(prep)
+    records = load_records(prep, manifest)
+    per_video: dict[str, dict[int, tuple[tuple[int, ...], tuple[bool, ...]]]] = {}
+    shard_of: dict[str, str] = {}
+    for r in records:
+        frames = per_video.setdefault(r.video_id, {})
+        if r.frame not in frames:
+            frames[r.frame] = offset_targets(r.window, r.frame, params.offsets)
+        shard_of[r.video_id] = r.shard
+    jobs = []
+    for vid in sorted(per_video):
+        shard = prep / shard_of[vid]
+        try:
+            with h5py.File(shard, "r") as f:
+                prep_hash = str(f.attrs["settings_hash"])
+        except (OSError, KeyError) as e:
+            raise SchemaError(f"{shard}: unreadable PREP shard ({e}); re-run prepare-data") from e
+        frames = sorted(per_video[vid])
+        jobs.append(FlowJob(vid, str(shard), str(flows_dir(prep) / f"{vid}.h5"), tuple(frames),
+                            tuple(per_video[vid][k][0] for k in frames), tuple(per_video[vid][k][1] for k in frames),
+                            prep_hash, params))
+    return jobs, manifest
+
+
+def read_gray_frames(prep_shard: str, numbers: set[int]) -> dict[int, np.ndarray]:
+    """Grey stored frames of a PREP shard, each decoded once."""
+    with h5py.File(prep_shard, "r") as f:
+        stored = f["frame_numbers"][()]
+        position = {int(n): i for i, n in enumerate(stored)}
+        missing = sorted(set(numbers) - set(position))
+        if missing:
+            raise SchemaError(f"{prep_shard}: frames {missing} are needed for the flows but not stored")
+        return {n: gray_from_bgr(decode_frame(f["frames"][position[n]])) for n in sorted(numbers)}
+
+
+def frame_flows(gray: dict[int, np.ndarray], frame: int, targets: tuple[int, ...], params: FlowParams,
+                cache: dict | None = None) -> np.ndarray:
+    """(O, 2, gh, gw) float32 flows of one annotated frame, on the stored grid."""
+    h, w = gray[frame].shape
+    grid = params.grid(h, w)
+    cache = {} if cache is None else cache
+    out = np.empty((len(targets), 2, *grid), dtype=np.float32)
+    for o, target in enumerate(targets):
+        if (frame, target) not in cache:   # clamped offsets can repeat a pair
+            cache[frame, target] = to_grid(farneback(gray[frame], gray[target], params.farneback), grid)
+        out[o] = cache[frame, target]
+    return out
+
+
+def keep_freed_memory() -> None:
+    """Let glibc keep and reuse freed memory instead of handing it back to the OS.
+
+    Each Farneback call allocates and frees ~10 MB of pyramids; with glibc's defaults, and even more
+    with the MALLOC_TRIM_THRESHOLD_=65536 that Dask's nanny gives its workers, every call faults
+    those pages in again: 12-25% extra CPU time, measured (see the README). No-op without mallopt.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):
+        return
+    mallopt(_M_TRIM_THRESHOLD, 256 << 20)
+    mallopt(_M_MMAP_THRESHOLD, 32 << 20)   # glibc's maximum; fixes the threshold (no dynamic change)
+
+
+def compute_video_flows(job: FlowJob) -> dict:
+    """The task: compute and write one video's flow shard; returns its summary for the index."""
+    cv2.setNumThreads(1)   # one task per core: OpenCV's own threads would oversubscribe
+    keep_freed_memory()
+    params = job.params
+    clock, cpu, thread = time.perf_counter(), time.process_time(), time.thread_time()
+    gray = read_gray_frames(job.prep_shard, set(job.frames) | {t for ts in job.targets for t in ts})
+    decoded = time.perf_counter()
+    sizes = {g.shape for g in gray.values()}
+    if len(sizes) != 1:
+        raise SchemaError(f"{job.prep_shard}: stored frames differ in size {sorted(sizes)}")
+    (h, w), = sizes
+    grid = params.grid(h, w)
+    stored = np.empty((len(job.frames), len(params.offsets), 2, *grid), dtype=params.dtype)
+    cache: dict = {}
+    for i, (frame, targets) in enumerate(zip(job.frames, job.targets)):
+        stored[i] = encode(frame_flows(gray, frame, targets, params, cache), params)
+    computed = time.perf_counter()
+
+    out = Path(job.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:12]}")   # unique across hosts of a cluster
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("frames", data=np.asarray(job.frames, dtype=np.int32))
+            f.create_dataset("targets", data=np.asarray(job.targets, dtype=np.int32))
+            f.create_dataset("valid", data=np.asarray(job.valid, dtype=bool))
+            f.create_dataset("flows", data=stored, chunks=(1, *stored.shape[1:]),   # one chunk per annotated frame
+                             **parse_compression(params.compression))
+            f.attrs.update({
+                "schema": FLOWS_SCHEMA, "version": FLOWS_VERSION, "video_id": job.video_id,
+                "params": json.dumps(params.to_dict(), sort_keys=True), "params_hash": params.hash(),
+                "inputs_hash": job.inputs_hash(), "prep_shard_hash": job.prep_shard_hash,
+                "frame_size": [h, w], "grid": list(grid), "vector_scale": [grid[1] / w, grid[0] / h],
+                "units": UNITS, "dtype": params.dtype, "compression": params.compression})
+        os.replace(tmp, out)   # the shard appears only when complete
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    summary = _summary(job, (h, w), grid, out.stat().st_size)
+    end = time.perf_counter()
+    summary["seconds"] = {"decode": decoded - clock, "flows": computed - decoded, "write": end - computed,
+                          "wall": end - clock, "cpu": time.process_time() - cpu,
+                          "thread_cpu": time.thread_time() - thread}
+    return summary
+
+
+def _summary(job: FlowJob, size: tuple[int, int], grid: tuple[int, int], nbytes: int) -> dict:
+    return {"video_id": job.video_id, "file": f"{FLOWS_DIR}/{Path(job.out).name}", "frames": list(job.frames),
+            "inputs_hash": job.inputs_hash(), "frame_size": list(size), "grid": list(grid),
+            "flows": len(job.frames) * len(job.params.offsets),
+            "invalid_flows": sum(not v for vs in job.valid for v in vs), "bytes": nbytes}
+
+
+def finished_summary(job: FlowJob) -> dict | None:
+    """The summary of the video's existing shard if it holds exactly the requested flows, else None."""
+    path = Path(job.out)
+    if not path.exists():
+        return None
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("params_hash") != job.params.hash() or f.attrs.get("inputs_hash") != job.inputs_hash():
+                return None   # other parameters or other PREP frames: recompute, never mix
+            size, grid = tuple(int(x) for x in f.attrs["frame_size"]), tuple(int(x) for x in f.attrs["grid"])
+            if f["flows"].shape != (len(job.frames), len(job.params.offsets), 2, *grid):
+                return None
+    except (OSError, KeyError, ValueError):
+        return None   # unreadable leftovers are recomputed
+    return _summary(job, size, grid, path.stat().st_size)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _run_in_process(jobs: list[FlowJob]) -> Iterator[tuple[FlowJob, dict | None, str | None]]:
+    for job in jobs:
+        try:
+            yield job, compute_video_flows(job), None
+        except Exception as e:  # reported per video, like the Dask path
+            yield job, None, f"{type(e).__name__}: {e}"
+
+
+def start_local_cluster(workers: int):
+    """`workers` single-threaded worker processes on this machine (a distributed.LocalCluster)."""
+    import dask
+    from distributed import LocalCluster
+
+    # no statistical profiler: it samples the task thread every 10 ms (~2.5% CPU, measured)
+    with dask.config.set({"distributed.worker.profile.enabled": False}):
+        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                            silence_logs=logging.ERROR)
+
+
+def _run_dask(jobs: list[FlowJob], workers: int, scheduler: str | None,
+              prep: Path) -> Iterator[tuple[FlowJob, dict | None, str | None]]:
+    """Submit one task per job to a local cluster or to the scheduler at `scheduler`; yield as they end."""
+    from distributed import Client, as_completed
+
+    cluster = None
+    if scheduler:
+        client = Client(scheduler, timeout="30s")
+    else:
+        cluster = start_local_cluster(workers)
+        client = Client(cluster)
+    try:
+        if scheduler:
+            client.wait_for_workers(1, timeout=60)
+            sees = client.run(os.path.isdir, str(prep))
+            blind = sorted(w for w, ok in sees.items() if not ok)
+            if blind:
+                raise FlowComputeError(f"workers {blind} of {scheduler} cannot see {prep}: the scheduler's "
+                                       "workers must share this file system (same absolute path)")
+        run = uuid.uuid4().hex[:8]
+        futures = {client.submit(compute_video_flows, job, key=f"losh-flows-{run}-{job.video_id}"): job for job in jobs}
+        for future in as_completed(futures):
+            job = futures[future]
+            try:
+                yield job, future.result(), None
+            except Exception as e:
+                yield job, None, f"{type(e).__name__}: {e}"
+            future.release()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def compute_flows(prep: Path, params: FlowParams = FlowParams(), *, workers: int | None = None,
+                  scheduler: str | None = None, progress: bool = True) -> FlowRun:
+    """Compute the missing flow shards of PREP, then write flows/index.json.
+
+    workers: local Dask worker processes (default: all cores); 0 runs the tasks in this process
+    without Dask (for debugging). scheduler: address of a running Dask scheduler (tcp://host:port)
+    whose workers see PREP at the same path; `workers` is then ignored.
+    """
+    clock = time.perf_counter()
+    prep = Path(prep).resolve()
+    params = params.validate()
+    jobs, manifest = build_flow_jobs(prep, params)
+    out_dir = flows_dir(prep)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(".*.tmp-*"):
+        stale.unlink(missing_ok=True)   # leftovers of a killed run
+    summaries: dict[str, dict] = {}
+    todo: list[FlowJob] = []
+    for job in jobs:
+        done = finished_summary(job)
+        if done is None:
+            todo.append(job)
+        else:
+            summaries[job.video_id] = done
+    run = FlowRun(index={}, resumed=sorted(summaries))
+    index_path = out_dir / INDEX_FILE
+    if todo:
+        index_path.unlink(missing_ok=True)   # no index may describe a half-updated set
+        if scheduler:
+            results = _run_dask(todo, 0, scheduler, prep)
+        elif workers == 0:
+            results = _run_in_process(todo)
+        else:
+            results = _run_dask(todo, min(workers or os.cpu_count() or 1, len(todo)), None, prep)
+        failures = []
+        bar = tqdm(total=len(jobs), initial=len(summaries), desc="compute-flows", unit="video", disable=not progress)
+        for job, summary, error in results:
+            if error is None:
+                run.task_seconds[job.video_id] = summary.pop("seconds")
+                summaries[job.video_id] = summary
+                run.computed.append(job.video_id)
+            else:
+                failures.append(f"{job.video_id}: {error}")
+            bar.update()
+        bar.close()
+        if failures:
+            raise FlowComputeError(f"{len(failures)} of {len(jobs)} videos failed (the other shards are kept; "
+                                   f"re-run to retry): " + "; ".join(failures[:5]))
+    entries = [summaries[job.video_id] for job in jobs]
+    index = {
+        "schema": FLOWS_SCHEMA, "version": FLOWS_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "params": params.to_dict(), "params_hash": params.hash(), "prep_settings_hash": manifest["settings_hash"],
+        "videos": [{k: e[k] for k in ("video_id", "file", "frames", "inputs_hash", "frame_size", "grid")}
+                   for e in entries],
+        "counts": {"videos": len(entries), "annotated_frames": sum(len(e["frames"]) for e in entries),
+                   "flows": sum(e["flows"] for e in entries), "invalid_flows": sum(e["invalid_flows"] for e in entries),
+                   "bytes": sum(e["bytes"] for e in entries)},
+    }
+    _atomic_write_text(index_path, json.dumps(index, indent=1))
+    run.index = index
+    run.computed.sort()
+    run.seconds = time.perf_counter() - clock
+    return run

@@ -1,0 +1,116 @@
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import losh.train as train_module
+from cli.main import app
+from losh.evaluate import evaluate_checkpoint, trivial_baselines
+from losh.metrics import METRIC_KEYS
+from losh.train import NonFiniteLoss, RunExists, load_checkpoint, train
+from schemas.config import get_config
+from schemas.train import TrainSettings
+
+CONFIG = get_config("tiny:wo-fbc")   # flows are tested with compute-flows; here the loop itself
+
+
+def settings(**kw):
+    base = dict(epochs=2, batch_size=2, num_workers=0, log_every_steps=1, amp="off", lr_milestones=(1,),
+                deterministic=True)
+    base.update(kw)
+    return TrainSettings(**base)
+
+
+def weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def test_training_writes_log_and_checkpoint_and_resume_continues_the_same_run(prepared, tmp_path):
+    full = train(prepared, CONFIG, tmp_path / "full", settings(), progress=False)
+    assert full["epochs"] == 2 and full["steps"] > 2
+    log = [json.loads(line) for line in (tmp_path / "full/metrics.jsonl").read_text().splitlines()]
+    assert {"loss", "loss_dice_long", "loss_lsi", "lr"} <= set(log[0])
+    assert [e["epoch_end"] for e in log if "epoch_end" in e] == [1, 2]
+    assert log[-2]["lr"] == pytest.approx(1e-4 * 0.4)          # milestone at epoch 1, gamma 0.4
+    ckpt = load_checkpoint(tmp_path / "full/checkpoints/last.pt")
+    assert {"model", "optimizer", "scheduler", "scaler", "rng", "epoch", "model_config", "train_settings"} <= set(ckpt)
+
+    # the same run, interrupted after the first epoch and resumed
+    half = train(prepared, CONFIG, tmp_path / "split", settings(epochs=1), progress=False)
+    assert half["epochs"] == 1
+    with pytest.raises(RunExists):
+        train(prepared, CONFIG, tmp_path / "split", settings(), progress=False)
+    resumed = train(prepared, CONFIG, tmp_path / "split", settings(), resume=True, progress=False)
+    assert resumed["steps"] == full["steps"]
+    a, b = weights(tmp_path / "full/checkpoints/last.pt"), weights(tmp_path / "split/checkpoints/last.pt")
+    for k, v in a.items():
+        if isinstance(v, torch.Tensor):
+            assert torch.equal(v, b[k]), k
+
+
+def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(prepared, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    train(prepared, CONFIG, out, settings(epochs=1), progress=False)
+    before = weights(out / "checkpoints/last.pt")
+    real = train_module.forward_and_loss
+
+    def poisoned(*args, **kwargs):
+        losses = real(*args, **kwargs)
+        losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(train_module, "forward_and_loss", poisoned)
+    with pytest.raises(NonFiniteLoss, match="non-finite loss at epoch 2, step 1"):
+        train(prepared, CONFIG, out, settings(epochs=2), resume=True, progress=False)
+    after = weights(out / "checkpoints/last.pt")
+    assert all(torch.equal(before[k], after[k]) for k in before if isinstance(before[k], torch.Tensor))
+
+
+def test_cli_train_then_evaluate_writes_metrics_predictions_and_pictures(prepared, tmp_path):
+    runner = CliRunner()
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--data", str(prepared), "--out", str(run), "--config", "tiny:wo-fbc",
+                                 "--epochs", "1", "--batch-size", "2", "--workers", "0", "--max-steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert "trained 2 steps" in result.output
+    result = runner.invoke(app, ["evaluate", "--data", str(prepared), "--checkpoint", str(run / "checkpoints/last.pt"),
+                                 "--out", str(run / "metrics.json"), "--save-predictions", str(run / "pred"),
+                                 "--visualize", "2"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(METRIC_KEYS) <= set(metrics) and metrics["split"] == "test"
+    assert len(list((run / "pictures").glob("*.png"))) == 2
+    # the saved predictions score exactly as the model did
+    result = runner.invoke(app, ["evaluate", "--data", str(prepared), "--predictions", str(run / "pred"),
+                                 "--out", str(run / "rescored.json")])
+    assert result.exit_code == 0, result.output
+    rescored = json.loads((run / "rescored.json").read_text())
+    for key in ("overall_iou", "mean_iou", "j", "f"):
+        assert rescored[key] == pytest.approx(metrics[key])
+
+
+def test_paper_config_without_weights_says_what_to_provide(prepared, tmp_path):
+    result = CliRunner().invoke(app, ["train", "--data", str(prepared), "--out", str(tmp_path / "r"),
+                                      "--config", "losh-m:wo-fbc", "--max-steps", "1", "--workers", "0"])
+    assert result.exit_code == 1
+    assert "weights" in result.output.lower()
+
+
+def test_trivial_baselines(prepared):
+    b = trivial_baselines(prepared)
+    assert b["empty_mask_mean_iou"] == 0.0 and 0 < b["full_frame_mean_iou"] < 0.5
+
+
+def test_training_with_flows_uses_the_forward_backward_consistency_loss(prepared_with_flows, tmp_path):
+    summary = train(prepared_with_flows, get_config("tiny"), tmp_path / "run", settings(epochs=1, max_steps=2),
+                    progress=False)
+    assert summary["steps"] == 2
+    assert summary["last_losses"]["loss_fbc"] > 0
+
+
+def test_training_with_fbc_and_no_flows_says_to_compute_them(prepared, tmp_path):
+    result = CliRunner().invoke(app, ["train", "--data", str(prepared), "--out", str(tmp_path / "r"),
+                                      "--config", "tiny", "--max-steps", "1", "--workers", "0"])
+    assert result.exit_code == 1
+    assert "compute-flows" in result.output
