@@ -126,8 +126,9 @@ def prepare_data(
                f"(see {out / 'report.json'})")
 
 
-def _not_yet(command: str, issue: str) -> None:
-    fail(f"`losh {command}` is not available in this version yet ({issue}); nothing was done", 2)
+def torch_load_config(checkpoint: Path) -> dict:
+    from losh.train import load_checkpoint
+    return load_checkpoint(checkpoint)["model_config"]
 
 
 @app.command("compute-flows")
@@ -252,6 +253,8 @@ def evaluate(
     visualize: Annotated[int, typer.Option(min=0, help="Write this many GT-vs-prediction pictures.")] = 0,
     visualize_dir: Annotated[Optional[Path], typer.Option(help="Folder of the pictures.")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 2,
+    baselines: Annotated[bool, typer.Option(help="Also report the mean IoU of trivial baselines (empty mask, "
+                                                 "full frame, the untrained model of the checkpoint's config).")] = False,
     device: Annotated[Optional[str], typer.Option(help="Force a device (cpu, cuda:0).")] = None,
 ) -> None:
     """Metrics of a checkpoint (or of a predictions folder) on a split; JSON out; optional pictures."""
@@ -278,9 +281,19 @@ def evaluate(
             report = evaluate_checkpoint(data, checkpoint, split=split, out=out, save_predictions=save_predictions,
                                          visualize=visualize, visualize_dir=visualize_dir, batch_size=batch_size,
                                          device=device)
+            if baselines:
+                from losh.evaluate import trivial_baselines, untrained_model_mean_iou, write_json
+                from schemas.config import ModelConfig
+                config = ModelConfig.from_dict(torch_load_config(checkpoint))
+                report["baselines"] = {**trivial_baselines(data, split),
+                                       "untrained_model_mean_iou": untrained_model_mean_iou(data, config, split=split)}
+                if out is not None:
+                    write_json(out, report)
     except (SchemaError, PreparedDataMissing, FileNotFoundError, AssetMissing, ValueError) as e:
         fail(str(e))
     typer.echo(format_table({k: report[k] for k in METRIC_KEYS if k in report}))
+    for name, value in report.get("baselines", {}).items():
+        typer.echo(f"baseline {name.replace('_mean_iou', '')}: mean IoU {100 * value:.2f}%")
     if out is not None:
         typer.echo(f"metrics written to {out}")
     if visualize and checkpoint is not None:

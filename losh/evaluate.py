@@ -49,14 +49,31 @@ def evaluate_checkpoint(data: Path, checkpoint: Path, *, split: str = "test", ou
                         progress: bool = True) -> dict:
     dev = select_device(setup_distributed(), device)
     model, ckpt = load_model(checkpoint, dev)
-    amp = ckpt["train_settings"].get("amp", "off")
+    metrics = evaluate_model(model, data, split=split, save_predictions=save_predictions, visualize=visualize,
+                             visualize_dir=visualize_dir or (Path(out).parent / "pictures" if out else Path("pictures")),
+                             batch_size=batch_size, num_workers=num_workers, amp=ckpt["train_settings"].get("amp", "off"),
+                             progress=progress)
+    report = {**metrics, "split": split, "checkpoint": str(checkpoint), "data": str(data),
+              "model": ckpt["model_config"]["name"]}
+    if out is not None:
+        write_json(Path(out), report)
+    return report
+
+
+@torch.no_grad()
+def evaluate_model(model: torch.nn.Module, data: Path, *, split: str = "test", save_predictions: Path | None = None,
+                   visualize: int = 0, visualize_dir: Path = Path("pictures"), batch_size: int = 2,
+                   num_workers: int = 0, amp: str = "off", progress: bool = True) -> dict:
+    """MTTR's protocol: per sample, all queries' masks of the annotated frame with their mean reference
+    scores (mAP), the best-scoring one for IoU, precision@k, J and F. NaN metrics become None."""
+    model.eval()
+    dev = next(model.parameters()).device
     dataset = RVOSDataset(data, split)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers,
                         pin_memory=dev.type == "cuda")
     acc = MetricAccumulator()
     scores_out: dict[str, float] = {}
     pictures_left = visualize
-    vis_dir = visualize_dir or (Path(out).parent / "pictures" if out else Path("pictures"))
     records = {r.sample_id: r for r in dataset.data.records}
     for batch in tqdm(loader, desc=f"evaluate {split}", unit="batch", disable=not progress):
         batch = to_device(batch, dev)
@@ -81,15 +98,10 @@ def evaluate_checkpoint(data: Path, checkpoint: Path, *, split: str = "test", ou
             if pictures_left > 0:
                 pictures_left -= 1
                 _picture(model, batch, b, annotated, padded, valid, best, masks[best], iou, dev, amp,
-                         vis_dir / f"{sample_id}.png")
-    metrics = acc.result()
+                         Path(visualize_dir) / f"{sample_id}.png")
     if save_predictions is not None:
         write_scores(Path(save_predictions), split, scores_out)
-    report = {**{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in metrics.items()},
-              "split": split, "checkpoint": str(checkpoint), "data": str(data), "model": ckpt["model_config"]["name"]}
-    if out is not None:
-        write_json(Path(out), report)
-    return report
+    return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in acc.result().items()}
 
 
 def _picture(model, batch, b, annotated, padded, valid, best, pred_long, iou, dev, amp, path: Path) -> None:
@@ -111,6 +123,17 @@ def _picture(model, batch, b, annotated, padded, valid, best, pred_long, iou, de
     picture = comparison_picture(frame, batch["long_text"][b], batch["short_text"][b], gt_long, pred_long,
                                  gt_short, pred_short, iou)
     save_picture(path, picture)
+
+
+def untrained_model_mean_iou(data: Path, config: ModelConfig, seed: int = 42, split: str = "test") -> float:
+    """Mean IoU of the model as initialised (its tokenizer fitted as training would): the floor that
+    training must rise above."""
+    torch.manual_seed(seed)
+    model = build_model(config)
+    if model.text_encoder.trained_tokenizer:
+        records = RVOSDataset(data, "train").data.records
+        model.text_encoder.fit_tokenizer(sorted({t for r in records for t in (r.long, r.short)}))
+    return evaluate_model(model, data, split=split, progress=False)["mean_iou"]
 
 
 def trivial_baselines(data: Path, split: str = "test") -> dict[str, float]:

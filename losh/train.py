@@ -126,6 +126,25 @@ def main_lr(optimizer: torch.optim.Optimizer) -> float:
     return next((g["lr"] for g in optimizer.param_groups if g.get("name") == "rest"), optimizer.param_groups[0]["lr"])
 
 
+def dataset_manifest(data: Path) -> dict:
+    from pipeline.shards import load_manifest
+    return load_manifest(Path(data))
+
+
+def check_data_matches_config(manifest: dict, config: ModelConfig) -> None:
+    """Refuse a prepared set whose window or short-text source differs from what the config trains."""
+    if manifest["window"] != config.window:
+        raise ValueError(f"the config trains on windows of {config.window} frames but the data was prepared with "
+                         f"--window {manifest['window']}")
+    source = manifest["short_text"]["source"]
+    if config.use_short_text and source != config.short_text_source:
+        hint = ("append ':msh' to the preset (machine short text, the paper's LoSh-M w/ MSh)"
+                if source == "machine" else "use a config with short_text_source 'manual'")
+        raise ValueError(f"config {config.name!r} trains on {config.short_text_source} short text, but the data "
+                         f"holds {source} short text (prepare-data --short-text {source}); {hint}, or re-prepare "
+                         f"with --short-text {config.short_text_source}")
+
+
 def atomic_save(obj: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -179,7 +198,8 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
     if settings.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
-    # ---- data: shards only
+    # ---- data: shards only, prepared the way this config expects
+    check_data_matches_config(dataset_manifest(data), config)
     with_flows = config.loss.fbc > 0
     dataset = RVOSDataset(data, "train", with_flows=with_flows, seed=settings.seed,
                           augment=Augment(settings.scales, settings.max_long_side, settings.flip_p))

@@ -76,10 +76,11 @@ def test_cli_train_then_evaluate_writes_metrics_predictions_and_pictures(prepare
     assert "trained 2 steps" in result.output
     result = runner.invoke(app, ["evaluate", "--data", str(prepared), "--checkpoint", str(run / "checkpoints/last.pt"),
                                  "--out", str(run / "metrics.json"), "--save-predictions", str(run / "pred"),
-                                 "--visualize", "2"])
+                                 "--visualize", "2", "--baselines"])
     assert result.exit_code == 0, result.output
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(METRIC_KEYS) <= set(metrics) and metrics["split"] == "test"
+    assert set(metrics["baselines"]) == {"empty_mask_mean_iou", "full_frame_mean_iou", "untrained_model_mean_iou"}
     assert len(list((run / "pictures").glob("*.png"))) == 2
     # the saved predictions score exactly as the model did
     result = runner.invoke(app, ["evaluate", "--data", str(prepared), "--predictions", str(run / "pred"),
@@ -114,3 +115,10 @@ def test_training_with_fbc_and_no_flows_says_to_compute_them(prepared, tmp_path)
                                       "--config", "tiny", "--max-steps", "1", "--workers", "0"])
     assert result.exit_code == 1
     assert "compute-flows" in result.output
+
+
+def test_short_text_source_of_data_and_config_must_agree(prepared, tmp_path):
+    result = CliRunner().invoke(app, ["train", "--data", str(prepared), "--out", str(tmp_path / "r"),
+                                      "--config", "tiny:msh", "--max-steps", "1", "--workers", "0"])
+    assert result.exit_code == 1
+    assert "trains on machine short text, but the data holds manual short text" in result.output
