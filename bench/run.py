@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["prepare_storage", "shorten_agreement", "flops", "flows"]
+BENCHMARKS = ["prepare_storage", "shorten_agreement", "flops", "flows", "train_step"]
 
 
 def main(argv: list[str]) -> int:

@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Test mean IoU {100 * metrics['mean_iou']:.1f}%, overall IoU {100 * metrics['overall_iou']:.1f}%, "
           f"mAP {100 * metrics['map']:.1f}%. Metrics: {out / 'metrics.json'}; pictures: {out / 'pictures'}; "
           f"predicted masks: {out / 'predictions'}; run: {run_dir}")
+    b = metrics.get("baselines", {})
+    if b:
+        print(f"Baselines (test mean IoU): empty mask {100 * b['empty_mask_mean_iou']:.1f}%, full frame "
+              f"{100 * b['full_frame_mean_iou']:.1f}%, untrained model {100 * b['untrained_model_mean_iou']:.1f}%")
     return 0
 
 

@@ -6,7 +6,7 @@ import torch
 
 from losh.criterion import build_criterion
 from losh.losh import build_model, param_groups
-from schemas.config import get_config
+from schemas.config import get_config, with_overrides
 
 B, T, H, W, K = 2, 4, 64, 96, 2
 LONG = ["the big red circle is moving to the left", "a small blue square jumping up and down"]
@@ -28,7 +28,7 @@ def _targets():
 @pytest.fixture(scope="module")
 def step():
     torch.manual_seed(0)
-    config = get_config("tiny")
+    config = with_overrides(get_config("tiny"), {"text.freeze": True})   # the paper's frozen encoder
     model = build_model(config).train()
     criterion = build_criterion(config)
     frames = torch.randn(B, T, 3, H, W)

@@ -1,4 +1,6 @@
 """The text encoder: frozen, one batched call for long and short texts, offline errors, tiny tokenizer."""
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -7,7 +9,7 @@ from losh.text_encoder import TextEncoder
 from losh.tiny_tokenizer import builtin_corpus, train_bpe_tokenizer
 from schemas.config import TextConfig, get_config
 
-TINY = get_config("tiny").text
+TINY = replace(get_config("tiny").text, freeze=True)   # the paper's frozen encoder, in tiny dims
 
 
 def test_long_and_short_texts_are_encoded_in_one_call():

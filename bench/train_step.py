@@ -1,0 +1,142 @@
+"""Step time of LoSh-M vs the MTTR baseline, and whether the data loader keeps up.
+
+`python -m bench.train_step [--size 160x288] [--steps 5]` prints JSON lines:
+    train_step_ratio_losh_vs_mttr   training step (forward, loss, backward, AdamW) LoSh-M / MTTR
+                                    (paper: 153 / 141 ms = 1.085; target <= 1.08)
+    infer_step_ratio_losh_vs_mttr   inference (long pathway only) LoSh-M / MTTR (paper 80 / 79; target <= 1.02)
+    loader_vs_step_ratio            time to load one batch from the shards (frames, masks, flows,
+                                    augmentation, collate; one worker) / LoSh-M training step (target < 1)
+
+Both models use the paper dims (Swin-T, RoBERTa-base dims, D = 256, 50 queries) with random weights;
+on a CPU the input is reduced (default 8 x 160 x 288, the dims kept), on CUDA it is the paper's
+8 x 320 x 576 with bf16 autocast. Batch 3 (the paper's). The median of `--steps` timed steps
+after a warm-up step.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from losh.criterion import build_criterion
+from losh.data import Augment, RVOSDataset, collate
+from losh.losh import build_model, param_groups
+from losh.train import autocast_for, forward_and_loss, to_device
+from schemas.config import get_config, with_overrides
+
+BATCH = 3
+NO_DOWNLOAD = {"backbone.require_weights": False, "text.pretrained": False}
+
+
+def _synthetic_batch(size: tuple[int, int], device: torch.device) -> dict:
+    h, w = size
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(BATCH, 2, h, w, generator=g) > 0.7
+    batch = {
+        "frames": torch.randint(0, 255, (BATCH, 8, 3, h, w), dtype=torch.uint8, generator=g),
+        "long_text": ["the brown dog is running on grass to the left"] * BATCH,
+        "short_text": ["the brown dog"] * BATCH,
+        "long_mask": masks[:, 0], "short_mask": masks[:, 0] | masks[:, 1],
+        "instance_masks": [masks[i] for i in range(BATCH)],
+        "referred_index": torch.zeros(BATCH, dtype=torch.long),
+        "annotated_index": torch.full((BATCH,), 4), "valid_size": torch.tensor([[h, w]] * BATCH),
+        "flows": torch.randn(BATCH, 4, 2, h // 4, w // 4, generator=g),
+        "flow_valid": torch.ones(BATCH, 4, dtype=torch.bool),
+    }
+    return to_device(batch, device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_model(spec: str, size: tuple[int, int], steps: int, device: torch.device, amp: str) -> tuple[float, float]:
+    """(median training step s, median inference s) for one config."""
+    torch.manual_seed(0)
+    config = with_overrides(get_config(spec), NO_DOWNLOAD)
+    model = build_model(config).to(device)
+    criterion = build_criterion(config).to(device)
+    optimizer = torch.optim.AdamW(param_groups(model, 1e-4, 1e-5, 1e-4))
+    batch = _synthetic_batch(size, device)
+    train_times, infer_times = [], []
+    for i in range(steps + 1):
+        model.train()
+        _sync(device)
+        start = time.perf_counter()
+        losses = forward_and_loss(model, criterion, batch, device, amp)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+        optimizer.step()
+        _sync(device)
+        if i:
+            train_times.append(time.perf_counter() - start)
+        model.eval()
+        frames = (batch["frames"].float() / 255)
+        start = time.perf_counter()
+        with torch.no_grad(), autocast_for(device, amp):
+            model.infer(frames, batch["long_text"], annotated_index=4)
+        _sync(device)
+        if i:
+            infer_times.append(time.perf_counter() - start)
+    return statistics.median(train_times), statistics.median(infer_times)
+
+
+def time_loader(size: tuple[int, int], repeats: int = 5) -> float:
+    """Median seconds to load one batch of 3 samples (frames, masks, flows, flip) with one worker."""
+    from pipeline.flows import compute_flows
+    from pipeline.prepare import PrepareSettings, prepare_a2d
+    from pipeline.synth import write_synthetic_a2d
+
+    h, w = size
+    with tempfile.TemporaryDirectory() as tmp:
+        root, prep = Path(tmp) / "raw", Path(tmp) / "prep"
+        write_synthetic_a2d(root, videos=4, seed=0, height=h, width=w, frames=16, annotated_per_video=2,
+                            progress=False)
+        prepare_a2d(root, prep, short_source="manual", settings=PrepareSettings(short_side=min(h, w),
+                    max_long_side=max(h, w)), workers=1, progress=False)
+        compute_flows(prep, workers=0, progress=False)
+        ds = RVOSDataset(prep, "train", with_flows=True, augment=Augment(flip_p=0.5))
+        collate([ds[i % len(ds)] for i in range(BATCH)])  # open the shards outside the timing
+        times = []
+        for r in range(repeats):
+            start = time.perf_counter()
+            collate([ds[(r * BATCH + i) % len(ds)] for i in range(BATCH)])
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size", default=None, help="HxW of the input (default: 320x576 on CUDA, 160x288 on CPU)")
+    parser.add_argument("--steps", type=int, default=3)
+    args = parser.parse_args(argv or [])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    amp = "bf16" if device.type == "cuda" else "off"
+    size = tuple(int(v) for v in (args.size or ("320x576" if device.type == "cuda" else "160x288")).split("x"))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    losh_train, losh_infer = time_model("losh-m", size, args.steps, device, amp)
+    mttr_train, mttr_infer = time_model("mttr", size, args.steps, device, amp)
+    common = {"device": str(device), "input": f"{BATCH}x8x{size[0]}x{size[1]}", "amp": amp, "steps": args.steps}
+    print(json.dumps({"bench": "train_step_ratio_losh_vs_mttr", "value": round(losh_train / mttr_train, 4),
+                      "unit": "ratio", "target": 1.08, "losh_m_s": round(losh_train, 4), "mttr_s": round(mttr_train, 4),
+                      "paper": "153/141 ms = 1.085", **common}), flush=True)
+    print(json.dumps({"bench": "infer_step_ratio_losh_vs_mttr", "value": round(losh_infer / mttr_infer, 4),
+                      "unit": "ratio", "target": 1.02, "losh_m_s": round(losh_infer, 4), "mttr_s": round(mttr_infer, 4),
+                      "paper": "80/79 ms = 1.013", **common}), flush=True)
+    load = time_loader(size)
+    print(json.dumps({"bench": "loader_vs_step_ratio", "value": round(load / losh_train, 4), "unit": "ratio",
+                      "target": 1.0, "loader_s_per_batch": round(load, 4), "losh_m_step_s": round(losh_train, 4),
+                      "loader_s_vs_paper_gpu_step": round(load / (3 * 0.153), 4),
+                      "note": "one loader worker; N workers divide the loading time by about N", **common}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
