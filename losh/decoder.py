@@ -49,12 +49,18 @@ class QueryDecoder(nn.Module):
         )
         self.norm = nn.LayerNorm(config.d_model)
 
-    def forward(self, memory: Tensor, memory_pos: Tensor, memory_padding: Tensor) -> Tensor:
-        """memory (N, L, D) -> decoded queries of every layer (num_layers, N, Q, D)."""
+    def forward(self, memory: Tensor, memory_pos: Tensor, memory_padding: Tensor,
+                query_text: Tensor | None = None) -> Tensor:
+        """memory (N, L, D) -> decoded queries of every layer (num_layers, N, Q, D).
+
+        query_text (N, D), optional: a sentence feature that every query starts from (text-conditioned
+        queries); by default the queries start from zeros, as DETR/MTTR."""
         n = memory.shape[0]
         # a copy, not an expand(): a no_grad view of a parameter trips torch's module tracker (flop counter)
         query_pos = self.queries.weight.unsqueeze(0).repeat(n, 1, 1)
         target = query_pos.new_zeros(query_pos.shape)
+        if query_text is not None:
+            target = target + query_text.unsqueeze(1)
         outputs = []
         for layer in self.layers:
             target = layer(target, query_pos, memory, memory_pos, memory_padding)

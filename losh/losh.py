@@ -137,7 +137,10 @@ class LoSh(nn.Module):
         context = memory[:, : h * w].transpose(1, 2).reshape(memory.shape[0], -1, h, w)
         finer = [level.repeat(copies, 1, 1, 1) for level in selected[:-1][::-1]]
         mask_features = self.spatial_decoder(context, finer)
-        decoded = self.decoder(memory, memory_pos, memory_padding)  # (L, N, Q, D)
+        query_text = None
+        if self.config.transformer.text_conditioned_queries:
+            query_text = torch.cat([_sentence_feature(s[0][:, h * w:], s[2][:, h * w:]) for _, s in pathways.values()])
+        decoded = self.decoder(memory, memory_pos, memory_padding, query_text)  # (L, N, Q, D)
         masks = dynamic_mask_logits(self.kernel_head(decoded), mask_features)
         logits = self.is_referred_head(decoded)
 
@@ -165,6 +168,12 @@ class LoSh(nn.Module):
 
     def num_parameters(self, trainable_only: bool = True) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def _sentence_feature(text: Tensor, padding: Tensor) -> Tensor:
+    """Mean of the (projected) text tokens that are not padding: (N, S, D) -> (N, D)."""
+    keep = (~padding).unsqueeze(-1).to(text.dtype)
+    return (text * keep).sum(1) / keep.sum(1).clamp(min=1)
 
 
 def _resize_padding(padding_mask: Tensor, size: tuple[int, int]) -> Tensor:

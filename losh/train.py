@@ -7,7 +7,6 @@ decoding or optical flow.
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import time

@@ -126,6 +126,9 @@ class TransformerConfig:
     cross_attention: CrossAttention = "long_from_short"
     # annotated: only the annotated frame goes through the transformer (MTTR on A2D); all: every frame
     decode_frames: DecodeFrames = "annotated"
+    # add the expression's mean text feature to every object query (SgMg/ReferFormer, the paper's
+    # LoSh-S); MTTR, hence LoSh-M, does not: off in the paper presets
+    text_conditioned_queries: bool = False
 
     def validate(self) -> None:
         if self.d_model % 64:
@@ -300,8 +303,10 @@ def _tiny() -> ModelConfig:
         # synthetic set, 800 steps: test mean IoU 0.37 trained vs 0.21 frozen)
         text=TextConfig(encoder="tiny-roberta", pretrained=False, freeze=False, hidden_size=64, num_layers=2,
                         num_heads=2, intermediate_size=128, vocab_size=1000, max_tokens=32),
+        # 5 text-conditioned queries (LoSh-S's choices, from SgMg): measured on the synthetic set,
+        # 1000 CPU steps, test mean IoU 0.20 with 16 plain queries, 0.29 text-conditioned, 0.38 with 5
         transformer=TransformerConfig(d_model=64, nheads=4, dim_feedforward=128, dropout=0.0,
-                                      num_queries=16),
+                                      num_queries=5, text_conditioned_queries=True),
     )
 
 

@@ -128,3 +128,30 @@ def test_baseline_ignores_short_texts(frames):
     assert "short" not in with_short
     assert torch.allclose(with_short["long"]["pred_masks"], without["long"]["pred_masks"], atol=1e-6)
     assert not model.encoder.long_cross and not model.encoder.short_cross
+
+
+def test_text_conditioned_queries_start_from_the_sentence_feature(frames):
+    """With the switch, the decoder's queries start from the mean text feature: the decoder sees the
+    expression even where the encoder ignored it. Checked with the encoder's text path cut."""
+    captured = {}
+
+    def hook(module, args):
+        captured["query_text"] = args[3] if len(args) > 3 else None
+
+    for switch in (False, True):
+        model = _model("none", **{"transformer.text_conditioned_queries": switch})
+        handle = model.decoder.register_forward_pre_hook(hook)
+        with torch.no_grad():
+            model(frames, LONG, None, annotated_index=K)
+        handle.remove()
+        if not switch:
+            assert captured["query_text"] is None
+            continue
+        sentence = captured["query_text"]
+        assert sentence.shape == (B, 64)
+        with torch.no_grad():
+            text, padding, _, _ = model.text_encoder(LONG)
+            projected = model.text_proj(text)
+        keep = (~padding).unsqueeze(-1).float()
+        expected = (projected * keep).sum(1) / keep.sum(1)
+        assert torch.allclose(sentence, expected, atol=1e-5)

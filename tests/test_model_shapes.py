@@ -28,7 +28,8 @@ def _targets():
 @pytest.fixture(scope="module")
 def step():
     torch.manual_seed(0)
-    config = with_overrides(get_config("tiny"), {"text.freeze": True})   # the paper's frozen encoder
+    # the paper's structure in tiny dims: frozen text encoder, queries starting from zeros (MTTR)
+    config = with_overrides(get_config("tiny"), {"text.freeze": True, "transformer.text_conditioned_queries": False})
     model = build_model(config).train()
     criterion = build_criterion(config)
     frames = torch.randn(B, T, 3, H, W)

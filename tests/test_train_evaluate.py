@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 
 import losh.train as train_module
 from cli.main import app
-from losh.evaluate import evaluate_checkpoint, trivial_baselines
+from losh.evaluate import trivial_baselines
 from losh.metrics import METRIC_KEYS
 from losh.train import NonFiniteLoss, RunExists, load_checkpoint, train
 from schemas.config import get_config
