@@ -5,7 +5,6 @@ against flows/index.json once when opened; reading a sample's flows reads one HD
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import numpy as np
 
 from pipeline.flows import INDEX_FILE, flows_dir
 from schemas.flows import FlowParams, check_shard_attrs, validate_index
-from schemas.prepared import SchemaError
+from schemas.prepared import SchemaError, read_json
 
 
 class FlowsMissing(FileNotFoundError):
@@ -25,11 +24,7 @@ def load_index(prep: Path) -> dict:
     path = flows_dir(prep) / INDEX_FILE
     if not path.exists():
         raise FlowsMissing(f"{path} does not exist: run `losh compute-flows {prep}` (or let it finish)")
-    try:
-        index = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise SchemaError(f"{path}: not valid JSON ({e})") from e
-    return validate_index(index, str(path))
+    return validate_index(read_json(path), str(path))
 
 
 class FlowReader:

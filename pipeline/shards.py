@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 
 from pipeline.frame_codec import decode_frame
-from schemas.prepared import SampleRecord, SchemaError, validate_manifest
+from schemas.prepared import SampleRecord, SchemaError, read_json, validate_manifest
 
 
 class PreparedDataMissing(FileNotFoundError):
@@ -40,11 +40,7 @@ def load_manifest(prep: Path) -> dict:
     path = Path(prep) / "manifest.json"
     if not path.exists():
         raise PreparedDataMissing(f"{prep} has no manifest.json: run `losh prepare-data` first (or let it finish)")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise SchemaError(f"{path}: not valid JSON ({e})") from e
-    return validate_manifest(manifest, str(path))
+    return validate_manifest(read_json(path), str(path))
 
 
 def load_records(prep: Path, manifest: dict) -> list[SampleRecord]:

@@ -14,7 +14,9 @@ A shard exists only once complete (written under a temporary name, then renamed)
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 PREPARED_SCHEMA = "losh.prepared"
@@ -24,6 +26,14 @@ SPLITS = ("train", "test")
 
 class SchemaError(ValueError):
     """A manifest, record or shard does not follow this contract (or another version of it)."""
+
+
+def read_json(path: Path) -> Any:
+    """A stage's JSON file; invalid JSON is a SchemaError naming the file (callers check presence)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise SchemaError(f"{path}: not valid JSON ({e})") from e
 
 
 def check_version(obj: dict, what: str, schema: str = PREPARED_SCHEMA, version: int = PREPARED_VERSION) -> None:
