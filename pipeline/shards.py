@@ -32,8 +32,8 @@ class PreparedSample:
 
     @property
     def annotated_index(self) -> int:
-        return self.record.window.index(self.record.frame) if self.record.window.count(self.record.frame) == 1 \
-            else len(self.record.window) // 2
+        # MTTR's window puts the annotated frame at w//2, also when clamping repeats it at a video end
+        return len(self.record.window) // 2
 
 
 def load_manifest(prep: Path) -> dict:
@@ -69,6 +69,7 @@ class PreparedDataset:
         records = load_records(self.root, self.manifest)
         self.records = [r for r in records if split is None or r.split == split]
         self._files: dict[str, h5py.File] = {}
+        self._positions: dict[str, dict[int, int]] = {}   # shard -> frame number -> index in `frames`
         self._pid = os.getpid()
 
     def __len__(self) -> int:
@@ -79,18 +80,19 @@ class PreparedDataset:
 
     def _shard(self, rel: str) -> h5py.File:
         if os.getpid() != self._pid:  # forked worker: handles of the parent must not be shared
-            self._files, self._pid = {}, os.getpid()
+            self._files, self._positions, self._pid = {}, {}, os.getpid()
         f = self._files.get(rel)
         if f is None:
             f = self._files[rel] = h5py.File(self.root / rel, "r")
+            # read the frame index once per shard, not once per sample
+            self._positions[rel] = {int(n): i for i, n in enumerate(f["frame_numbers"][()])}
         return f
 
     def read_frames(self, record: SampleRecord, frame_numbers: list[int] | None = None) -> np.ndarray:
         """(T, h, w, 3) uint8 RGB frames for the given 1-based frame numbers (default: the window)."""
         f = self._shard(record.shard)
         numbers = frame_numbers if frame_numbers is not None else record.window
-        stored = f["frame_numbers"][()]
-        position = {int(n): i for i, n in enumerate(stored)}
+        position = self._positions[record.shard]
         cache: dict[int, np.ndarray] = {}
         out = []
         for n in numbers:
@@ -109,7 +111,10 @@ class PreparedDataset:
                               short_mask=g["short_masks"][record.short_index].astype(bool),
                               instance_masks=masks, instance_ids=g["instance_ids"][()])
 
+    def __getstate__(self) -> dict:   # DataLoader workers started by spawn: open their own handles
+        return {**self.__dict__, "_files": {}, "_positions": {}}
+
     def close(self) -> None:
         for f in self._files.values():
             f.close()
-        self._files = {}
+        self._files, self._positions = {}, {}
