@@ -56,36 +56,54 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_model(spec: str, size: tuple[int, int], steps: int, device: torch.device, amp: str) -> tuple[float, float]:
-    """(median training step s, median inference s) for one config."""
-    torch.manual_seed(0)
-    config = with_overrides(get_config(spec), NO_DOWNLOAD)
-    model = build_model(config).to(device)
-    criterion = build_criterion(config).to(device)
-    optimizer = torch.optim.AdamW(param_groups(model, 1e-4, 1e-5, 1e-4))
-    batch = _synthetic_batch(size, device)
-    train_times, infer_times = [], []
-    for i in range(steps + 1):
-        model.train()
-        _sync(device)
+class Timed:
+    """One config's model, loss, optimiser and batch, timed a step at a time."""
+
+    def __init__(self, spec: str, size: tuple[int, int], device: torch.device, amp: str) -> None:
+        torch.manual_seed(0)
+        config = with_overrides(get_config(spec), NO_DOWNLOAD)
+        self.device, self.amp = device, amp
+        self.model = build_model(config).to(device)
+        self.criterion = build_criterion(config).to(device)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, 1e-4, 1e-5, 1e-4))
+        self.batch = _synthetic_batch(size, device)
+
+    def train_step(self) -> float:
+        self.model.train()
+        _sync(self.device)
         start = time.perf_counter()
-        losses = forward_and_loss(model, criterion, batch, device, amp)
-        optimizer.zero_grad(set_to_none=True)
+        losses = forward_and_loss(self.model, self.criterion, self.batch, self.device, self.amp)
+        self.optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
-        optimizer.step()
-        _sync(device)
-        if i:
-            train_times.append(time.perf_counter() - start)
-        model.eval()
-        frames = (batch["frames"].float() / 255)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 0.1)
+        self.optimizer.step()
+        _sync(self.device)
+        return time.perf_counter() - start
+
+    def infer_step(self) -> float:
+        self.model.eval()
+        frames = self.batch["frames"].float() / 255
+        _sync(self.device)
         start = time.perf_counter()
-        with torch.no_grad(), autocast_for(device, amp):
-            model.infer(frames, batch["long_text"], annotated_index=4)
-        _sync(device)
-        if i:
-            infer_times.append(time.perf_counter() - start)
-    return statistics.median(train_times), statistics.median(infer_times)
+        with torch.no_grad(), autocast_for(self.device, self.amp):
+            self.model.infer(frames, self.batch["long_text"], annotated_index=4)
+        _sync(self.device)
+        return time.perf_counter() - start
+
+
+def time_models(specs: tuple[str, ...], size: tuple[int, int], steps: int, device: torch.device, amp: str
+                ) -> dict[str, tuple[float, float]]:
+    """{spec: (median training step s, median inference s)}. The models take turns step by step, so
+    that a slower or faster phase of the machine (thermal, other load, allocator warm-up) hits both."""
+    models = {spec: Timed(spec, size, device, amp) for spec in specs}
+    times: dict[str, tuple[list[float], list[float]]] = {spec: ([], []) for spec in specs}
+    for i in range(steps + 1):        # the first round warms up (allocations, cudnn.benchmark) and is dropped
+        for spec, timed in models.items():
+            train_s, infer_s = timed.train_step(), timed.infer_step()
+            if i:
+                times[spec][0].append(train_s)
+                times[spec][1].append(infer_s)
+    return {spec: (statistics.median(t), statistics.median(n)) for spec, (t, n) in times.items()}
 
 
 def time_loader(size: tuple[int, int], repeats: int = 5) -> float:
@@ -116,14 +134,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", default=None, help="HxW of the input (default: 320x576 on CUDA, 160x288 on CPU)")
     parser.add_argument("--steps", type=int, default=3)
-    args = parser.parse_args(argv or [])
+    args = parser.parse_args(argv)   # None: the command line
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp = "bf16" if device.type == "cuda" else "off"
     size = tuple(int(v) for v in (args.size or ("320x576" if device.type == "cuda" else "160x288")).split("x"))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    losh_train, losh_infer = time_model("losh-m", size, args.steps, device, amp)
-    mttr_train, mttr_infer = time_model("mttr", size, args.steps, device, amp)
+    timed = time_models(("losh-m", "mttr"), size, args.steps, device, amp)
+    (losh_train, losh_infer), (mttr_train, mttr_infer) = timed["losh-m"], timed["mttr"]
     common = {"device": str(device), "input": f"{BATCH}x8x{size[0]}x{size[1]}", "amp": amp, "steps": args.steps}
     print(json.dumps({"bench": "train_step_ratio_losh_vs_mttr", "value": round(losh_train / mttr_train, 4),
                       "unit": "ratio", "target": 1.08, "losh_m_s": round(losh_train, 4), "mttr_s": round(mttr_train, 4),

@@ -201,6 +201,8 @@ def train(
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Batch per process (default 3).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate (default 1e-4).")] = None,
     backbone_lr: Annotated[Optional[float], typer.Option(help="Backbone learning rate (default 1e-5).")] = None,
+    text_encoder_lr: Annotated[Optional[float], typer.Option(
+        help="Text encoder learning rate when it is trained, not frozen (default 5e-5).")] = None,
     lr_milestones: Annotated[Optional[str], typer.Option(help="Comma-separated epochs where lr x lr-gamma.")] = None,
     amp: Annotated[Optional[str], typer.Option(help="bf16 (default), fp16 or off; CUDA only.")] = None,
     workers: Annotated[Optional[int], typer.Option(min=0, help="DataLoader workers (default 4).")] = None,
@@ -226,7 +228,8 @@ def train(
         settings = TrainSettings()
         if settings_file is not None:
             settings = TrainSettings.from_dict(json.loads(settings_file.read_text()))
-        overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "backbone_lr": backbone_lr, "amp": amp, "num_workers": workers,
+        overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "backbone_lr": backbone_lr,
+                     "text_encoder_lr": text_encoder_lr, "amp": amp, "num_workers": workers,
                      "seed": seed, "max_steps": max_steps, "checkpoint_every_steps": checkpoint_every,
                      "lr_milestones": tuple(int(m) for m in lr_milestones.split(",") if m) if lr_milestones else None}
         settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None}).validate()

@@ -153,3 +153,30 @@ def test_padded_batch_with_smaller_targets():
     target = {"instance_masks": torch.ones(1, H, 64), "referred_index": 0}
     losses = build_criterion(config)(outputs, [target], flows=torch.zeros(1, 4, 2, H, W))
     assert torch.isfinite(losses["loss"])
+
+
+def test_bf16_autocast_step_runs_and_stays_close_to_float32():
+    """The AMP path in bf16 (the GPU default), exercised with the CPU's autocast: no dtype clash
+    anywhere in the model, the loss or the backward, and the loss close to the float32 one."""
+    torch.manual_seed(0)
+    config = get_config("tiny")
+    model = build_model(config).train()
+    criterion = build_criterion(config)
+    frames = torch.randn(B, T, 3, H, W)
+    flows = torch.randn(B, 4, 2, H, W)
+    flow_valid = torch.ones(B, 4, dtype=torch.bool)
+
+    def loss(amp: bool) -> dict:
+        torch.manual_seed(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            outputs = model(frames, LONG, SHORT, annotated_index=K)
+        return criterion(outputs, _targets(), flows=flows, flow_valid=flow_valid)
+
+    full = loss(amp=False)
+    half = loss(amp=True)
+    assert half["loss"].dtype == torch.float32          # the loss terms are computed in float32
+    half["loss"].backward()
+    assert torch.isfinite(half["loss"])
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    for key in ("loss", "loss_dice_long", "loss_is_referred_long", "loss_lsi", "loss_fbc"):
+        assert half[key].item() == pytest.approx(full[key].item(), rel=0.05, abs=0.02), key
