@@ -9,7 +9,7 @@
 
 Both models use the paper dims (Swin-T, RoBERTa-base dims, D = 256, 50 queries) with random weights;
 on a CPU the input is reduced (default 8 x 160 x 288, the dims kept), on CUDA it is the paper's
-8 x 320 x 576 with bf16 autocast. Batch 3 (the paper's). The median of `--steps` timed steps
+8 x 320 x 576 with bf16 autocast. Batch 3 (the paper's). The models take turns; the median of `--steps` timed steps
 after a warm-up step.
 """
 from __future__ import annotations

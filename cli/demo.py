@@ -53,7 +53,14 @@ def main(argv: list[str] | None = None) -> int:
              "--short-side", str(h), "--max-long-side", str(w), "--window", str(DEMO_WINDOW)])
         run(["compute-flows", str(prep)])
         # a config file: the tiny:msh preset with the demo's window (what `losh train --config` reads)
-        save_config(with_overrides(get_config("tiny:msh"), {"window": DEMO_WINDOW}), config_file)
+        config = with_overrides(get_config("tiny:msh"), {"window": DEMO_WINDOW})
+        save_config(config, config_file)
+        earlier = run_dir / "config.json"
+        if earlier.exists() and json.loads(earlier.read_text()) != json.loads(json.dumps(config.to_dict())):
+            # a run of an earlier demo with another config cannot be resumed: keep it aside, start afresh
+            aside = run_dir.with_name(f"run.earlier-{int(time.time())}")
+            run_dir.rename(aside)
+            print(f"{run_dir} was trained with another config; moved to {aside}", flush=True)
         resume = ["--resume"] if (run_dir / "checkpoints" / "last.pt").exists() else []
         run(["train", "--data", str(prep), "--out", str(run_dir), "--epochs", str(args.epochs), "--config", str(config_file), *TRAIN_ARGS, *resume])
         run(["evaluate", "--data", str(prep), "--checkpoint", str(run_dir / "checkpoints" / "last.pt"),
