@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             run_dir.rename(aside)
             print(f"{run_dir} was trained with another config; moved to {aside}", flush=True)
         resume = ["--resume"] if (run_dir / "checkpoints" / "last.pt").exists() else []
-        run(["train", "--data", str(prep), "--out", str(run_dir), "--epochs", str(args.epochs), "--config", str(config_file), *TRAIN_ARGS, *resume])
+        run(["train", "--data", str(prep), "--out", str(run_dir), "--epochs", str(args.epochs),
+             "--config", str(config_file), *TRAIN_ARGS, *resume])
         run(["evaluate", "--data", str(prep), "--checkpoint", str(run_dir / "checkpoints" / "last.pt"),
              "--out", str(out / "metrics.json"), "--save-predictions", str(out / "predictions"),
              "--visualize", "8", "--visualize-dir", str(out / "pictures"), "--baselines"])
