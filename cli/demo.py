@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from schemas.config import get_config, save_config, with_overrides
+from schemas.config import get_config, load_config, save_config, with_overrides
 
 DEMO_VIDEOS = 120
 FRAME_SIZE = (128, 176)   # small frames keep the CPU demo within minutes
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         config = with_overrides(get_config("tiny:msh"), {"window": DEMO_WINDOW})
         save_config(config, config_file)
         earlier = run_dir / "config.json"
-        if earlier.exists() and json.loads(earlier.read_text()) != json.loads(json.dumps(config.to_dict())):
+        if earlier.exists() and load_config(earlier) != config:
             # a run of an earlier demo with another config cannot be resumed: keep it aside, start afresh
             aside = run_dir.with_name(f"run.earlier-{int(time.time())}")
             run_dir.rename(aside)
