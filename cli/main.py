@@ -209,6 +209,9 @@ def train(
     seed: Annotated[Optional[int], typer.Option(help="Random seed (default 42).")] = None,
     max_steps: Annotated[Optional[int], typer.Option(min=0, help="Stop after this many steps (smoke runs).")] = None,
     checkpoint_every: Annotated[Optional[int], typer.Option(min=0, help="Also checkpoint every N steps.")] = None,
+    ema_decay: Annotated[Optional[float], typer.Option(
+        help="Also keep an exponential moving average of the weights with this decay (e.g. 0.999), which "
+             "evaluate uses; default 0: off, as MTTR.")] = None,
     settings_file: Annotated[Optional[Path], typer.Option("--settings", help="JSON training settings file.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     device: Annotated[Optional[str], typer.Option(help="Force a device (cpu, cuda:0).")] = None,
@@ -231,6 +234,7 @@ def train(
         overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "backbone_lr": backbone_lr,
                      "text_encoder_lr": text_encoder_lr, "amp": amp, "num_workers": workers,
                      "seed": seed, "max_steps": max_steps, "checkpoint_every_steps": checkpoint_every,
+                     "ema_decay": ema_decay,
                      "lr_milestones": tuple(int(m) for m in lr_milestones.split(",") if m) if lr_milestones else None}
         settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None}).validate()
         summary = run_training(data, model_config, out, settings, resume=resume, device=device)
@@ -258,6 +262,8 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(min=1)] = 2,
     baselines: Annotated[bool, typer.Option(help="Also report the mean IoU of trivial baselines (empty mask, "
                                                  "full frame, the untrained model of the checkpoint's config).")] = False,
+    ema: Annotated[bool, typer.Option(help="Evaluate the checkpoint's weight average when it has one "
+                                           "(train --ema-decay); --no-ema: the trained weights.")] = True,
     device: Annotated[Optional[str], typer.Option(help="Force a device (cpu, cuda:0).")] = None,
 ) -> None:
     """Metrics of a checkpoint (or of a predictions folder) on a split; JSON out; optional pictures."""
@@ -283,7 +289,7 @@ def evaluate(
             from losh.evaluate import evaluate_checkpoint
             report = evaluate_checkpoint(data, checkpoint, split=split, out=out, save_predictions=save_predictions,
                                          visualize=visualize, visualize_dir=visualize_dir, batch_size=batch_size,
-                                         device=device)
+                                         device=device, use_ema=ema)
             if baselines:
                 from losh.evaluate import trivial_baselines, untrained_model_mean_iou, write_json
                 from schemas.config import ModelConfig
@@ -297,6 +303,8 @@ def evaluate(
     typer.echo(format_table({k: report[k] for k in METRIC_KEYS if k in report}))
     for name, value in report.get("baselines", {}).items():
         typer.echo(f"baseline {name.replace('_mean_iou', '')}: mean IoU {100 * value:.2f}%")
+    if report.get("weights") == "ema":
+        typer.echo("weights: the checkpoint's moving average (--no-ema for the trained weights)")
     if out is not None:
         typer.echo(f"metrics written to {out}")
     if visualize and checkpoint is not None:

@@ -21,11 +21,13 @@ from losh.visualize import comparison_picture, save_picture
 from schemas.config import ModelConfig
 
 
-def load_model(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
+def load_model(checkpoint: Path, device: torch.device, *, use_ema: bool = True) -> tuple[torch.nn.Module, dict]:
+    """The checkpoint's model, with its weight average (`ema_decay` runs) unless `use_ema` is False."""
     ckpt = load_checkpoint(checkpoint)
     config = ModelConfig.from_dict(ckpt["model_config"])
     model = build_model(config)
-    model.load_state_dict(ckpt["model"])
+    ema = ckpt.get("model_ema")
+    model.load_state_dict(ema["weights"] if use_ema and ema is not None else ckpt["model"])
     return model.to(device).eval(), ckpt
 
 
@@ -46,15 +48,16 @@ def _query_masks(logits: torch.Tensor, padded: tuple[int, int], valid: tuple[int
 def evaluate_checkpoint(data: Path, checkpoint: Path, *, split: str = "test", out: Path | None = None,
                         save_predictions: Path | None = None, visualize: int = 0, visualize_dir: Path | None = None,
                         batch_size: int = 2, num_workers: int = 0, device: str | None = None,
-                        progress: bool = True) -> dict:
+                        progress: bool = True, use_ema: bool = True) -> dict:
     dev = select_device(setup_distributed(), device)
-    model, ckpt = load_model(checkpoint, dev)
+    model, ckpt = load_model(checkpoint, dev, use_ema=use_ema)
     metrics = evaluate_model(model, data, split=split, save_predictions=save_predictions, visualize=visualize,
                              visualize_dir=visualize_dir or (Path(out).parent / "pictures" if out else Path("pictures")),
                              batch_size=batch_size, num_workers=num_workers, amp=ckpt["train_settings"].get("amp", "off"),
                              progress=progress)
     report = {**metrics, "split": split, "checkpoint": str(checkpoint), "data": str(data),
-              "model": ckpt["model_config"]["name"]}
+              "model": ckpt["model_config"]["name"],
+              "weights": "ema" if use_ema and ckpt.get("model_ema") is not None else "trained"}
     if out is not None:
         write_json(Path(out), report)
     return report

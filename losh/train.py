@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from losh.criterion import build_criterion
 from losh.data import Augment, RVOSDataset, collate, normalise_frames
+from losh.ema import WeightAverage
 from losh.losh import build_model, param_groups
 from schemas.config import ModelConfig
 from schemas.train import TrainSettings
@@ -230,6 +231,9 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])
         torch.set_rng_state(rng["torch"])
+    ema = WeightAverage(model, settings.ema_decay) if settings.ema_decay > 0 else None
+    if ema is not None and checkpoint is not None and checkpoint.get("model_ema") is not None:
+        ema.load_state_dict(checkpoint["model_ema"])
     net = DistributedDataParallel(model, find_unused_parameters=True) if d.world_size > 1 else model
 
     if d.main:
@@ -246,6 +250,7 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
             "train_settings": settings.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch_,
             "step_in_epoch": step_in_epoch_, "global_step": global_step, "data": str(Path(data).resolve()),
+            "model_ema": ema.state_dict() if ema is not None else None,
             "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
         }, ckpt_path)
 
@@ -277,6 +282,8 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
                 torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_max_norm)
             scaler.step(optimizer)
             scaler.update()
+            if ema is not None:
+                ema.update(model)
             global_step += 1
             n_steps += 1
             step_in_epoch = i + 1

@@ -35,6 +35,8 @@ class TrainSettings:
     log_every_steps: int = 10
     max_steps: int = 0                     # >0 stops after this many optimiser steps (smoke runs, benchmarks)
     deterministic: bool = False            # bit-reproducible runs (slower: e.g. Swin's bias-table backward)
+    ema_decay: float = 0.0                 # >0: also keep an exponential moving average of the weights, which
+                                           # evaluation then uses; 0: off (MTTR)
 
     def validate(self) -> "TrainSettings":
         def bad(msg: str) -> TrainConfigError:
@@ -51,6 +53,8 @@ class TrainSettings:
             raise bad("flip_p must be in [0, 1]")
         if any(m < 1 for m in self.lr_milestones):
             raise bad("lr_milestones are epochs >= 1")
+        if not 0 <= self.ema_decay < 1:
+            raise bad("ema_decay must be in [0, 1) (0 turns the weight average off)")
         if self.num_workers < 0 or self.checkpoint_every_steps < 0 or self.max_steps < 0:
             raise bad("num_workers, checkpoint_every_steps and max_steps must be >= 0")
         return self

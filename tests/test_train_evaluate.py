@@ -54,6 +54,33 @@ def test_training_writes_log_and_checkpoint_and_resume_continues_the_same_run(pr
             assert torch.equal(v, b[k]), k
 
 
+def test_weight_average_is_saved_resumed_and_evaluated(prepared, tmp_path):
+    from losh.evaluate import load_model
+    full = train(prepared, CONFIG, tmp_path / "full", settings(ema_decay=0.9), progress=False)
+    ckpt = load_checkpoint(tmp_path / "full/checkpoints/last.pt")
+    assert ckpt["model_ema"]["updates"] == full["steps"] and ckpt["model_ema"]["decay"] == 0.9
+    key = "is_referred_head.weight"
+    assert not torch.equal(ckpt["model_ema"]["weights"][key], ckpt["model"][key])
+    # interrupted and resumed: the same average
+    train(prepared, CONFIG, tmp_path / "split", settings(epochs=1, ema_decay=0.9), progress=False)
+    train(prepared, CONFIG, tmp_path / "split", settings(ema_decay=0.9), resume=True, progress=False)
+    resumed = load_checkpoint(tmp_path / "split/checkpoints/last.pt")["model_ema"]
+    assert resumed["updates"] == full["steps"]
+    assert torch.equal(resumed["weights"][key], ckpt["model_ema"]["weights"][key])
+    # evaluation uses the average unless told otherwise
+    averaged, _ = load_model(tmp_path / "full/checkpoints/last.pt", torch.device("cpu"))
+    trained, _ = load_model(tmp_path / "full/checkpoints/last.pt", torch.device("cpu"), use_ema=False)
+    assert torch.equal(averaged.state_dict()[key], ckpt["model_ema"]["weights"][key])
+    assert torch.equal(trained.state_dict()[key], ckpt["model"][key])
+    result = CliRunner().invoke(app, ["evaluate", "--data", str(prepared), "--checkpoint",
+                                      str(tmp_path / "full/checkpoints/last.pt"), "--out", str(tmp_path / "m.json")])
+    assert result.exit_code == 0, result.output
+    assert "moving average" in result.output and json.loads((tmp_path / "m.json").read_text())["weights"] == "ema"
+    result = CliRunner().invoke(app, ["evaluate", "--data", str(prepared), "--checkpoint",
+                                      str(tmp_path / "full/checkpoints/last.pt"), "--no-ema"])
+    assert result.exit_code == 0 and "moving average" not in result.output
+
+
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(prepared, tmp_path, monkeypatch):
     out = tmp_path / "run"
     train(prepared, CONFIG, out, settings(epochs=1), progress=False)
