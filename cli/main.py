@@ -198,7 +198,11 @@ def train(
     config: Annotated[str, typer.Option(help="Preset (losh-m, mttr, tiny), preset:ablation (losh-m:wo-fbc) "
                                              "or a JSON config file.")] = "losh-m",
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs (default 70, MTTR on A2D).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Batch per process (default 3).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Batch per process (default 3); clips with "
+                                                                   "--expressions-per-clip above 1.")] = None,
+    expressions_per_clip: Annotated[Optional[int], typer.Option(
+        min=1, help="Group up to K expressions of the same clip in one item: the backbone runs once for all of "
+                    "them (default 1: one expression per sample, as MTTR).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate (default 1e-4).")] = None,
     backbone_lr: Annotated[Optional[float], typer.Option(help="Backbone learning rate (default 1e-5).")] = None,
     text_encoder_lr: Annotated[Optional[float], typer.Option(
@@ -231,7 +235,8 @@ def train(
         settings = TrainSettings()
         if settings_file is not None:
             settings = TrainSettings.from_dict(json.loads(settings_file.read_text()))
-        overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "backbone_lr": backbone_lr,
+        overrides = {"epochs": epochs, "batch_size": batch_size, "expressions_per_clip": expressions_per_clip,
+                     "lr": lr, "backbone_lr": backbone_lr,
                      "text_encoder_lr": text_encoder_lr, "amp": amp, "num_workers": workers,
                      "seed": seed, "max_steps": max_steps, "checkpoint_every_steps": checkpoint_every,
                      "ema_decay": ema_decay,
@@ -245,6 +250,10 @@ def train(
         fail(str(e))
     losses = ", ".join(f"{k}={v:.4f}" for k, v in summary["last_losses"].items() if k in
                        ("loss", "loss_dice_long", "loss_lsi", "loss_fbc"))
+    if not losses:   # resumed a run that was already complete
+        typer.echo(f"nothing to train: the run is complete ({summary['steps']} steps, {summary['epochs']} epochs); "
+                   f"checkpoint {summary['checkpoint']}")
+        return
     typer.echo(f"trained {summary['steps']} steps ({summary['epochs']} epochs) on {summary['device']} in "
                f"{summary['seconds']} s; last {losses}; checkpoint {summary['checkpoint']}")
 
@@ -259,7 +268,8 @@ def evaluate(
     save_predictions: Annotated[Optional[Path], typer.Option(help="Write predicted masks (PNG) here.")] = None,
     visualize: Annotated[int, typer.Option(min=0, help="Write this many GT-vs-prediction pictures.")] = 0,
     visualize_dir: Annotated[Optional[Path], typer.Option(help="Folder of the pictures.")] = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 2,
+    batch_size: Annotated[int, typer.Option(min=1, help="Clips per batch (a clip's expressions, up to 8, share "
+                                                         "one backbone pass).")] = 2,
     baselines: Annotated[bool, typer.Option(help="Also report the mean IoU of trivial baselines (empty mask, "
                                                  "full frame, the untrained model of the checkpoint's config).")] = False,
     ema: Annotated[bool, typer.Option(help="Evaluate the checkpoint's weight average when it has one "

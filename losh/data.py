@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from pipeline.flow_field import hflip_flows
 from pipeline.shards import PreparedDataset
+from schemas.prepared import SampleRecord
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -70,39 +71,46 @@ class RVOSDataset(Dataset):
         self.epoch = epoch
 
     def __getitem__(self, index: int) -> dict:
-        sample = self.data[index]
-        r = sample.record
-        frames = sample.frames                                    # (T, h, w, 3) uint8
-        masks = np.concatenate([sample.long_mask[None], sample.short_mask[None], sample.instance_masks])
-        long_text, short_text = r.long, r.short
+        return self._read_clip([self.data.records[index]], key=index)[0]
+
+    def _read_clip(self, records: list[SampleRecord], key: int) -> list[dict]:
+        """Items of expressions of one clip: frames, flows and augmentation shared (one flip, one scale)."""
+        samples = self.data.read_clip(records)
+        first = samples[0]
+        frames = first.frames                                     # (T, h, w, 3) uint8
+        n = len(samples)
+        # [long_1, short_1, ..., long_n, short_n, instances...]: flipped and resized together
+        masks = np.concatenate([np.stack([m for s in samples for m in (s.long_mask, s.short_mask)]),
+                                first.instance_masks])
+        texts = [(s.record.long, s.record.short) for s in samples]
         flows = valid = None
         if self.flows is not None:
-            flows, valid = self.flows.read(r.video_id, r.frame)   # (4, 2, gh, gw) in stored-grid pixels
+            flows, valid = self.flows.read(first.record.video_id, first.record.frame)  # (4, 2, gh, gw) grid px
             h, w = frames.shape[1:3]                              # -> pixels of the stored frames
             flows = flows * np.array([w / flows.shape[-1], h / flows.shape[-2]], np.float32).reshape(1, 2, 1, 1)
-        # per-sample randomness from (seed, epoch, index): reproducible and worker-count independent
-        rng = random.Random((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+        # per-item randomness from (seed, epoch, index): reproducible and worker-count independent
+        rng = random.Random((self.seed * 1_000_003 + self.epoch) * 10_000_019 + key)
         flipped = False
         if self.augment is not None and rng.random() < self.augment.flip_p:
             flipped = True
             frames = frames[:, :, ::-1]
             masks = masks[:, :, ::-1]
-            long_text, short_text = swap_left_right(long_text), swap_left_right(short_text)
+            texts = [(swap_left_right(long), swap_left_right(short)) for long, short in texts]
             if flows is not None:
                 flows = hflip_flows(flows)
         frames_t = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)   # (T, 3, h, w) uint8
         masks_t = torch.from_numpy(np.ascontiguousarray(masks))
         if self.augment is not None and self.augment.scales:
             frames_t, masks_t, flows = self._resize(frames_t, masks_t, flows, rng.choice(self.augment.scales))
-        item = {
-            "sample_id": r.sample_id, "frames": frames_t, "long_text": long_text, "short_text": short_text,
-            "long_mask": masks_t[0], "short_mask": masks_t[1], "instance_masks": masks_t[2:],
-            "referred_index": r.referred_index, "annotated_index": sample.annotated_index, "flipped": flipped,
-        }
+        shared = {"frames": frames_t, "instance_masks": masks_t[2 * n:],
+                  "annotated_index": first.annotated_index, "flipped": flipped}
         if flows is not None:
-            item["flows"] = torch.from_numpy(np.ascontiguousarray(flows, dtype=np.float32))
-            item["flow_valid"] = torch.from_numpy(np.asarray(valid, dtype=bool))
-        return item
+            shared["flows"] = torch.from_numpy(np.ascontiguousarray(flows, dtype=np.float32))
+            shared["flow_valid"] = torch.from_numpy(np.asarray(valid, dtype=bool))
+        return [{"sample_id": s.record.sample_id, "long_text": long, "short_text": short,
+                 "long_mask": masks_t[2 * i], "short_mask": masks_t[2 * i + 1],
+                 "referred_index": s.record.referred_index, **shared}
+                for i, (s, (long, short)) in enumerate(zip(samples, texts))]
 
     def _resize(self, frames, masks, flows, short_side: int):
         h, w = frames.shape[-2:]
@@ -119,33 +127,74 @@ class RVOSDataset(Dataset):
         return frames, masks, flows
 
 
+class ClipDataset(RVOSDataset):
+    """Training items grouped by clip: the expressions of one (video, annotated frame), at most
+    `max_expressions` to an item (a clip with more is split into near-equal parts), so an epoch still
+    visits every sample once. The frames are read, augmented and, in the model, run through the
+    backbone once for all expressions of the clip; those expressions, which refer to different objects
+    of the same frames, are then in the same batch."""
+
+    def __init__(self, prep: Path, split: str, *, max_expressions: int, with_flows: bool = False,
+                 augment: Augment | None = None, seed: int = 0) -> None:
+        if max_expressions < 1:
+            raise ValueError(f"max_expressions must be >= 1, got {max_expressions}")
+        super().__init__(prep, split, with_flows=with_flows, augment=augment, seed=seed)
+        by_clip: dict[tuple, list[int]] = {}
+        for index, r in enumerate(self.data.records):
+            by_clip.setdefault((r.video_id, r.frame), []).append(index)
+        self.groups: list[list[int]] = []
+        for indices in by_clip.values():
+            parts = -(-len(indices) // max_expressions)
+            self.groups.extend(indices[part::parts] for part in range(parts))
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, index: int) -> list[dict]:
+        return self._read_clip([self.data.records[i] for i in self.groups[index]], key=index)
+
+
 def collate(items: list[dict]) -> dict:
     """Pad a batch to its largest frame size (bottom/right, zeros); `valid_size` keeps the true sizes."""
-    H = max(it["frames"].shape[-2] for it in items)
-    W = max(it["frames"].shape[-1] for it in items)
+    return _collate([[item] for item in items], with_clip_index=False)
+
+
+def collate_clips(clips: list[list[dict]]) -> dict:
+    """A batch of `ClipDataset` items: frames, flows and `valid_size` once per clip, the rest once per
+    expression, and `clip_index` (one per expression) saying which clip's frames it refers to."""
+    return _collate(clips, with_clip_index=True)
+
+
+def _collate(clips: list[list[dict]], with_clip_index: bool) -> dict:
+    heads = [clip[0] for clip in clips]
+    items = [item for clip in clips for item in clip]
+    H = max(it["frames"].shape[-2] for it in heads)
+    W = max(it["frames"].shape[-1] for it in heads)
 
     def pad(t: torch.Tensor) -> torch.Tensor:
         return F.pad(t, (0, W - t.shape[-1], 0, H - t.shape[-2]))
 
     batch = {
         "sample_id": [it["sample_id"] for it in items],
-        "frames": torch.stack([pad(it["frames"]) for it in items]),
+        "frames": torch.stack([pad(it["frames"]) for it in heads]),
         "long_text": [it["long_text"] for it in items], "short_text": [it["short_text"] for it in items],
         "long_mask": torch.stack([pad(it["long_mask"]) for it in items]),
         "short_mask": torch.stack([pad(it["short_mask"]) for it in items]),
         "instance_masks": [pad(it["instance_masks"]) for it in items],
         "referred_index": torch.tensor([it["referred_index"] for it in items]),
-        "annotated_index": torch.tensor([it["annotated_index"] for it in items]),
-        "valid_size": torch.tensor([list(it["frames"].shape[-2:]) for it in items]),
+        "annotated_index": torch.tensor([it["annotated_index"] for it in heads]),
+        "valid_size": torch.tensor([list(it["frames"].shape[-2:]) for it in heads]),
         "flipped": [it["flipped"] for it in items],
     }
-    if "flows" in items[0]:
+    if with_clip_index:
+        batch["clip_index"] = torch.tensor([c for c, clip in enumerate(clips) for _ in clip])
+    if "flows" in heads[0]:
         # flows keep their own (coarser) grid; pad them by the same fraction of the frame
-        fh = max(it["flows"].shape[-2] for it in items)
-        fw = max(it["flows"].shape[-1] for it in items)
+        fh = max(it["flows"].shape[-2] for it in heads)
+        fw = max(it["flows"].shape[-1] for it in heads)
         batch["flows"] = torch.stack([F.pad(it["flows"], (0, fw - it["flows"].shape[-1], 0, fh - it["flows"].shape[-2]))
-                                      for it in items])
-        batch["flow_valid"] = torch.stack([it["flow_valid"] for it in items])
+                                      for it in heads])
+        batch["flow_valid"] = torch.stack([it["flow_valid"] for it in heads])
     return batch
 
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from losh.data import RVOSDataset, collate, normalise_frames
+from losh.data import ClipDataset, RVOSDataset, collate_clips, normalise_frames
 from losh.losh import build_model
 from losh.metrics import MetricAccumulator, mask_iou
 from losh.predictions import mask_path, write_mask, write_scores
@@ -63,6 +63,9 @@ def evaluate_checkpoint(data: Path, checkpoint: Path, *, split: str = "test", ou
     return report
 
 
+EXPRESSIONS_PER_CLIP = 8
+
+
 @torch.no_grad()
 def evaluate_model(model: torch.nn.Module, data: Path, *, split: str = "test", save_predictions: Path | None = None,
                    visualize: int = 0, visualize_dir: Path = Path("pictures"), batch_size: int = 2,
@@ -71,9 +74,10 @@ def evaluate_model(model: torch.nn.Module, data: Path, *, split: str = "test", s
     scores (mAP), the best-scoring one for IoU, precision@k, J and F. NaN metrics become None."""
     model.eval()
     dev = next(model.parameters()).device
-    dataset = RVOSDataset(data, split)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers,
-                        pin_memory=dev.type == "cuda")
+    # batches of clips: the expressions of one annotated frame share one backbone pass (same results)
+    dataset = ClipDataset(data, split, max_expressions=EXPRESSIONS_PER_CLIP)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_clips,
+                        num_workers=num_workers, pin_memory=dev.type == "cuda")
     acc = MetricAccumulator()
     scores_out: dict[str, float] = {}
     pictures_left = visualize
@@ -86,10 +90,11 @@ def evaluate_model(model: torch.nn.Module, data: Path, *, split: str = "test", s
         annotated = int(batch["annotated_index"][0])
         with autocast_for(dev, amp):
             result = model.infer(frames, batch["long_text"], annotated_index=annotated, padding_mask=padding,
-                                 upsample=False)
+                                 upsample=False, clip_index=batch["clip_index"])
         position = result["frame_indices"].index(annotated)
         for b, sample_id in enumerate(batch["sample_id"]):
-            valid = tuple(int(v) for v in batch["valid_size"][b])
+            clip = int(batch["clip_index"][b])
+            valid = tuple(int(v) for v in batch["valid_size"][clip])
             masks = _query_masks(result["pred_masks"][b, position], padded, valid).cpu().numpy()
             scores = result["scores"][b].float().cpu().numpy()
             gt = batch["long_mask"][b, :valid[0], :valid[1]].cpu().numpy()
@@ -100,17 +105,17 @@ def evaluate_model(model: torch.nn.Module, data: Path, *, split: str = "test", s
                 write_mask(mask_path(save_predictions, records[sample_id]), masks[best])
             if pictures_left > 0:
                 pictures_left -= 1
-                _picture(model, batch, b, annotated, padded, valid, best, masks[best], iou, dev, amp,
+                _picture(model, batch, b, clip, annotated, padded, valid, best, masks[best], iou, dev, amp,
                          Path(visualize_dir) / f"{sample_id}.png")
     if save_predictions is not None:
         write_scores(Path(save_predictions), split, scores_out)
     return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in acc.result().items()}
 
 
-def _picture(model, batch, b, annotated, padded, valid, best, pred_long, iou, dev, amp, path: Path) -> None:
-    """GT and prediction, long and (when the model has one) short, for sample b of the batch."""
-    frames = normalise_frames(batch["frames"][b:b + 1])
-    padding = padding_mask_of(batch["valid_size"][b:b + 1], padded, dev)
+def _picture(model, batch, b, clip, annotated, padded, valid, best, pred_long, iou, dev, amp, path: Path) -> None:
+    """GT and prediction, long and (when the model has one) short, for sample b (of clip `clip`) of the batch."""
+    frames = normalise_frames(batch["frames"][clip:clip + 1])
+    padding = padding_mask_of(batch["valid_size"][clip:clip + 1], padded, dev)
     pred_short = gt_short = None
     if model.config.use_short_text:
         with autocast_for(dev, amp):
@@ -121,7 +126,7 @@ def _picture(model, batch, b, annotated, padded, valid, best, pred_long, iou, de
             pred_short = _query_masks(out["short"]["pred_masks"][0, position, best:best + 1], padded, valid)[0]
             pred_short = pred_short.cpu().numpy()
             gt_short = batch["short_mask"][b, :valid[0], :valid[1]].cpu().numpy()
-    frame = batch["frames"][b, annotated, :, :valid[0], :valid[1]].permute(1, 2, 0).cpu().numpy()
+    frame = batch["frames"][clip, annotated, :, :valid[0], :valid[1]].permute(1, 2, 0).cpu().numpy()
     gt_long = batch["long_mask"][b, :valid[0], :valid[1]].cpu().numpy()
     picture = comparison_picture(frame, batch["long_text"][b], batch["short_text"][b], gt_long, pred_long,
                                  gt_short, pred_short, iou)

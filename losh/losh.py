@@ -76,15 +76,20 @@ class LoSh(nn.Module):
     # ------------------------------------------------------------------------------ public API
 
     def forward(self, frames: Tensor, long_texts: Sequence[str], short_texts: Sequence[str] | None = None,
-                *, annotated_index: int, padding_mask: Tensor | None = None) -> dict:
+                *, annotated_index: int, padding_mask: Tensor | None = None,
+                clip_index: Tensor | None = None) -> dict:
+        """frames (B, T, 3, H, W), one text per clip; or, with `clip_index` (N,), N texts of which text i
+        refers to clip clip_index[i] (several expressions of a clip share one backbone pass). Outputs are
+        per text; `fbc_features` (visual, text-independent) stay per clip."""
         use_short = self.config.use_short_text and short_texts is not None
         return self._run(frames, long_texts, short_texts if use_short else None, annotated_index, padding_mask,
-                         keep_fbc_features=True)
+                         keep_fbc_features=True, clip_index=clip_index)
 
     @torch.no_grad()
     def infer(self, frames: Tensor, long_texts: Sequence[str], *, annotated_index: int,
-              padding_mask: Tensor | None = None, upsample: bool = True) -> dict:
-        out = self._run(frames, long_texts, None, annotated_index, padding_mask, keep_fbc_features=False)
+              padding_mask: Tensor | None = None, upsample: bool = True, clip_index: Tensor | None = None) -> dict:
+        out = self._run(frames, long_texts, None, annotated_index, padding_mask, keep_fbc_features=False,
+                        clip_index=clip_index)
         long = out["long"]
         scores = long["pred_is_referred"].softmax(-1)[..., 0].mean(dim=1)  # (B, Q), averaged over frames
         best = scores.argmax(dim=1)
@@ -98,15 +103,28 @@ class LoSh(nn.Module):
     # ---------------------------------------------------------------------------------- internals
 
     def _run(self, frames: Tensor, long_texts: Sequence[str], short_texts: Sequence[str] | None,
-             annotated_index: int, padding_mask: Tensor | None, keep_fbc_features: bool) -> dict:
-        b, t = frames.shape[:2]
-        if len(long_texts) != b:
-            raise ValueError(f"{b} clips but {len(long_texts)} long texts")
+             annotated_index: int, padding_mask: Tensor | None, keep_fbc_features: bool,
+             clip_index: Tensor | None = None) -> dict:
+        clips, t = frames.shape[:2]
+        b = len(long_texts)
+        if clip_index is None and b != clips:
+            raise ValueError(f"{clips} clips but {b} long texts")
+        if clip_index is not None and (clip_index.shape != (b,) or (b and not 0 <= int(clip_index.min()) <=
+                                                                        int(clip_index.max()) < clips)):
+            raise ValueError(f"clip_index must hold one clip of 0..{clips - 1} for each of the {b} texts, "
+                             f"got {clip_index.tolist()}")
         if not 0 <= annotated_index < t:
             raise ValueError(f"annotated_index {annotated_index} outside the window of {t} frames")
         if padding_mask is None:
-            padding_mask = torch.zeros((b, *frames.shape[-2:]), dtype=torch.bool, device=frames.device)
-        features = self.backbone(frames)
+            padding_mask = torch.zeros((clips, *frames.shape[-2:]), dtype=torch.bool, device=frames.device)
+        clip_features = self.backbone(frames)
+        clip_padding = padding_mask
+        features = clip_features
+        if clip_index is not None:
+            # each text gets its clip's features; the gradients of a clip's texts add up in one backbone pass
+            clip_index = clip_index.to(frames.device)
+            features = [level.index_select(0, clip_index) for level in clip_features]
+            padding_mask = padding_mask.index_select(0, clip_index)
         frame_indices = ([annotated_index] if self.config.transformer.decode_frames == "annotated"
                          else list(range(t)))
         n_frames = len(frame_indices)
@@ -152,8 +170,9 @@ class LoSh(nn.Module):
             out[name] = _layer_outputs(logits[:, part], masks[:, part], b, n_frames)
         if keep_fbc_features:
             level = self.config.loss.fbc_level
-            out["fbc_features"] = features[level]
-            out["fbc_padding_mask"] = paddings[level] if padding_mask.any() else None
+            out["fbc_features"] = clip_features[level]
+            out["fbc_padding_mask"] = (_resize_padding(clip_padding, clip_features[level].shape[-2:])
+                                       if clip_padding.any() else None)
         return out
 
     def _sequence(self, video: Tensor, video_pos: Tensor, video_padding: Tensor, text: Tensor,

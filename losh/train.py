@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from losh.criterion import build_criterion
-from losh.data import Augment, RVOSDataset, collate, normalise_frames
+from losh.data import Augment, ClipDataset, RVOSDataset, collate, collate_clips, normalise_frames
 from losh.ema import WeightAverage
 from losh.losh import build_model, param_groups
 from schemas.config import ModelConfig
@@ -116,7 +116,7 @@ def forward_and_loss(model, criterion, batch: dict, device: torch.device, amp: s
                                        batch["short_mask"])]
     with autocast_for(device, amp):
         outputs = model(frames, batch["long_text"], batch["short_text"], annotated_index=int(annotated[0]),
-                        padding_mask=padding)
+                        padding_mask=padding, clip_index=batch.get("clip_index"))
     return criterion(outputs, targets, flows=batch.get("flows"), flow_valid=batch.get("flow_valid"),
                      flow_frame_size=size)
 
@@ -201,10 +201,15 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
     # ---- data: shards only, prepared the way this config expects
     check_data_matches_config(dataset_manifest(data), config)
     with_flows = config.loss.fbc > 0
-    dataset = RVOSDataset(data, "train", with_flows=with_flows, seed=settings.seed,
-                          augment=Augment(settings.scales, settings.max_long_side, settings.flip_p))
+    augment = Augment(settings.scales, settings.max_long_side, settings.flip_p)
+    if settings.expressions_per_clip > 1:
+        dataset = ClipDataset(data, "train", max_expressions=settings.expressions_per_clip, with_flows=with_flows,
+                              seed=settings.seed, augment=augment)
+    else:
+        dataset = RVOSDataset(data, "train", with_flows=with_flows, seed=settings.seed, augment=augment)
     sampler = DistributedSampler(dataset, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=settings.seed)
-    loader = DataLoader(dataset, batch_size=settings.batch_size, sampler=sampler, collate_fn=collate,
+    loader = DataLoader(dataset, batch_size=settings.batch_size, sampler=sampler,
+                        collate_fn=collate_clips if settings.expressions_per_clip > 1 else collate,
                         num_workers=settings.num_workers, pin_memory=dev.type == "cuda",
                         persistent_workers=settings.num_workers > 0, drop_last=False)
 

@@ -104,12 +104,24 @@ class PreparedDataset:
         return np.ascontiguousarray(np.stack(out))
 
     def read(self, record: SampleRecord) -> PreparedSample:
-        f = self._shard(record.shard)
-        g = f[f"annotated/{record.frame:05d}"]
+        return self.read_clip([record])[0]
+
+    def read_clip(self, records: list[SampleRecord]) -> list[PreparedSample]:
+        """Samples of one clip (the same video, annotated frame and window: several expressions of it),
+        with the frames and the frame's masks read once and shared."""
+        first = records[0]
+        for r in records[1:]:
+            if (r.shard, r.frame, r.window) != (first.shard, first.frame, first.window):
+                raise ValueError(f"read_clip: {r.sample_id} and {first.sample_id} are not of the same clip")
+        f = self._shard(first.shard)
+        g = f[f"annotated/{first.frame:05d}"]
         masks = g["masks"][()].astype(bool)
-        return PreparedSample(record=record, frames=self.read_frames(record), long_mask=masks[record.referred_index],
-                              short_mask=g["short_masks"][record.short_index].astype(bool),
-                              instance_masks=masks, instance_ids=g["instance_ids"][()])
+        short_masks = g["short_masks"][()].astype(bool)
+        instance_ids = g["instance_ids"][()]
+        frames = self.read_frames(first)
+        return [PreparedSample(record=r, frames=frames, long_mask=masks[r.referred_index],
+                               short_mask=short_masks[r.short_index], instance_masks=masks,
+                               instance_ids=instance_ids) for r in records]
 
     def __getstate__(self) -> dict:   # DataLoader workers started by spawn: open their own handles
         return {**self.__dict__, "_files": {}, "_positions": {}}

@@ -17,7 +17,9 @@ class TrainConfigError(ValueError):
 @dataclass(frozen=True)
 class TrainSettings:
     epochs: int = 70
-    batch_size: int = 3                    # the paper's batch (per process)
+    batch_size: int = 3                    # the paper's batch (per process): clips when expressions_per_clip > 1
+    expressions_per_clip: int = 1          # 1: a sample is one expression (MTTR); K > 1: an item is a clip with up
+                                           # to K of its expressions, one backbone pass for all of them
     lr: float = 1e-4
     backbone_lr: float = 1e-5
     text_encoder_lr: float = 5e-5          # used only when the text encoder is not frozen (MTTR)
@@ -41,7 +43,7 @@ class TrainSettings:
     def validate(self) -> "TrainSettings":
         def bad(msg: str) -> TrainConfigError:
             return TrainConfigError(f"train settings: {msg}")
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "expressions_per_clip"):
             if getattr(self, name) < 1:
                 raise bad(f"{name} must be >= 1")
         for name in ("lr", "backbone_lr", "text_encoder_lr"):
