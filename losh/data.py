@@ -128,7 +128,7 @@ class RVOSDataset(Dataset):
 
 
 class ClipDataset(RVOSDataset):
-    """Training items grouped by clip: the expressions of one (video, annotated frame), at most
+    """Items grouped by clip: the expressions of one (video, annotated frame), at most
     `max_expressions` to an item (a clip with more is split into near-equal parts), so an epoch still
     visits every sample once. The frames are read, augmented and, in the model, run through the
     backbone once for all expressions of the clip; those expressions, which refer to different objects

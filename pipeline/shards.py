@@ -116,11 +116,10 @@ class PreparedDataset:
         f = self._shard(first.shard)
         g = f[f"annotated/{first.frame:05d}"]
         masks = g["masks"][()].astype(bool)
-        short_masks = g["short_masks"][()].astype(bool)
         instance_ids = g["instance_ids"][()]
         frames = self.read_frames(first)
         return [PreparedSample(record=r, frames=frames, long_mask=masks[r.referred_index],
-                               short_mask=short_masks[r.short_index], instance_masks=masks,
+                               short_mask=g["short_masks"][r.short_index].astype(bool), instance_masks=masks,
                                instance_ids=instance_ids) for r in records]
 
     def __getstate__(self) -> dict:   # DataLoader workers started by spawn: open their own handles
