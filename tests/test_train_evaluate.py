@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 import losh.train as train_module
 from cli.main import app
-from losh.data import RVOSDataset
+from losh.data import ClipDataset, RVOSDataset
 from losh.evaluate import trivial_baselines
 from losh.metrics import METRIC_KEYS
 from losh.train import NonFiniteLoss, RunExists, load_checkpoint, train
@@ -156,20 +156,24 @@ def test_short_text_source_of_data_and_config_must_agree(prepared, tmp_path):
     assert "trains on machine short text, but the data holds manual short text" in result.output
 
 
-def test_torchrun_with_two_processes_shards_the_data_and_trains_one_model(prepared, tmp_path):
-    """The multi-GPU command on the CPU: torchrun, DDP over gloo, a DistributedSampler per rank."""
+@pytest.mark.parametrize("expressions_per_clip", [1, 3])
+def test_torchrun_with_two_processes_shards_the_data_and_trains_one_model(prepared, tmp_path, expressions_per_clip):
+    """The multi-GPU command on the CPU: torchrun, DDP over gloo, a DistributedSampler per rank (over
+    samples, or over clips with their expressions)."""
     run = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "cli.main", "train", "--data", str(prepared), "--out", str(run), "--config", "tiny:wo-fbc",
-           "--epochs", "1", "--batch-size", "1", "--workers", "0", "--device", "cpu"]
+           "--epochs", "1", "--batch-size", "1", "--expressions-per-clip", str(expressions_per_clip),
+           "--workers", "0", "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env,
                           cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stderr[-3000:]
-    samples = len(RVOSDataset(prepared, "train"))
+    items = len(RVOSDataset(prepared, "train") if expressions_per_clip == 1 else
+                ClipDataset(prepared, "train", max_expressions=expressions_per_clip))
     ckpt = load_checkpoint(run / "checkpoints/last.pt")
     # each rank sees half of the epoch (DistributedSampler), one optimiser step per rank batch
-    assert ckpt["epoch"] == 1 and ckpt["global_step"] == -(-samples // 2)
+    assert ckpt["epoch"] == 1 and ckpt["global_step"] == -(-items // 2)
     ends = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "epoch_end" in line]
     assert len(ends) == 1                     # only rank 0 writes the log
     assert not any(k.startswith("module.") for k in ckpt["model"])   # the unwrapped model is saved
