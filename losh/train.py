@@ -205,11 +205,12 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
     if settings.expressions_per_clip > 1:
         dataset = ClipDataset(data, "train", max_expressions=settings.expressions_per_clip, with_flows=with_flows,
                               seed=settings.seed, augment=augment)
+        collate_fn = collate_clips
     else:
         dataset = RVOSDataset(data, "train", with_flows=with_flows, seed=settings.seed, augment=augment)
+        collate_fn = collate
     sampler = DistributedSampler(dataset, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=settings.seed)
-    loader = DataLoader(dataset, batch_size=settings.batch_size, sampler=sampler,
-                        collate_fn=collate_clips if settings.expressions_per_clip > 1 else collate,
+    loader = DataLoader(dataset, batch_size=settings.batch_size, sampler=sampler, collate_fn=collate_fn,
                         num_workers=settings.num_workers, pin_memory=dev.type == "cuda",
                         persistent_workers=settings.num_workers > 0, drop_last=False)
 
