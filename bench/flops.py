@@ -53,7 +53,7 @@ def paper_sized_model(spec: str, decode_frames: str = "annotated"):
 def count_flops(model, frames: torch.Tensor, infer: bool = False) -> int:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         if infer:
-            model.infer(frames, [LONG_TEXT], annotated_index=ANNOTATED)
+            model.infer(frames, [LONG_TEXT], [SHORT_TEXT], annotated_index=ANNOTATED)
         else:
             model(frames, [LONG_TEXT], [SHORT_TEXT], annotated_index=ANNOTATED)
     return counter.get_total_flops()

@@ -86,7 +86,7 @@ class Timed:
         _sync(self.device)
         start = time.perf_counter()
         with torch.no_grad(), autocast_for(self.device, self.amp):
-            self.model.infer(frames, self.batch["long_text"], annotated_index=4)
+            self.model.infer(frames, self.batch["long_text"], self.batch["short_text"], annotated_index=4)
         _sync(self.device)
         return time.perf_counter() - start
 

@@ -73,7 +73,8 @@ class SetCriterion(nn.Module):
                 flow_valid = torch.ones(flows.shape[:2], dtype=torch.bool, device=flows.device)
             losses["loss_fbc"] = fbc_loss(features, flows.to(features.device), flow_valid.to(features.device),
                                           outputs["annotated_index"], self.config.fbc_variant,
-                                          frame_size=flow_frame_size, padding_mask=outputs.get("fbc_padding_mask"))
+                                          frame_size=flow_frame_size, padding_mask=outputs.get("fbc_padding_mask"),
+                                          reduction=self.config.fbc_reduction)
         losses["loss"] = sum(self.weight_of(k) * v for k, v in losses.items())
         return losses
 

@@ -19,7 +19,9 @@ Inputs
                       L_fbc: by default stride 16, the features projected into the transformer)
     "fbc_padding_mask" (B, h, w) bool or None
 
-`infer` runs the long pathway only (the short text is neither encoded nor run) and adds the paper's
+`infer` decodes the long pathway only (the short head is off, paper 3.8); with the config's
+`inference_short_pathway = "encoder"` (default) the short text still runs through the multimodal encoder
+to feed the long pathway's cross-attention, with "none" it is not encoded at all. It adds the paper's
 selection: "scores" (B, Q) reference probability averaged over the decoded frames, "best_query" (B,),
 "mask_logits" (B, T', H, W) the best query's mask logits upsampled to the input size.
 """
@@ -86,10 +88,21 @@ class LoSh(nn.Module):
                          keep_fbc_features=True, clip_index=clip_index)
 
     @torch.no_grad()
-    def infer(self, frames: Tensor, long_texts: Sequence[str], *, annotated_index: int,
-              padding_mask: Tensor | None = None, upsample: bool = True, clip_index: Tensor | None = None) -> dict:
-        out = self._run(frames, long_texts, None, annotated_index, padding_mask, keep_fbc_features=False,
-                        clip_index=clip_index)
+    def infer(self, frames: Tensor, long_texts: Sequence[str], short_texts: Sequence[str] | None = None, *,
+              annotated_index: int, padding_mask: Tensor | None = None, upsample: bool = True,
+              clip_index: Tensor | None = None) -> dict:
+        """The long pathway's prediction (the short prediction head is off, paper 3.8). With
+        `inference_short_pathway = "encoder"` the short texts still run through the multimodal encoder,
+        as the keys/values of the long pathway's cross-attention; short_texts are ignored otherwise."""
+        short = None
+        if self.config.inference_uses_short_text:
+            if short_texts is None:
+                raise ValueError("this model runs the short text through the encoder at inference "
+                                 "(inference_short_pathway = 'encoder'): pass short_texts (e.g. the tagger's), "
+                                 "or use a config with inference_short_pathway = 'none'")
+            short = short_texts
+        out = self._run(frames, long_texts, short, annotated_index, padding_mask, keep_fbc_features=False,
+                        clip_index=clip_index, decode_short=False)
         long = out["long"]
         scores = long["pred_is_referred"].softmax(-1)[..., 0].mean(dim=1)  # (B, Q), averaged over frames
         best = scores.argmax(dim=1)
@@ -104,7 +117,7 @@ class LoSh(nn.Module):
 
     def _run(self, frames: Tensor, long_texts: Sequence[str], short_texts: Sequence[str] | None,
              annotated_index: int, padding_mask: Tensor | None, keep_fbc_features: bool,
-             clip_index: Tensor | None = None) -> dict:
+             clip_index: Tensor | None = None, decode_short: bool = True) -> dict:
         clips, t = frames.shape[:2]
         b = len(long_texts)
         if clip_index is None and b != clips:
@@ -145,7 +158,7 @@ class LoSh(nn.Module):
         long_memory, short_memory = self.encoder(*long_seq, *short_seq)
 
         pathways = {"long": (long_memory, long_seq)}
-        if short_memory is not None:
+        if short_memory is not None and decode_short:
             pathways["short"] = (short_memory, short_seq)
         # both pathways through the shared decoder, spatial decoder and heads in one batched call
         memory = torch.cat([m for m, _ in pathways.values()])

@@ -15,6 +15,7 @@ from torch import Tensor
 from losh.warp import resize_flow, warp_by_flow
 
 FLOW_OFFSETS = (-2, -1, 1, 2)   # the flows' order: frame k to k-2, k-1, k+1, k+2
+FBC_REDUCTIONS = ("pixel_mean", "mean", "sum")
 
 
 def dice_loss(logits: Tensor, targets: Tensor, num_masks: float) -> Tensor:
@@ -71,7 +72,8 @@ def lsi_loss(long_probs: Tensor, short_probs: Tensor, threshold: float = 0.5, ep
 
 def fbc_loss(features: Tensor, flows: Tensor, flow_valid: Tensor, annotated_index: int,
              variant: str = "standard", frame_size: tuple[int, int] | None = None,
-             padding_mask: Tensor | None = None, offsets: Sequence[int] = FLOW_OFFSETS) -> Tensor:
+             padding_mask: Tensor | None = None, offsets: Sequence[int] = FLOW_OFFSETS,
+             reduction: str = "pixel_mean") -> Tensor:
     """Forward-backward visual consistency (equation 6).
 
     features (B, T, C, h, w): per-frame visual features of the window; the annotated frame k is at
@@ -84,12 +86,15 @@ def fbc_loss(features: Tensor, flows: Tensor, flow_valid: Tensor, annotated_inde
     (the flow k+t -> k approximated by the negated flow k -> k+t, read at the target pixel) vs f_k+t;
     "mutual": the sum of both.
 
-    Each term is the squared L2 distance averaged over the valid pixels and the channels (the mean
-    keeps lambda_fbc = 0.1 on the scale of the other losses whatever the feature size); terms are
-    summed over the offsets and averaged over the batch.
+    Each term is eq. 6's squared distance over the valid pixels, reduced by `reduction`:
+    "pixel_mean" (default) the squared L2 distance of the two feature vectors (summed over channels),
+    averaged over the valid pixels; "mean" averaged over the channels too; "sum" summed over pixels
+    and channels. Terms are summed over the offsets and averaged over the batch.
     """
     if variant not in ("standard", "opposite", "mutual"):
         raise ValueError(f"unknown L_fbc variant {variant!r}")
+    if reduction not in FBC_REDUCTIONS:
+        raise ValueError(f"unknown L_fbc reduction {reduction!r}; one of {FBC_REDUCTIONS}")
     features = features.float()  # pixel coordinates need float32 even under autocast
     b, t, c, h, w = features.shape
     if flows.shape[:3] != (b, len(offsets), 2):
@@ -115,5 +120,9 @@ def fbc_loss(features: Tensor, flows: Tensor, flow_valid: Tensor, annotated_inde
                 valid = valid & content
             valid = valid.to(features.dtype)
             squared = ((warped - target) ** 2 * valid).sum(dim=(1, 2, 3))
-            total = total + usable * squared / (valid.sum(dim=(1, 2, 3)) * c).clamp(min=1)
+            if reduction == "sum":
+                total = total + usable * squared
+            else:
+                per = valid.sum(dim=(1, 2, 3)) * (c if reduction == "mean" else 1)
+                total = total + usable * squared / per.clamp(min=1)
     return total.mean()

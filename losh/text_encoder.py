@@ -42,6 +42,7 @@ class TextEncoder(nn.Module):
         super().__init__()
         self.frozen = config.freeze
         self.max_tokens = config.max_tokens
+        self.lowercase = config.lowercase
         self.trained_tokenizer = not config.pretrained
         self.vocab_size = config.vocab_size
         if config.pretrained:
@@ -71,7 +72,8 @@ class TextEncoder(nn.Module):
         expressions). Only for randomly initialised encoders; call before training."""
         if not self.trained_tokenizer:
             raise RuntimeError("fit_tokenizer is for randomly initialised text encoders (text.pretrained = false)")
-        tokenizer = train_bpe_tokenizer([*builtin_corpus(), *texts], self.vocab_size, self.max_tokens)
+        tokenizer = train_bpe_tokenizer([*builtin_corpus(), *self._normalise(texts)], self.vocab_size,
+                                        self.max_tokens)
         self._tokenizer_json = tokenizer.backend_tokenizer.to_str()
         self.tokenizer = tokenizer
 
@@ -90,9 +92,12 @@ class TextEncoder(nn.Module):
             self.model.eval()
         return self
 
+    def _normalise(self, texts: Sequence[str]) -> list[str]:
+        return [t.lower() for t in texts] if self.lowercase else list(texts)
+
     def encode(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
         device = next(self.model.parameters()).device
-        tokens = self.tokenizer(list(texts), padding="longest", truncation=True, max_length=self.max_tokens,
+        tokens = self.tokenizer(self._normalise(texts), padding="longest", truncation=True, max_length=self.max_tokens,
                                 return_tensors="pt")
         tokens = {k: v.to(device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):

@@ -24,12 +24,17 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
 CONFIG_SCHEMA = "losh.model_config"
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2
+# What a version-1 config (before these switches existed) meant: read it with that behaviour.
+_V1_BEHAVIOUR = {"text": {"lowercase": False}, "loss": {"fbc_reduction": "mean"},
+                 "inference_short_pathway": "none"}
 
 CrossAttention = Literal["none", "long_from_short", "short_from_long", "bidirectional"]
 FbcVariant = Literal["standard", "opposite", "mutual"]
 DecodeFrames = Literal["annotated", "all"]
 ShortTextSource = Literal["manual", "machine"]
+FbcReduction = Literal["mean", "pixel_mean", "sum"]
+InferenceShortPathway = Literal["encoder", "none"]
 
 
 class ConfigError(ValueError):
@@ -88,6 +93,7 @@ class TextConfig:
     pretrained: bool = True
     freeze: bool = True
     max_tokens: int = 64
+    lowercase: bool = True           # MTTR lowercases every expression before the tokenizer (RoBERTa is cased)
     # dims of the random RoBERTa (used only when pretrained is False)
     hidden_size: int = 768
     num_layers: int = 12
@@ -163,6 +169,10 @@ class LossConfig:
     lsi_epsilon: float = 1.0
     fbc_variant: FbcVariant = "standard"
     fbc_level: int = 2                 # backbone stage of F_v: 2 = stride 16, the features entering the transformer
+    # how eq. 6's squared norm is reduced over a feature map: "pixel_mean" sums the squared differences over
+    # the channels (the squared L2 distance of two feature vectors) and averages over the valid pixels;
+    # "mean" also averages over the channels; "sum" sums over both (the norm of the whole map). See README.
+    fbc_reduction: FbcReduction = "pixel_mean"
     aux_loss: bool = True
     match_is_referred: float = 2.0
     match_dice: float = 5.0
@@ -182,6 +192,7 @@ class LossConfig:
         if self.fbc_level not in (0, 1, 2):
             raise ConfigError(f"loss.fbc_level is a backbone stage 0, 1 or 2, got {self.fbc_level}")
         _check_choice("loss.fbc_variant", self.fbc_variant, FbcVariant)
+        _check_choice("loss.fbc_reduction", self.fbc_reduction, FbcReduction)
 
 
 @dataclass(frozen=True)
@@ -190,6 +201,10 @@ class ModelConfig:
     use_short_text: bool = True
     short_text_source: ShortTextSource = "manual"   # manual: the data set's short_query; machine: the tagger's
     window: int = 8                                  # frames per sample around the annotated frame
+    # inference (paper 3.8 deactivates the short prediction head): "encoder" still runs the short text through
+    # the multimodal encoder, whose tokens are the keys/values of the long pathway's cross-attention as in
+    # training; "none" runs the long pathway alone (its cross-attention layers then attend to long tokens)
+    inference_short_pathway: InferenceShortPathway = "encoder"
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     text: TextConfig = field(default_factory=TextConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
@@ -207,6 +222,7 @@ class ModelConfig:
         if self.window < 1:
             raise ConfigError(f"window must be >= 1, got {self.window}")
         _check_choice("short_text_source", self.short_text_source, ShortTextSource)
+        _check_choice("inference_short_pathway", self.inference_short_pathway, InferenceShortPathway)
         self.backbone.validate()
         self.text.validate()
         self.transformer.validate()
@@ -218,6 +234,15 @@ class ModelConfig:
             if self.loss.lsi > 0 or self.loss.match_lsi > 0:
                 raise ConfigError("L_lsi compares long and short predictions: set loss.lsi = "
                                   "loss.match_lsi = 0 or use_short_text = true")
+            if self.inference_short_pathway != "none":
+                raise ConfigError("inference_short_pathway 'encoder' needs the short text: set it to 'none' "
+                                  "or use_short_text = true")
+
+    @property
+    def inference_uses_short_text(self) -> bool:
+        """Whether inference runs the short text through the encoder: only where the long pathway reads it."""
+        return (self.use_short_text and self.inference_short_pathway == "encoder"
+                and self.transformer.cross_attention in ("long_from_short", "bidirectional"))
 
     def to_dict(self) -> dict[str, Any]:
         body = asdict(self)
@@ -230,10 +255,29 @@ class ModelConfig:
         schema = data.pop("schema", CONFIG_SCHEMA)
         if schema != CONFIG_SCHEMA:
             raise ConfigError(f"{where}: not a {CONFIG_SCHEMA} file (schema={schema!r})")
-        if data.get("version", CONFIG_VERSION) != CONFIG_VERSION:
-            raise ConfigError(f"{where}: {CONFIG_SCHEMA} version {data.get('version')!r}, this toolkit "
-                              f"reads version {CONFIG_VERSION}")
+        version = data.get("version", CONFIG_VERSION)
+        if version == 1:
+            data = _upgrade_v1(data)
+        elif version != CONFIG_VERSION:
+            raise ConfigError(f"{where}: {CONFIG_SCHEMA} version {version!r}, this toolkit "
+                              f"reads versions 1 and {CONFIG_VERSION}")
         return _build(cls, data, where)
+
+
+def _upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 config with the switches added in version 2 set to what version 1 did."""
+    data = {**data, "version": CONFIG_VERSION}
+    for key, value in _V1_BEHAVIOUR.items():
+        if isinstance(value, dict):
+            part = dict(data.get(key, {}))
+            for name, old in value.items():
+                part.setdefault(name, old)
+            data[key] = part
+        else:
+            data.setdefault(key, value)
+    if not data.get("use_short_text", True):
+        data["inference_short_pathway"] = "none"
+    return data
 
 
 def _check_choice(name: str, value: Any, literal: Any) -> None:
@@ -307,16 +351,20 @@ def _tiny() -> ModelConfig:
         # 1000 CPU steps, test mean IoU 0.20 with 16 plain queries, 0.29 text-conditioned, 0.38 with 5
         transformer=TransformerConfig(d_model=64, nheads=4, dim_feedforward=128, dropout=0.0,
                                       num_queries=5, text_conditioned_queries=True),
+        # the demo's recipe was measured with L_fbc averaged over channels too (README: L_fbc reduction)
+        loss=LossConfig(fbc_reduction="mean"),
     )
 
 
 # Each ablation is a set of field overrides ("part.field": value) applied to a preset.
 ABLATIONS: dict[str, dict[str, Any]] = {
     "ours": {},
+    # MTTR as published: long text only, and 3 encoder layers on A2D-Sentences (LoSh-M has 4)
     "baseline": {"use_short_text": False, "transformer.cross_attention": "none", "loss.lsi": 0.0,
-                 "loss.match_lsi": 0.0, "loss.fbc": 0.0},
+                 "loss.match_lsi": 0.0, "loss.fbc": 0.0, "transformer.num_encoder_layers": 3,
+                 "inference_short_pathway": "none"},
     "wo-sh": {"use_short_text": False, "transformer.cross_attention": "none", "loss.lsi": 0.0,
-              "loss.match_lsi": 0.0},
+              "loss.match_lsi": 0.0, "inference_short_pathway": "none"},
     "wo-lsi": {"loss.lsi": 0.0, "loss.match_lsi": 0.0},
     "wo-ca": {"transformer.cross_attention": "none"},
     "inv-ca": {"transformer.cross_attention": "short_from_long"},
@@ -325,6 +373,10 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "wo-fbc": {"loss.fbc": 0.0},
     "ofbc": {"loss.fbc_variant": "opposite"},
     "mfbc": {"loss.fbc_variant": "mutual"},
+    # the public official LoSh code (MTTR-based): MTTR's 3 encoder layers, no long-short cross-attention, L_lsi
+    # weighted 0.8 in the loss and the matching cost, no L_fbc (README: "Paper, official code, ours")
+    "official": {"transformer.num_encoder_layers": 3, "transformer.cross_attention": "none", "loss.lsi": 0.8,
+                 "loss.match_lsi": 0.8, "loss.fbc": 0.0},
 }
 
 # The rows of the paper's ablation tables, as "PRESET:ABLATION" specs.

@@ -24,14 +24,50 @@ def test_paper_preset_has_the_paper_settings():
     assert (loss.lsi_threshold, loss.lsi_epsilon) == (0.5, 1.0)
 
 
-def test_mttr_is_losh_m_without_short_text_lsi_and_fbc():
+def test_mttr_is_losh_m_without_short_text_lsi_and_fbc_and_with_mttrs_3_encoder_layers():
     mttr, losh = get_config("mttr"), get_config("losh-m")
     assert not mttr.use_short_text and mttr.transformer.cross_attention == "none"
     assert mttr.loss.lsi == mttr.loss.match_lsi == mttr.loss.fbc == 0
-    assert mttr.backbone == losh.backbone and mttr.text == losh.text
+    assert mttr.transformer.num_encoder_layers == 3 and losh.transformer.num_encoder_layers == 4
+    assert mttr.backbone == losh.backbone and mttr.text == losh.text and mttr.text.lowercase
     assert with_overrides(mttr, {"name": "losh-m", "use_short_text": True,
                                  "transformer.cross_attention": "long_from_short", "loss.lsi": 5.0,
-                                 "loss.match_lsi": 5.0, "loss.fbc": 0.1}) == losh
+                                 "loss.match_lsi": 5.0, "loss.fbc": 0.1, "transformer.num_encoder_layers": 4,
+                                 "inference_short_pathway": "encoder"}) == losh
+
+
+def test_official_code_variant():
+    official = get_config("losh-m:official")
+    assert official.use_short_text and official.transformer.cross_attention == "none"
+    assert official.transformer.num_encoder_layers == 3
+    assert (official.loss.lsi, official.loss.match_lsi, official.loss.fbc) == (0.8, 0.8, 0.0)
+    assert not official.inference_uses_short_text     # no cross-attention: the long pathway never reads it
+
+
+def test_paper_presets_lowercase_texts_and_run_the_short_encoder_at_inference():
+    for spec in ("losh-m", "losh-m:msh", "tiny"):
+        config = get_config(spec)
+        assert config.text.lowercase and config.inference_short_pathway == "encoder"
+        assert config.inference_uses_short_text
+    assert get_config("losh-m").loss.fbc_reduction == "pixel_mean"
+    with pytest.raises(ConfigError, match="inference_short_pathway"):
+        with_overrides(get_config("mttr"), {"inference_short_pathway": "encoder"})
+
+
+def test_version_1_configs_keep_their_behaviour():
+    data = get_config("tiny").to_dict()
+    data["version"] = 1
+    del data["text"]["lowercase"], data["inference_short_pathway"], data["loss"]["fbc_reduction"]
+    old = ModelConfig.from_dict(data)
+    assert old.version == 2 and not old.text.lowercase
+    assert old.inference_short_pathway == "none" and old.loss.fbc_reduction == "mean"
+    data = get_config("mttr").to_dict()
+    data["version"] = 1
+    del data["inference_short_pathway"]
+    assert ModelConfig.from_dict(data).inference_short_pathway == "none"
+    data["version"] = 3
+    with pytest.raises(ConfigError, match="version 3"):
+        ModelConfig.from_dict(data)
 
 
 @pytest.mark.parametrize("table,row,expected", [

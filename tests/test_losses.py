@@ -89,6 +89,23 @@ def test_fbc_loss_by_hand():
                     frame_size=(1, 3)).item() == pytest.approx(50.0)
 
 
+def test_fbc_loss_reductions_by_hand():
+    # two channels on a 1x3 map; f_k+1 shifted by one pixel (u = +1) so pixels 0 and 1 are valid
+    features = torch.tensor([[[1, 2, 3], [0, 0, 0]], [[5, 7, 10], [1, 3, 0]]], dtype=torch.float32).view(1, 2, 2, 1, 3)
+    flows = torch.zeros(1, 1, 2, 1, 3)
+    flows[:, :, 0] = 1.0
+    valid = torch.ones(1, 1, dtype=torch.bool)
+    # warped f_k+1 = ((7, 10), (3, 0)) on pixels 0, 1: squared differences 36 + 64 (channel 0) + 9 + 0 (channel 1)
+    total = 36 + 64 + 9 + 0
+    by = {r: fbc_loss(features, flows, valid, annotated_index=0, offsets=(1,), reduction=r).item()
+          for r in ("sum", "pixel_mean", "mean")}
+    assert by["sum"] == pytest.approx(total)
+    assert by["pixel_mean"] == pytest.approx(total / 2)          # 2 valid pixels
+    assert by["mean"] == pytest.approx(total / (2 * 2))          # and 2 channels
+    with pytest.raises(ValueError, match="reduction"):
+        fbc_loss(features, flows, valid, annotated_index=0, offsets=(1,), reduction="max")
+
+
 def _smooth_features(generator, b=2, c=4, h=16, w=20):
     coarse = torch.randn(b, c, 4, 5, generator=generator)
     return torch.nn.functional.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False)

@@ -79,8 +79,8 @@ def _count_calls(model):
 
 
 @pytest.mark.parametrize("mode", ["long_from_short", "bidirectional"])
-def test_inference_never_runs_the_short_pathway(frames, mode):
-    model = _model(mode)
+def test_inference_without_the_short_pathway_runs_the_long_one_alone(frames, mode):
+    model = _model(mode, inference_short_pathway="none")
     calls = _count_calls(model)
     with torch.no_grad():
         model(frames, LONG, SHORT, annotated_index=K)
@@ -88,7 +88,7 @@ def test_inference_never_runs_the_short_pathway(frames, mode):
     assert calls["encoder_short"][0] is not None
     for key in calls:
         calls[key] = [] if key != "short_cross" else 0
-    result = model.infer(frames, LONG, annotated_index=K)
+    result = model.infer(frames, LONG, SHORT, annotated_index=K)   # short texts given but not used
     assert calls["texts"] == [B]                   # only the long texts are encoded
     assert calls["encoder_short"] == [None]        # the encoder gets no short sequence
     assert calls["decoder_batch"] == [B]           # one pathway decoded
@@ -96,17 +96,36 @@ def test_inference_never_runs_the_short_pathway(frames, mode):
     assert set(result) >= {"scores", "best_query", "mask_logits"} and "short" not in result
 
 
+@pytest.mark.parametrize("mode", ["long_from_short", "bidirectional"])
+def test_inference_with_the_short_encoder_pathway_equals_trainings_long_pathway(frames, mode):
+    model = _model(mode)                            # the paper presets' default: inference_short_pathway "encoder"
+    assert model.config.inference_short_pathway == "encoder"
+    long_masks, _ = _run(model, frames, LONG, SHORT)
+    calls = _count_calls(model)
+    result = model.infer(frames, LONG, SHORT, annotated_index=K)
+    assert calls["texts"] == [2 * B]               # long and short texts encoded in one call
+    assert calls["encoder_short"][0] is not None   # the short sequence feeds the long pathway's CA
+    assert calls["decoder_batch"] == [B]           # but only the long pathway is decoded (no short head)
+    assert "short" not in result
+    assert torch.allclose(result["pred_masks"], long_masks, atol=1e-5)
+    # the long prediction depends on the short text, as in training
+    other = model.infer(frames, LONG, OTHER_SHORT, annotated_index=K)
+    assert _changed(other["pred_masks"], result["pred_masks"])
+    with pytest.raises(ValueError, match="short_texts"):
+        model.infer(frames, LONG, annotated_index=K)
+
+
 @pytest.mark.parametrize("mode", ["none", "short_from_long"])
 def test_inference_equals_the_long_pathway_when_it_does_not_read_the_short_one(frames, mode):
     model = _model(mode)
     long_masks, _ = _run(model, frames, LONG, SHORT)
-    result = model.infer(frames, LONG, annotated_index=K)
+    result = model.infer(frames, LONG, annotated_index=K)      # no short text needed: the long pathway ignores it
     assert torch.allclose(result["pred_masks"], long_masks, atol=1e-5)
 
 
 def test_inference_selects_the_query_with_the_best_mean_reference_score(frames):
     model = _model("long_from_short", **{"transformer.decode_frames": "all"})
-    result = model.infer(frames, LONG, annotated_index=K)
+    result = model.infer(frames, LONG, SHORT, annotated_index=K)
     q = model.config.transformer.num_queries
     assert result["frame_indices"] == list(range(T))
     assert result["pred_masks"].shape == (B, T, q, H // 4, W // 4)

@@ -65,3 +65,18 @@ def test_missing_pretrained_encoder_says_how_to_provide_it(tmp_path):
     with pytest.raises(TextEncoderMissing, match="HF_HOME") as error:
         TextEncoder(TextConfig(encoder=str(tmp_path / "roberta-base")))
     assert "set text.encoder to its path" in str(error.value)
+
+
+def test_expressions_are_lowercased_as_mttr_unless_switched_off():
+    torch.manual_seed(0)
+    encoder = TextEncoder(TINY).eval()
+    with torch.no_grad():
+        upper, _ = encoder.encode(["The Man in white T-shirt"])
+        lower, _ = encoder.encode(["the man in white t-shirt"])
+    assert torch.equal(upper, lower)
+    torch.manual_seed(0)
+    cased = TextEncoder(replace(TINY, lowercase=False)).eval()
+    with torch.no_grad():
+        upper, _ = cased.encode(["The Man in white T-shirt"])
+        lower, _ = cased.encode(["the man in white t-shirt"])
+    assert upper.shape != lower.shape or not torch.allclose(upper, lower)
