@@ -216,15 +216,25 @@ def train(
     ema_decay: Annotated[Optional[float], typer.Option(
         help="Also keep an exponential moving average of the weights with this decay (e.g. 0.999), which "
              "evaluate uses; default 0: off, as MTTR.")] = None,
+    eval_every: Annotated[Optional[int], typer.Option(
+        min=0, help="Evaluate every N epochs (and after the last) on --eval-split, log the metrics and keep "
+                    "RUN/checkpoints/best.pt (default 0: never).")] = None,
+    eval_split: Annotated[Optional[str], typer.Option(help="Split evaluated during training (default test).")] = None,
+    eval_samples: Annotated[Optional[int], typer.Option(
+        min=0, help="Evaluate a fixed subset of this many samples, spread over the split (default 0: all).")] = None,
+    best_metric: Annotated[Optional[str], typer.Option(
+        help="Metric best.pt maximises: mean_iou (default), overall_iou, map, jf, j or f.")] = None,
     settings_file: Annotated[Optional[Path], typer.Option("--settings", help="JSON training settings file.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint, with its own "
+                                              "settings; options may change only epochs, max steps, the eval "
+                                              "cadence, checkpoint/log cadence and workers.")] = False,
     device: Annotated[Optional[str], typer.Option(help="Force a device (cpu, cuda:0).")] = None,
 ) -> None:
     """Train LoSh-M (or the MTTR baseline, or an ablation) on CUDA, CPU fallback; torchrun for many GPUs."""
     from dataclasses import replace
 
     from losh.errors import AssetMissing
-    from losh.train import NonFiniteLoss, RunExists, train as run_training
+    from losh.train import NonFiniteLoss, RunExists, run_settings, train as run_training
     from pipeline.shards import PreparedDataMissing
     from schemas.config import ConfigError, resolve_config
     from schemas.prepared import SchemaError
@@ -232,14 +242,17 @@ def train(
 
     try:
         model_config = resolve_config(config)
-        settings = TrainSettings()
+        checkpoint = out / "checkpoints" / "last.pt"
+        # resuming: the run's own settings are the base, so that only what is given here changes
+        settings = run_settings(out) if resume and checkpoint.exists() else TrainSettings()
         if settings_file is not None:
             settings = TrainSettings.from_dict(json.loads(settings_file.read_text()))
         overrides = {"epochs": epochs, "batch_size": batch_size, "expressions_per_clip": expressions_per_clip,
                      "lr": lr, "backbone_lr": backbone_lr,
                      "text_encoder_lr": text_encoder_lr, "amp": amp, "num_workers": workers,
                      "seed": seed, "max_steps": max_steps, "checkpoint_every_steps": checkpoint_every,
-                     "ema_decay": ema_decay,
+                     "ema_decay": ema_decay, "eval_every": eval_every, "eval_split": eval_split,
+                     "eval_samples": eval_samples, "best_metric": best_metric,
                      "lr_milestones": tuple(int(m) for m in lr_milestones.split(",") if m) if lr_milestones else None}
         settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None}).validate()
         summary = run_training(data, model_config, out, settings, resume=resume, device=device)
@@ -256,6 +269,10 @@ def train(
         return
     typer.echo(f"trained {summary['steps']} steps ({summary['epochs']} epochs) on {summary['device']} in "
                f"{summary['seconds']} s; last {losses}; checkpoint {summary['checkpoint']}")
+    if summary.get("best"):
+        b = summary["best"]
+        typer.echo(f"best {b['metric']} {100 * b['value']:.2f}% at epoch {b['epoch']}: "
+                   f"{Path(summary['checkpoint']).with_name('best.pt')}")
 
 
 @app.command()

@@ -37,7 +37,9 @@ _HOW_TO_GET_WEIGHTS = (
 class VideoSwinBackbone(nn.Module):
     """frames (B, T, 3, H, W) -> per-frame features [(B, T, C_i, H/s_i, W/s_i)] for s_i = 4, 8, 16."""
 
-    def __init__(self, config: BackboneConfig) -> None:
+    def __init__(self, config: BackboneConfig, load_pretrained: bool = True) -> None:
+        """`load_pretrained=False`: the weights will come from a checkpoint of this model (evaluation,
+        resume), so the Kinetics-400 file the run started from is neither read nor required."""
         super().__init__()
         swin = SwinTransformer3d(
             patch_size=list(config.patch_size), embed_dim=config.embed_dim, depths=list(config.depths),
@@ -52,7 +54,9 @@ class VideoSwinBackbone(nn.Module):
         self.out_channels = [config.embed_dim * 2 ** i for i in range(NUM_STAGES)]
         spatial_patch = config.patch_size[1]
         self.strides = [spatial_patch * 2 ** i for i in range(NUM_STAGES)]
-        if config.weights is not None:
+        if not load_pretrained:
+            pass
+        elif config.weights is not None:
             self.load_kinetics_weights(config.weights)
         elif config.require_weights:
             raise WeightsMissing("this config needs pretrained Video Swin-T weights (backbone.weights is "

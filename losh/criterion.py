@@ -22,9 +22,11 @@ from __future__ import annotations
 import re
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from losh.errors import NonFiniteOutputs
 from losh.losses import dice_loss, fbc_loss, is_referred_loss, lsi_loss, sigmoid_focal_loss
 from losh.matcher import FrameTargets, LongShortMatcher, upsampled_logits, upsampled_probs
 from schemas.config import LossConfig, ModelConfig
@@ -61,26 +63,34 @@ class SetCriterion(nn.Module):
             for i in range(len(outputs["long"]["aux_outputs"])):
                 layers.append((f"_aux{i}", {p: _at_frame(outputs[p]["aux_outputs"][i], position) for p in pathways}))
         losses: dict[str, Tensor] = {}
-        for suffix, layer in layers:
-            indices = self.matcher(layer, frame_targets)
-            losses.update({k + suffix: v for k, v in self.layer_losses(layer, frame_targets, indices).items()})
         if self.weights["fbc"] > 0:
-            if flows is None:
-                raise ValueError(f"L_fbc is on (loss.fbc = {self.weights['fbc']}) but no flows were given: pass "
-                                 "flows and flow_valid, or use the 'wo-fbc' ablation")
-            features = outputs["fbc_features"]
-            if flow_valid is None:
-                flow_valid = torch.ones(flows.shape[:2], dtype=torch.bool, device=flows.device)
-            losses["loss_fbc"] = fbc_loss(features, flows.to(features.device), flow_valid.to(features.device),
-                                          outputs["annotated_index"], self.config.fbc_variant,
-                                          frame_size=flow_frame_size, padding_mask=outputs.get("fbc_padding_mask"),
-                                          reduction=self.config.fbc_reduction)
+            losses["loss_fbc"] = self.fbc_term(outputs, flows, flow_valid, flow_frame_size)
+        for suffix, layer in layers:
+            try:
+                indices = self.matcher(layer, frame_targets)
+            except NonFiniteOutputs as error:
+                raise NonFiniteOutputs(f"{error}: the model's predictions are not finite",
+                                       {**{k: float(v.detach()) for k, v in losses.items()},
+                                        **_non_finite_counts(outputs)}) from None
+            losses.update({k + suffix: v for k, v in self.layer_losses(layer, frame_targets, indices).items()})
         losses["loss"] = sum(self.weight_of(k) * v for k, v in losses.items())
         return losses
 
+    def fbc_term(self, outputs: dict, flows: Tensor | None, flow_valid: Tensor | None,
+                 flow_frame_size: tuple[int, int] | None) -> Tensor:
+        if flows is None:
+            raise ValueError(f"L_fbc is on (loss.fbc = {self.weights['fbc']}) but no flows were given: pass "
+                             "flows and flow_valid, or use the 'wo-fbc' ablation")
+        features = outputs["fbc_features"]
+        if flow_valid is None:
+            flow_valid = torch.ones(flows.shape[:2], dtype=torch.bool, device=flows.device)
+        return fbc_loss(features, flows.to(features.device), flow_valid.to(features.device),
+                        outputs["annotated_index"], self.config.fbc_variant, frame_size=flow_frame_size,
+                        padding_mask=outputs.get("fbc_padding_mask"), reduction=self.config.fbc_reduction)
+
     def layer_losses(self, layer: dict[str, dict[str, Tensor]], targets: list[FrameTargets],
                      indices: list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
-        num_masks = max(sum(len(t.long_masks) for t in targets), 1)
+        num_masks = average_over_processes(sum(len(t.long_masks) for t in targets), targets[0].long_masks.device)
         referred_queries = torch.stack([queries[instances == t.referred_index][0]
                                         for (queries, instances), t in zip(indices, targets)])
         losses = {}
@@ -102,6 +112,24 @@ class SetCriterion(nn.Module):
             losses["loss_lsi"] = lsi_loss(long_ref, short_ref, self.config.lsi_threshold,
                                           self.config.lsi_epsilon).mean()
         return losses
+
+
+def average_over_processes(count: int, device: torch.device) -> float:
+    """The mean of `count` over the DDP processes, at least 1 (DETR/MTTR normalise the mask losses by the
+    number of target masks averaged across processes, so every process's loss has the same scale)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return max(float(count), 1.0)
+    total = torch.tensor([float(count)], device=device)
+    dist.all_reduce(total)
+    return max(total.item() / dist.get_world_size(), 1.0)
+
+
+def _non_finite_counts(outputs: dict) -> dict[str, float]:
+    """{"non_finite_long_pred_masks": n, ...} over the last layer's outputs and the L_fbc features."""
+    tensors = {f"{p}_{k}": outputs[p][k] for p in PATHWAYS if p in outputs for k in ("pred_masks", "pred_is_referred")}
+    if "fbc_features" in outputs:
+        tensors["fbc_features"] = outputs["fbc_features"]
+    return {f"non_finite_{name}": float((~torch.isfinite(t.detach())).sum()) for name, t in tensors.items()}
 
 
 def _at_frame(out: dict[str, Tensor], position: int) -> dict[str, Tensor]:

@@ -22,11 +22,13 @@ from schemas.prepared import SampleRecord
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_LEFT_RIGHT = re.compile(r"\b(left|right)(s?)\b", re.IGNORECASE)
+# left/right and the words built on them: lefts, leftmost, leftward(s), left-hand (the hyphen is a boundary)
+_LEFT_RIGHT = re.compile(r"\b(left|right)(s|most|wards?|hand(?:ed)?)?\b", re.IGNORECASE)
 
 
 def swap_left_right(text: str) -> str:
-    """'left' <-> 'right' (case kept), as a horizontal flip changes what the words refer to."""
+    """'left' <-> 'right' (case kept) in every word built on them ('leftmost' <-> 'rightmost'), as a
+    horizontal flip changes what the words refer to."""
     def swap(m: re.Match) -> str:
         word = m.group(1)
         new = "right" if word.lower() == "left" else "left"
@@ -34,7 +36,7 @@ def swap_left_right(text: str) -> str:
             new = new.upper()
         elif word[0].isupper():
             new = new.capitalize()
-        return new + m.group(2)
+        return new + (m.group(2) or "")
     return _LEFT_RIGHT.sub(swap, text)
 
 
@@ -52,10 +54,14 @@ class RVOSDataset(Dataset):
     """Samples of one split of PREP as tensors; flows from PREP/flows when asked for."""
 
     def __init__(self, prep: Path, split: str, *, with_flows: bool = False, augment: Augment | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, max_samples: int = 0) -> None:
         self.data = PreparedDataset(prep, split)
         if len(self.data) == 0:
             raise ValueError(f"{prep} holds no {split} sample")
+        if 0 < max_samples < len(self.data.records):
+            # a fixed subset spread evenly over the (sample_id-sorted) split: the same one at every evaluation
+            keep = np.linspace(0, len(self.data.records) - 1, max_samples).round().astype(int)
+            self.data.records = [self.data.records[i] for i in sorted(set(keep.tolist()))]
         self.flows = None
         if with_flows:
             from pipeline.flow_reader import FlowReader
@@ -135,10 +141,10 @@ class ClipDataset(RVOSDataset):
     of the same frames, are then in the same batch."""
 
     def __init__(self, prep: Path, split: str, *, max_expressions: int, with_flows: bool = False,
-                 augment: Augment | None = None, seed: int = 0) -> None:
+                 augment: Augment | None = None, seed: int = 0, max_samples: int = 0) -> None:
         if max_expressions < 1:
             raise ValueError(f"max_expressions must be >= 1, got {max_expressions}")
-        super().__init__(prep, split, with_flows=with_flows, augment=augment, seed=seed)
+        super().__init__(prep, split, with_flows=with_flows, augment=augment, seed=seed, max_samples=max_samples)
         by_clip: dict[tuple, list[int]] = {}
         for index, r in enumerate(self.data.records):
             by_clip.setdefault((r.video_id, r.frame), []).append(index)

@@ -12,3 +12,12 @@ class WeightsMissing(AssetMissing):
 
 class TextEncoderMissing(AssetMissing):
     """The Hugging Face text encoder (model or tokenizer files) is not available offline."""
+
+
+class NonFiniteOutputs(FloatingPointError):
+    """The model's predictions hold NaN/inf, so they cannot be matched to the targets; `terms` holds the
+    loss terms that could still be computed and the count of non-finite values of each output."""
+
+    def __init__(self, message: str, terms: dict[str, float]) -> None:
+        super().__init__(message)
+        self.terms = terms

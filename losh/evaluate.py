@@ -25,7 +25,7 @@ def load_model(checkpoint: Path, device: torch.device, *, use_ema: bool = True) 
     """The checkpoint's model, with its weight average (`ema_decay` runs) unless `use_ema` is False."""
     ckpt = load_checkpoint(checkpoint)
     config = ModelConfig.from_dict(ckpt["model_config"])
-    model = build_model(config)
+    model = build_model(config, load_pretrained=False)   # the checkpoint holds the trained backbone
     ema = ckpt.get("model_ema")
     model.load_state_dict(ema["weights"] if use_ema and ema is not None else ckpt["model"])
     return model.to(device).eval(), ckpt
@@ -48,13 +48,13 @@ def _query_masks(logits: torch.Tensor, padded: tuple[int, int], valid: tuple[int
 def evaluate_checkpoint(data: Path, checkpoint: Path, *, split: str = "test", out: Path | None = None,
                         save_predictions: Path | None = None, visualize: int = 0, visualize_dir: Path | None = None,
                         batch_size: int = 2, num_workers: int = 0, device: str | None = None,
-                        progress: bool = True, use_ema: bool = True) -> dict:
+                        progress: bool = True, use_ema: bool = True, max_samples: int = 0) -> dict:
     dev = select_device(setup_distributed(), device)
     model, ckpt = load_model(checkpoint, dev, use_ema=use_ema)
     metrics = evaluate_model(model, data, split=split, save_predictions=save_predictions, visualize=visualize,
                              visualize_dir=visualize_dir or (Path(out).parent / "pictures" if out else Path("pictures")),
                              batch_size=batch_size, num_workers=num_workers, amp=ckpt["train_settings"].get("amp", "off"),
-                             progress=progress)
+                             progress=progress, max_samples=max_samples)
     report = {**metrics, "split": split, "checkpoint": str(checkpoint), "data": str(data),
               "model": ckpt["model_config"]["name"],
               "weights": "ema" if use_ema and ckpt.get("model_ema") is not None else "trained"}
@@ -69,13 +69,13 @@ EXPRESSIONS_PER_CLIP = 8
 @torch.no_grad()
 def evaluate_model(model: torch.nn.Module, data: Path, *, split: str = "test", save_predictions: Path | None = None,
                    visualize: int = 0, visualize_dir: Path = Path("pictures"), batch_size: int = 2,
-                   num_workers: int = 0, amp: str = "off", progress: bool = True) -> dict:
+                   num_workers: int = 0, amp: str = "off", progress: bool = True, max_samples: int = 0) -> dict:
     """MTTR's protocol: per sample, all queries' masks of the annotated frame with their mean reference
     scores (mAP), the best-scoring one for IoU, precision@k, J and F. NaN metrics become None."""
     model.eval()
     dev = next(model.parameters()).device
     # batches of clips: the expressions of one annotated frame share one backbone pass (same results)
-    dataset = ClipDataset(data, split, max_expressions=EXPRESSIONS_PER_CLIP)
+    dataset = ClipDataset(data, split, max_expressions=EXPRESSIONS_PER_CLIP, max_samples=max_samples)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_clips,
                         num_workers=num_workers, pin_memory=dev.type == "cuda")
     acc = MetricAccumulator()
@@ -89,7 +89,8 @@ def evaluate_model(model: torch.nn.Module, data: Path, *, split: str = "test", s
         padding = padding_mask_of(batch["valid_size"], padded, dev)
         annotated = int(batch["annotated_index"][0])
         with autocast_for(dev, amp):
-            result = model.infer(frames, batch["long_text"], annotated_index=annotated, padding_mask=padding,
+            result = model.infer(frames, batch["long_text"], batch["short_text"], annotated_index=annotated,
+                                 padding_mask=padding,
                                  upsample=False, clip_index=batch["clip_index"])
         position = result["frame_indices"].index(annotated)
         for b, sample_id in enumerate(batch["sample_id"]):
@@ -109,7 +110,8 @@ def evaluate_model(model: torch.nn.Module, data: Path, *, split: str = "test", s
                          Path(visualize_dir) / f"{sample_id}.png")
     if save_predictions is not None:
         write_scores(Path(save_predictions), split, scores_out)
-    return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in acc.result().items()}
+    return {**{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in acc.result().items()},
+            "samples": len(dataset.data.records)}
 
 
 def _picture(model, batch, b, clip, annotated, padded, valid, best, pred_long, iou, dev, amp, path: Path) -> None:

@@ -56,11 +56,11 @@ class TextProjection(nn.Module):
 
 
 class LoSh(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, load_pretrained: bool = True) -> None:
         super().__init__()
         self.config = config
         tc = config.transformer
-        self.backbone = VideoSwinBackbone(config.backbone)
+        self.backbone = VideoSwinBackbone(config.backbone, load_pretrained)
         self.text_encoder = TextEncoder(config.text)
         self.video_proj = nn.Conv2d(self.backbone.out_channels[-1], tc.d_model, kernel_size=1)
         self.text_proj = TextProjection(self.text_encoder.hidden_size, tc.d_model, tc.dropout)
@@ -219,8 +219,11 @@ def _layer_outputs(logits: Tensor, masks: Tensor, b: int, n_frames: int) -> dict
     return {**layers[-1], "aux_outputs": layers[:-1]}
 
 
-def build_model(config: ModelConfig) -> LoSh:
-    return LoSh(config)
+def build_model(config: ModelConfig, load_pretrained: bool = True) -> LoSh:
+    """The model of `config`. `load_pretrained=False` when a checkpoint's weights are loaded next
+    (evaluation, resume): the backbone's pretrained file is then not needed; the frozen text encoder
+    still comes from its local path or the Hugging Face cache."""
+    return LoSh(config, load_pretrained)
 
 
 def param_groups(model: LoSh, lr: float, backbone_lr: float, weight_decay: float,

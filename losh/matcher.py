@@ -20,10 +20,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from losh.errors import NonFiniteOutputs
 from losh.hungarian import linear_sum_assignment
 from losh.losses import dice_coefficient, lsi_loss
 
@@ -77,7 +79,10 @@ class LongShortMatcher:
             short_probs = upsampled_probs(short["pred_masks"][b], target.size) if short is not None else None
             cost = self.cost_matrix(layer["long"]["pred_is_referred"][b], long_probs, target,
                                     short["pred_is_referred"][b] if short is not None else None, short_probs)
-            rows, cols = linear_sum_assignment(cost.float().cpu().numpy())
+            cost_np = cost.float().cpu().numpy()
+            if not np.isfinite(cost_np).all():   # NaN predictions: no assignment exists (the criterion reports it)
+                raise NonFiniteOutputs(f"the matching cost of sample {b} holds NaN/inf", {})
+            rows, cols = linear_sum_assignment(cost_np)
             device = cost.device
             indices.append((torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device)))
         return indices

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +25,10 @@ from tqdm import tqdm
 from losh.criterion import build_criterion
 from losh.data import Augment, ClipDataset, RVOSDataset, collate, collate_clips, normalise_frames
 from losh.ema import WeightAverage
+from losh.errors import NonFiniteOutputs
 from losh.losh import build_model, param_groups
 from schemas.config import ModelConfig
-from schemas.train import TrainSettings
+from schemas.train import SAFE_TO_CHANGE_ON_RESUME, TrainSettings
 
 CHECKPOINT_SCHEMA = "losh.checkpoint"
 CHECKPOINT_VERSION = 1
@@ -38,6 +40,16 @@ class NonFiniteLoss(RuntimeError):
 
 class RunExists(RuntimeError):
     """RUN already holds a checkpoint and --resume was not given."""
+
+
+class SettingsChanged(ValueError):
+    """--resume with settings that would make it another run (the message names them)."""
+
+
+def run_settings(out: Path) -> TrainSettings:
+    """The settings a run in `out` was trained with (from its last checkpoint): the base that --resume
+    starts from, so that only the options given on the command line change."""
+    return TrainSettings.from_dict(load_checkpoint(Path(out) / "checkpoints" / "last.pt")["train_settings"])
 
 
 @dataclass
@@ -152,6 +164,12 @@ def atomic_save(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def atomic_copy(source: Path, target: Path) -> None:
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
     if not Path(path).is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
@@ -189,9 +207,13 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
         saved = ModelConfig.from_dict(checkpoint["model_config"])
         if saved.to_dict() != config.to_dict():
             raise ValueError(f"--resume: {out} was trained with config {saved.name!r}; resume it with that config")
-        # the run keeps its own settings; only how long it runs may change on resume
-        settings = replace(TrainSettings.from_dict(checkpoint["train_settings"]), epochs=settings.epochs,
-                           max_steps=settings.max_steps)
+        safe_changes, unsafe_changes = settings.changes_from(TrainSettings.from_dict(checkpoint["train_settings"]))
+        if unsafe_changes:
+            raise SettingsChanged(
+                f"--resume: {out} was trained with other settings: "
+                + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in unsafe_changes.items())
+                + f"; resume with the run's settings ({out / 'train.json'}) or start a new run in another --out "
+                  f"(what may change on resume: {', '.join(SAFE_TO_CHANGE_ON_RESUME)})")
     elif resume:
         raise FileNotFoundError(f"--resume: no checkpoint in {out / 'checkpoints'}")
     seed_everything(settings.seed + d.rank)
@@ -215,7 +237,7 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
                         persistent_workers=settings.num_workers > 0, drop_last=False)
 
     # ---- model, loss, optimiser
-    model = build_model(config)
+    model = build_model(config, load_pretrained=checkpoint is None)   # resuming: the checkpoint has the weights
     if model.text_encoder.trained_tokenizer and checkpoint is None:
         # randomly initialised text encoder (tiny): its tokenizer learns the training vocabulary
         model.text_encoder.fit_tokenizer(sorted({t for r in dataset.data.records for t in (r.long, r.short)}))
@@ -247,11 +269,17 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
         (out / "train.json").write_text(json.dumps(settings.to_dict(), indent=1))
     log = open(out / "metrics.jsonl", "a", encoding="utf-8") if d.main else None
+    if log and checkpoint is not None:
+        log.write(json.dumps({"resume": {"epoch": epoch, "step": global_step,
+                                         "changed": {k: list(v) for k, v in safe_changes.items()}}}) + "\n")
+        log.flush()
+    best = checkpoint.get("best") if checkpoint is not None else None   # {"metric", "value", "epoch"}
 
     def save(epoch_: int, step_in_epoch_: int) -> None:
         if not d.main:
             return
         atomic_save({
+            "best": best,
             "schema": CHECKPOINT_SCHEMA, "version": CHECKPOINT_VERSION, "model_config": config.to_dict(),
             "train_settings": settings.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch_,
@@ -274,13 +302,18 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
             if i < step_in_epoch:  # resuming inside an epoch: the sampler order is the same, skip what was done
                 continue
             batch = to_device(batch, dev)
-            losses = forward_and_loss(net, criterion, batch, dev, settings.amp)
+
+            def non_finite(terms: dict[str, float], what: str) -> NonFiniteLoss:
+                return NonFiniteLoss(f"{what} at epoch {epoch + 1}, step {i + 1} (samples {batch['sample_id']}): "
+                                     f"{terms}; the last good checkpoint is "
+                                     f"{ckpt_path if ckpt_path.exists() else 'not written yet'}")
+            try:
+                losses = forward_and_loss(net, criterion, batch, dev, settings.amp)
+            except NonFiniteOutputs as error:   # NaN predictions reach the matcher before any loss is summed
+                raise non_finite(error.terms, f"non-finite loss ({error})") from None
             loss = losses["loss"]
             if not torch.isfinite(loss):
-                terms = {k: float(v.detach()) for k, v in losses.items()}
-                raise NonFiniteLoss(f"non-finite loss at epoch {epoch + 1}, step {i + 1} "
-                                    f"(samples {batch['sample_id']}): {terms}; the last good checkpoint is "
-                                    f"{ckpt_path if ckpt_path.exists() else 'not written yet'}")
+                raise non_finite({k: float(v.detach()) for k, v in losses.items()}, "non-finite loss")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if settings.clip_max_norm > 0:
@@ -310,7 +343,23 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
         if not stop:
             scheduler.step()
             epoch, step_in_epoch = epoch + 1, 0
+        improved = False
+        if settings.eval_every and step_in_epoch == 0 and (epoch % settings.eval_every == 0 or epoch == settings.epochs):
+            if d.main:
+                metrics = validation_metrics(model, ema, data, settings, dev)
+                value = metrics.get(settings.best_metric)
+                improved = value is not None and (best is None or value > best["value"])
+                if improved:
+                    best = {"metric": settings.best_metric, "value": value, "epoch": epoch}
+                log.write(json.dumps({"eval": {"epoch": epoch, "step": global_step, "split": settings.eval_split,
+                                               "samples": metrics["samples"], **{k: metrics.get(k) for k in
+                                               ("mean_iou", "overall_iou", "map", "jf")}},
+                                      "best": best}) + "\n")
+            if d.world_size > 1:
+                dist.barrier()   # the other ranks wait for rank 0's evaluation
         save(epoch, step_in_epoch)
+        if improved:
+            atomic_copy(ckpt_path, ckpt_path.with_name("best.pt"))
         if log:
             log.write(json.dumps({"epoch_end": epoch, "step": global_step, "time_s": round(time.time() - start, 2),
                                   **{f"mean_{k}": v / max(n_steps, 1) for k, v in sums.items()}}) + "\n")
@@ -321,4 +370,24 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
         dist.barrier()
         dist.destroy_process_group()
     return {"epochs": epoch, "steps": global_step, "last_losses": last, "checkpoint": str(ckpt_path),
-            "seconds": round(time.time() - start, 1), "device": str(dev)}
+            "seconds": round(time.time() - start, 1), "device": str(dev), "best": best}
+
+
+def validation_metrics(model: torch.nn.Module, ema: WeightAverage | None, data: Path, settings: TrainSettings,
+                       device: torch.device) -> dict:
+    """Metrics of the weights that `losh evaluate` would score (the average when there is one) on the
+    validation split or its subset; the training weights and mode are left as they were."""
+    import copy
+
+    from losh.evaluate import evaluate_model
+
+    scored = model
+    if ema is not None:
+        scored = copy.deepcopy(model)
+        scored.load_state_dict(ema.state_dict()["weights"])
+    was_training = model.training
+    try:
+        return evaluate_model(scored, data, split=settings.eval_split, max_samples=settings.eval_samples,
+                              progress=False)
+    finally:
+        model.train(was_training)

@@ -10,6 +10,14 @@ TRAIN_VERSION = 1
 AMP_MODES = ("bf16", "fp16", "off")
 
 
+# Settings that may differ when a run is resumed: how long it runs, how often it evaluates, checkpoints and
+# logs, and how many loader workers read (items do not depend on the worker count). Anything else would
+# make the resumed run another run (and what it evaluates on, which best.pt compares across epochs).
+SAFE_TO_CHANGE_ON_RESUME = ("epochs", "max_steps", "eval_every", "checkpoint_every_steps", "log_every_steps",
+                            "num_workers")
+BEST_METRICS = ("mean_iou", "overall_iou", "map", "jf", "j", "f")
+
+
 class TrainConfigError(ValueError):
     pass
 
@@ -39,6 +47,11 @@ class TrainSettings:
     deterministic: bool = False            # bit-reproducible runs (slower: e.g. Swin's bias-table backward)
     ema_decay: float = 0.0                 # >0: also keep an exponential moving average of the weights, which
                                            # evaluation then uses; 0: off (MTTR)
+    eval_every: int = 0                    # >0: evaluate every N epochs (and after the last), log it, keep best.pt
+    eval_split: str = "test"
+    eval_samples: int = 0                  # >0: a fixed, evenly spread subset of that many samples; 0: the split
+    best_metric: str = "mean_iou"          # which evaluation metric best.pt maximises
+
 
     def validate(self) -> "TrainSettings":
         def bad(msg: str) -> TrainConfigError:
@@ -57,12 +70,23 @@ class TrainSettings:
             raise bad("lr_milestones are epochs >= 1")
         if not 0 <= self.ema_decay < 1:
             raise bad("ema_decay must be in [0, 1) (0 turns the weight average off)")
-        if self.num_workers < 0 or self.checkpoint_every_steps < 0 or self.max_steps < 0:
-            raise bad("num_workers, checkpoint_every_steps and max_steps must be >= 0")
+        if min(self.num_workers, self.checkpoint_every_steps, self.max_steps, self.eval_every, self.eval_samples) < 0:
+            raise bad("num_workers, checkpoint_every_steps, max_steps, eval_every and eval_samples must be >= 0")
+        if self.eval_split not in ("train", "test"):
+            raise bad("eval_split must be train or test")
+        if self.best_metric not in BEST_METRICS:
+            raise bad(f"best_metric must be one of {BEST_METRICS}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": TRAIN_SCHEMA, "version": TRAIN_VERSION, **asdict(self)}
+
+    def changes_from(self, run: "TrainSettings") -> tuple[dict[str, tuple], dict[str, tuple]]:
+        """(safe, unsafe) settings that differ from the run's, as {name: (run's value, this value)}."""
+        mine, theirs = asdict(self), asdict(run)
+        changed = {k: (theirs[k], mine[k]) for k in mine if mine[k] != theirs[k]}
+        safe = {k: v for k, v in changed.items() if k in SAFE_TO_CHANGE_ON_RESUME}
+        return safe, {k: v for k, v in changed.items() if k not in safe}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainSettings":
