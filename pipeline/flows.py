@@ -83,8 +83,9 @@ def offset_targets(window: list[int], frame: int, offsets: tuple[int, ...]) -> t
 
     The window (MTTR's, clamped to the decoded video) stands for frame k at position w//2 (its anchor,
     `window[w//2]`: k itself, or the video's last frame when k lies past the decoded end, as MTTR
-    clamps), so position w//2 + t holds the frame the model sees there; the flow is valid when that
-    frame is the anchor's true neighbour anchor + t. t outside the window's reach cannot be served.
+    clamps), so position w//2 + t holds the frame the model sees there and the flow runs from the anchor
+    to it. It is valid when both are the real frames k and k+t: never when k lies past the end (the
+    window then shows other frames than k's neighbours). t outside the window's reach cannot be served.
     """
     w = len(window)
     centre = w // 2
@@ -99,7 +100,7 @@ def offset_targets(window: list[int], frame: int, offsets: tuple[int, ...]) -> t
                              f"(offsets {lo:+d}..{hi:+d}); re-run prepare-data with a larger --window "
                              f"(>= {2 * abs(t) + (1 if t > 0 else 0)}) or choose --offsets within {lo:+d}..{hi:+d}")
         targets.append(window[centre + t])
-        valid.append(window[centre + t] == anchor + t)
+        valid.append(anchor == frame and window[centre + t] == frame + t)
     return tuple(targets), tuple(valid)
 
 
