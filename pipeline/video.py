@@ -83,7 +83,7 @@ def decode_frames_opencv(path: Path, wanted: set[int], *, to_end: bool = False) 
     last_wanted = max(wanted) if wanted else -1
     n, previous = 0, None
     try:
-        while n <= last_wanted:
+        while n <= max(last_wanted, 0):   # at least one frame: the video is readable
             ok, frame = cap.read()
             if not ok:
                 break
