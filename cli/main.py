@@ -100,6 +100,8 @@ def prepare_data(
     max_long_side: Annotated[int, typer.Option(min=16, help="Cap on the long side of stored frames.")] = 576,
     codec: Annotated[str, typer.Option(help="Frame storage: jpeg or png.")] = "jpeg",
     jpeg_quality: Annotated[int, typer.Option(min=10, max=100)] = 90,
+    decoder: Annotated[str, typer.Option(help="Video decoder: pyav (MTTR's torchvision read_video frame indexing) "
+                                              "or opencv.")] = "pyav",
     workers: Annotated[Optional[int], typer.Option(min=1, help="Parallel processes (default: all cores).",
                                                    envvar="LOSH_WORKERS")] = None,
 ) -> None:
@@ -111,7 +113,7 @@ def prepare_data(
     if dataset != "a2d":
         fail(f"dataset {dataset!r} is not supported yet (supported: a2d)", 2)
     settings = PrepareSettings(window=window, short_side=short_side, max_long_side=max_long_side, codec=codec,
-                               jpeg_quality=jpeg_quality)
+                               jpeg_quality=jpeg_quality, decoder=decoder)
     try:
         manifest = prepare_a2d(root, out, short_source=short_text, tagger=tagger, rule=rule, settings=settings,
                                workers=workers)
@@ -121,6 +123,9 @@ def prepare_data(
     typer.echo(f"prepared {c['samples']} samples ({c['samples_train']} train, {c['samples_test']} test) from "
                f"{c['videos']} videos, {c['annotated_frames']} annotated frames; "
                f"{c['merged_short_masks']} samples with a merged short mask; "
+               f"{c['samples_empty_mask']} with an empty mask, {c['samples_window_past_end']} with the annotated "
+               f"frame past the decoded end (kept, as MTTR); {c['videos_frame_count_mismatch']} videos whose "
+               f"decoded length differs from videoset.csv; "
                f"{c['videos_missed_skipped']} missed videos skipped; {c['broken']} problems reported "
                f"(see {out / 'report.json'})")
 

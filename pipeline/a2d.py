@@ -52,9 +52,13 @@ class Problem:
     reason: str
     instance_id: int | str | None = None
     frame: int | None = None
+    details: dict | None = None   # the numbers behind the reason, for programs reading report.json
 
     def to_dict(self) -> dict:
-        return {"video_id": self.video_id, "instance_id": self.instance_id, "frame": self.frame, "reason": self.reason}
+        d = {"video_id": self.video_id, "instance_id": self.instance_id, "frame": self.frame, "reason": self.reason}
+        if self.details:
+            d.update(self.details)
+        return d
 
 
 @dataclass

@@ -108,7 +108,7 @@ def verify_flows(prep: Path, samples: int = 8, seed: int = 0) -> FlowVerifyRepor
 
     pairs = [(job, i) for job in checked for i in range(len(job.frames))]
     for job, i in random.Random(seed).sample(pairs, min(samples, len(pairs))):
-        frame, targets = job.frames[i], job.targets[i]
+        frame, targets = job.anchor_frames[i], job.targets[i]
         gray = read_gray_frames(job.prep_shard, {frame, *targets})
         fresh = frame_flows(gray, frame, targets, params)
         with h5py.File(prep / entries[job.video_id]["file"], "r") as f:

@@ -52,10 +52,16 @@ class FlowJob:
     valid: tuple[tuple[bool, ...], ...]    # per frame, k+t inside the video
     prep_shard_hash: str
     params: FlowParams
+    anchors: tuple[int, ...] = ()          # per frame, the stored frame the flows start from (window[w//2]);
+                                           # () = the annotated frames themselves
+
+    @property
+    def anchor_frames(self) -> tuple[int, ...]:
+        return self.anchors or self.frames
 
     def inputs_hash(self) -> str:
         spec = {"params": self.params.hash(), "prep_shard": self.prep_shard_hash, "frames": self.frames,
-                "targets": self.targets, "valid": self.valid}
+                "targets": self.targets, "valid": self.valid, "anchors": self.anchor_frames}
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -73,15 +79,19 @@ def flows_dir(prep: Path) -> Path:
 
 
 def offset_targets(window: list[int], frame: int, offsets: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[bool, ...]]:
-    """Stored frame and validity of each offset, read off the sample's window.
+    """Stored frame and validity of each offset, read off the sample's window by position.
 
-    The window (MTTR's, clamped to the video) puts frame k at position w//2, so position w//2 + t
-    holds min(max(k + t, 1), last frame); t outside the window's reach cannot be served.
+    The window (MTTR's, clamped to the decoded video) stands for frame k at position w//2 (its anchor,
+    `window[w//2]`: k itself, or the video's last frame when k lies past the decoded end, as MTTR
+    clamps), so position w//2 + t holds the frame the model sees there and the flow runs from the anchor
+    to it. It is valid when both are the real frames k and k+t: never when k lies past the end (the
+    window then shows other frames than k's neighbours). t outside the window's reach cannot be served.
     """
     w = len(window)
     centre = w // 2
-    if window[centre] != frame:
-        raise SchemaError(f"window {window} does not hold annotated frame {frame} at position {centre}")
+    anchor = window[centre]
+    if anchor != frame and not (anchor < frame and set(window[centre:]) == {anchor}):
+        raise SchemaError(f"window {window} does not stand for annotated frame {frame} at position {centre}")
     targets, valid = [], []
     for t in offsets:
         if not 0 <= centre + t < w:
@@ -90,7 +100,7 @@ def offset_targets(window: list[int], frame: int, offsets: tuple[int, ...]) -> t
                              f"(offsets {lo:+d}..{hi:+d}); re-run prepare-data with a larger --window "
                              f"(>= {2 * abs(t) + (1 if t > 0 else 0)}) or choose --offsets within {lo:+d}..{hi:+d}")
         targets.append(window[centre + t])
-        valid.append(window[centre + t] == frame + t)
+        valid.append(anchor == frame and window[centre + t] == frame + t)
     return tuple(targets), tuple(valid)
 
 
@@ -100,11 +110,13 @@ def build_flow_jobs(prep: Path, params: FlowParams) -> tuple[list[FlowJob], dict
     manifest = load_manifest(prep)
     records = load_records(prep, manifest)
     per_video: dict[str, dict[int, tuple[tuple[int, ...], tuple[bool, ...]]]] = {}
+    anchor_of: dict[tuple[str, int], int] = {}
     shard_of: dict[str, str] = {}
     for r in records:
         frames = per_video.setdefault(r.video_id, {})
         if r.frame not in frames:
             frames[r.frame] = offset_targets(r.window, r.frame, params.offsets)
+            anchor_of[r.video_id, r.frame] = r.window[r.annotated_position]
         shard_of[r.video_id] = r.shard
     jobs = []
     for vid in sorted(per_video):
@@ -117,7 +129,7 @@ def build_flow_jobs(prep: Path, params: FlowParams) -> tuple[list[FlowJob], dict
         frames = sorted(per_video[vid])
         jobs.append(FlowJob(vid, str(shard), str(flows_dir(prep) / f"{vid}.h5"), tuple(frames),
                             tuple(per_video[vid][k][0] for k in frames), tuple(per_video[vid][k][1] for k in frames),
-                            prep_hash, params))
+                            prep_hash, params, tuple(anchor_of[vid, k] for k in frames)))
     return jobs, manifest
 
 
@@ -167,7 +179,7 @@ def compute_video_flows(job: FlowJob) -> dict:
     keep_freed_memory()
     params = job.params
     clock, cpu, thread = time.perf_counter(), time.process_time(), time.thread_time()
-    gray = read_gray_frames(job.prep_shard, set(job.frames) | {t for ts in job.targets for t in ts})
+    gray = read_gray_frames(job.prep_shard, set(job.anchor_frames) | {t for ts in job.targets for t in ts})
     decoded = time.perf_counter()
     sizes = {g.shape for g in gray.values()}
     if len(sizes) != 1:
@@ -176,8 +188,8 @@ def compute_video_flows(job: FlowJob) -> dict:
     grid = params.grid(h, w)
     stored = np.empty((len(job.frames), len(params.offsets), 2, *grid), dtype=params.dtype)
     cache: dict = {}
-    for i, (frame, targets) in enumerate(zip(job.frames, job.targets)):
-        stored[i] = encode(frame_flows(gray, frame, targets, params, cache), params)
+    for i, (anchor, targets) in enumerate(zip(job.anchor_frames, job.targets)):
+        stored[i] = encode(frame_flows(gray, anchor, targets, params, cache), params)
     computed = time.perf_counter()
 
     out = Path(job.out)

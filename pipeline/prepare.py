@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import h5py
@@ -22,7 +22,8 @@ from pipeline.a2d import A2DRaw, CorruptMaskFile, DatasetRootError, Problem, lis
     read_frame_annotation
 from pipeline.frame_codec import encode_frame
 from pipeline.masks import group_by_short, merge_masks
-from pipeline.video import VideoUnreadable, decode_frames, resize_frame, resize_masks, target_size, window_indices
+from pipeline.video import DECODERS, VideoUnreadable, decode_frames, resize_frame, resize_masks, target_size, \
+    window_indices
 from schemas.prepared import PREPARED_SCHEMA, PREPARED_VERSION, SampleRecord
 
 SHORT_SOURCES = ("machine", "manual")
@@ -35,6 +36,7 @@ class PrepareSettings:
     max_long_side: int = 576
     codec: str = "jpeg"
     jpeg_quality: int = 90
+    decoder: str = "pyav"     # MTTR reads A2D with torchvision.io.read_video, i.e. PyAV (see pipeline/video.py)
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class VideoJob:
     annotation_dir: str
     orig_size: tuple[int, int]
     expected_annotated: int
+    listed_frames: int                              # videoset.csv total_frames
     expressions: tuple[tuple[int, str, str], ...]   # (instance_id, long, short)
     settings: PrepareSettings
     shard_path: str
@@ -60,6 +63,7 @@ class VideoResult:
     video_id: str
     records: list[dict]
     problems: list[dict]
+    counts: dict[str, int] = field(default_factory=dict)
     resumed: bool = False
 
 
@@ -76,7 +80,8 @@ def _existing_result(job: VideoJob, digest: str) -> VideoResult | None:
         with h5py.File(path, "r") as f:
             if f.attrs.get("settings_hash") != digest:
                 return None  # other settings or inputs: recompute, never mix
-            return VideoResult(job.video_id, json.loads(f.attrs["records"]), json.loads(f.attrs["problems"]), True)
+            return VideoResult(job.video_id, json.loads(f.attrs["records"]), json.loads(f.attrs["problems"]),
+                               json.loads(f.attrs["counts"]), True)
     except (OSError, KeyError, ValueError):
         return None  # unreadable leftovers are recomputed
 
@@ -114,10 +119,11 @@ def prepare_video(job: VideoJob) -> VideoResult:
     groups = group_by_short(shorts)
     wanted_samples: list[tuple[int, str, str, int]] = []   # (instance, long, short, frame)
     for iid, long, short in job.expressions:
-        present = [f for f, (ids, masks) in sorted(annotations.items()) if iid in ids and masks[list(ids).index(iid)].any()]
-        if not present:
-            problems.append(Problem(vid, "instance absent from the masks of every annotated frame", iid))
-        wanted_samples += [(iid, long, short, f) for f in present]
+        # MTTR's rule: a sample wherever the frame's h5 lists the instance, even with an all-zero mask
+        listed = [f for f, (ids, _) in sorted(annotations.items()) if iid in ids]
+        if not listed:
+            problems.append(Problem(vid, "instance listed in no annotated frame's h5 (MTTR skips it too)", iid))
+        wanted_samples += [(iid, long, short, f) for f in listed]
     if not wanted_samples:
         return VideoResult(vid, [], [p.to_dict() for p in problems])
 
@@ -125,24 +131,25 @@ def prepare_video(job: VideoJob) -> VideoResult:
     w = job.settings.window
     unclamped = {max(i, 0) for f in used_frames for i in range(f - 1 - w // 2, f - 1 + (w + 1) // 2)}
     try:
-        decoded, n_decoded, _ = decode_frames(Path(job.video_path), unclamped)
+        # to the end: the decoded length is what windows clamp to (MTTR's len(read_video(...)))
+        decoded, n_decoded, _ = decode_frames(Path(job.video_path), unclamped, to_end=True,
+                                              decoder=job.settings.decoder)
     except VideoUnreadable as e:
         return fail_all(f"unreadable video: {e}")
-    beyond = [f for f in used_frames if f > n_decoded]
-    for f in beyond:
-        problems += [Problem(vid, f"too few frames: annotated frame {f} beyond the video's {n_decoded} frames", iid, f)
-                     for iid, _, _, ff in wanted_samples if ff == f]
-    wanted_samples = [s for s in wanted_samples if s[3] <= n_decoded]
-    used_frames = [f for f in used_frames if f <= n_decoded]
-    if not wanted_samples:
-        return VideoResult(vid, [], [p.to_dict() for p in problems])
+    if n_decoded != job.listed_frames:
+        problems.append(Problem(vid, f"frame count mismatch: videoset.csv total_frames {job.listed_frames}, "
+                                     f"decoded {n_decoded} (kept; windows clamp to the decoded end)",
+                                details={"total_frames_listed": job.listed_frames, "frames_decoded": n_decoded}))
 
-    # every unclamped index below n_decoded was decoded; beyond a real end, windows clamp to it
+    # every unclamped index below n_decoded was decoded; beyond the real end, windows clamp to it
+    # (MTTR clamps also when the annotated frame itself lies past the end: the window shows the last frame)
     windows = {f: window_indices(f, n_decoded, w) for f in used_frames}
     stored = sorted({i for win in windows.values() for i in win})
     first = decoded[stored[0]]
     size = target_size(first.shape[0], first.shape[1], job.settings.short_side, job.settings.max_long_side)
     records: list[dict] = []
+    counts = {"samples_empty_mask": 0, "samples_window_past_end": 0,
+              "videos_frame_count_mismatch": int(n_decoded != job.listed_frames)}
     tmp = Path(job.shard_path).with_name(f".{Path(job.shard_path).name}.tmp-{os.getpid()}")
     tmp.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(tmp, "w") as f:
@@ -172,14 +179,17 @@ def prepare_video(job: VideoJob) -> VideoResult:
                     split=job.split, long=long, short=short, shard=f"shards/{vid}.h5",
                     window=[i + 1 for i in windows[frame]], referred_index=ids.tolist().index(iid),
                     short_index=short_groups.index(group), short_instance_ids=members_here,
-                    size=list(size), orig_size=list(job.orig_size))
+                    size=list(size), orig_size=list(job.orig_size), video_frames=n_decoded)
                 records.append(record.to_dict())
+                counts["samples_empty_mask"] += not masks[record.referred_index].any()
+                counts["samples_window_past_end"] += frame > n_decoded
         problem_dicts = [p.to_dict() for p in problems]
         f.attrs.update({"schema": PREPARED_SCHEMA, "version": PREPARED_VERSION, "video_id": vid,
                         "settings_hash": digest, "codec": job.settings.codec,
-                        "records": json.dumps(records), "problems": json.dumps(problem_dicts)})
+                        "decoder": job.settings.decoder, "records": json.dumps(records),
+                        "problems": json.dumps(problem_dicts), "counts": json.dumps(counts)})
     os.replace(tmp, job.shard_path)  # the shard appears only when complete
-    return VideoResult(vid, records, problem_dicts)
+    return VideoResult(vid, records, problem_dicts, counts)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -215,7 +225,7 @@ def build_jobs(raw: A2DRaw, out: Path, shorts: dict[tuple[str, int], str],
     for vid in sorted(per_video):
         info = raw.videos[vid]
         jobs.append(VideoJob(vid, info.split, str(raw.video_path(vid)), str(raw.annotation_dir(vid)),
-                             (info.height, info.width), info.annotated_frames,
+                             (info.height, info.width), info.annotated_frames, info.total_frames,
                              tuple(per_video[vid][i] for i in sorted(per_video[vid])), settings,
                              str(out / "shards" / f"{vid}.h5")))
     return jobs, problems, counts
@@ -251,6 +261,8 @@ def prepare_a2d(root: Path, out: Path, *, short_source: str = "machine", tagger:
                 progress: bool = True) -> dict:
     """Prepare an A2D-Sentences root into `out`; returns the manifest (with counts)."""
     root, out = Path(root), Path(out)
+    if settings.decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {settings.decoder!r}")
     raw = read_a2d(root)
     if not raw.videos:
         raise DatasetRootError(f"{root}: videoset.csv lists no video")
@@ -295,12 +307,14 @@ def prepare_a2d(root: Path, out: Path, *, short_source: str = "machine", tagger:
         "short_fallback_to_long": short_info.pop("fallback_to_long"),
         "broken": len(problem_dicts), "videos_resumed": sum(r.resumed for r in results),
     })
+    for key in ("samples_empty_mask", "samples_window_past_end", "videos_frame_count_mismatch"):
+        counts[key] = sum(r.counts.get(key, 0) for r in results)
     manifest = {
         "schema": PREPARED_SCHEMA, "version": PREPARED_VERSION, "dataset": "a2d", "source": str(root.resolve()),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "short_text": short_info, "window": settings.window,
         "resolution": {"short_side": settings.short_side, "max_long_side": settings.max_long_side},
-        "codec": {"format": settings.codec, "quality": settings.jpeg_quality},
+        "codec": {"format": settings.codec, "quality": settings.jpeg_quality}, "decoder": settings.decoder,
         "settings_hash": hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()[:16],
         "counts": counts, "shards": shards, "records_file": "samples.jsonl", "report_file": "report.json",
     }

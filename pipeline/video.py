@@ -48,49 +48,128 @@ def resize_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def count_frames(path: Path) -> int:
+DECODERS = ("pyav", "opencv")
+
+
+def count_frames(path: Path, decoder: str = "pyav") -> int:
     """Number of decodable frames (container metadata can lie, so we count by decoding)."""
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise VideoUnreadable(f"cannot open video {path}")
-    n = 0
-    try:
-        while cap.grab():
-            n += 1
-    finally:
-        cap.release()
-    return n
+    return decode_frames(path, set(), to_end=True, decoder=decoder)[1]
 
 
-def decode_frames(path: Path, wanted: set[int]) -> tuple[dict[int, np.ndarray], int, bool]:
+def decode_frames(path: Path, wanted: set[int], *, to_end: bool = False,
+                  decoder: str = "pyav") -> tuple[dict[int, np.ndarray], int, bool]:
     """Decode the frames at the wanted 0-based indices (BGR uint8) in one sequential pass.
 
     Returns (frames, number of frames decoded, whether the video ended before the last wanted
     index). When it ended early, its real last frame is kept too, so that windows can be clamped
-    to the true length (container metadata can be wrong).
+    to the true length (container metadata can be wrong). With `to_end`, decoding goes on to the
+    end of the video (frames past the last wanted one are decoded but not converted), so the count
+    is the video's decoded length.
     """
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
     if not Path(path).is_file():
         raise VideoUnreadable(f"video file not found: {path}")
+    decode = decode_frames_pyav if decoder == "pyav" else decode_frames_opencv
+    return decode(Path(path), wanted, to_end=to_end)
+
+
+def decode_frames_opencv(path: Path, wanted: set[int], *, to_end: bool = False) -> tuple[dict[int, np.ndarray], int, bool]:
+    """`decode_frames` with OpenCV's FFmpeg backend: frames in the order `VideoCapture.read` gives."""
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise VideoUnreadable(f"cannot open video {path}")
     frames: dict[int, np.ndarray] = {}
     last_wanted = max(wanted) if wanted else -1
-    n, ended, previous = 0, False, None
+    n, previous = 0, None
     try:
-        while n <= last_wanted:
+        while n <= max(last_wanted, 0):   # at least one frame: the video is readable
             ok, frame = cap.read()
             if not ok:
-                ended = True
                 break
             if n in wanted:
                 frames[n] = frame
             previous = frame
             n += 1
+        else:
+            while to_end and cap.grab():   # count the rest without converting it
+                n += 1
     finally:
         cap.release()
     if n == 0:
         raise VideoUnreadable(f"no decodable frame in {path}")
+    ended = n <= last_wanted
     if ended:
         frames[n - 1] = previous
+    return frames, n, ended
+
+
+class _NotInPtsOrder(Exception):
+    """The decoder's output is not in strictly increasing pts order: index by sorting instead."""
+
+
+def decode_frames_pyav(path: Path, wanted: set[int], *, to_end: bool = False) -> tuple[dict[int, np.ndarray], int, bool]:
+    """`decode_frames` with PyAV, indexing frames as MTTR's `torchvision.io.read_video(path,
+    pts_unit='sec')` does: every decoded frame of the first video stream keyed by its pts (a repeated
+    pts keeps the later frame), frames with pts < 0 dropped, the rest sorted by pts; a decoding error
+    ends the video there. Pixels are PyAV's rgb24 conversion (read_video's), returned as BGR.
+
+    Decoders output frames in presentation order, so index i is the i-th frame out: decoding stops
+    after the last wanted frame (unless `to_end`). A file whose output pts are not strictly increasing
+    is decoded again in full and sorted, exactly as read_video does.
+    """
+    try:
+        return _decode_pyav(path, wanted, to_end, sort_all=False)
+    except _NotInPtsOrder:
+        return _decode_pyav(path, wanted, to_end, sort_all=True)
+
+
+def _bgr(frame) -> np.ndarray:
+    return np.ascontiguousarray(frame.to_ndarray(format="rgb24")[:, :, ::-1])
+
+
+def _decode_pyav(path: Path, wanted: set[int], to_end: bool, sort_all: bool) -> tuple[dict[int, np.ndarray], int, bool]:
+    import av
+
+    last_wanted = max(wanted) if wanted else -1
+    frames: dict[int, np.ndarray] = {}
+    by_pts: dict[int, object] = {}
+    n, previous, previous_pts = 0, None, None
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except av.FFmpegError as e:
+        raise VideoUnreadable(f"cannot open video {path}: {e}") from e
+    with container:
+        if not container.streams.video:
+            raise VideoUnreadable(f"no video stream in {path}")
+        try:
+            for frame in container.decode(video=0):
+                pts = frame.pts
+                if sort_all:
+                    if pts is not None and pts >= 0:
+                        by_pts[pts] = frame
+                    continue
+                if pts is None or (previous_pts is not None and pts <= previous_pts):
+                    raise _NotInPtsOrder
+                previous_pts = pts
+                if pts < 0:
+                    continue   # read_video starts at pts 0
+                if n in wanted:
+                    frames[n] = _bgr(frame)
+                previous = frame
+                n += 1
+                if n > last_wanted and not to_end:
+                    break
+        except av.FFmpegError:
+            pass   # read_video keeps what was decoded before the error
+    if sort_all:
+        ordered = [by_pts[p] for p in sorted(by_pts)]
+        n = len(ordered)
+        frames = {i: _bgr(ordered[i]) for i in wanted if i < n}
+        previous = ordered[-1] if ordered else None
+    if n == 0:
+        raise VideoUnreadable(f"no decodable frame in {path}")
+    ended = n <= last_wanted
+    if ended and n - 1 not in frames:
+        frames[n - 1] = _bgr(previous)
     return frames, n, ended
