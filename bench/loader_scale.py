@@ -10,7 +10,7 @@ default bound on open files and without one (LOSH_MAX_OPEN_SHARDS=0).
 Lines: `loader_worker_peak_rss` (MiB, mean VmHWM of the workers) per (shards, bound), with the open
 descriptors, the worker-private memory (USS) and the read rate; `loader_rss_growth_ratio` (bounded
 peak RSS at 3,000 shards / at 300: flat is 1.0) and `loader_worker_open_fds` (bounded, at 3,000).
-`python -m bench.loader_scale [SAMPLES]` (default 1,500 samples per run).
+`python -m bench.loader_scale [SAMPLES]` (default 1,000 samples per run).
 """
 from __future__ import annotations
 
@@ -151,11 +151,11 @@ def measure(prep: Path, shards: int, samples: int, max_open: int) -> dict:
 def main(argv: list[str]) -> None:
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message="This DataLoader will create")   # 4 workers on fewer cores: meant
-    samples = int(argv[0]) if argv else 1500
+    samples = int(argv[0]) if argv else 1000
     saved = os.environ.get(MAX_OPEN_ENV)
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        start = time.perf_counter()
         prep = scale_prep(make_template(work), work / "prep", max(SIZES))
         build_s = time.perf_counter() - start
         results = {}
@@ -176,7 +176,8 @@ def main(argv: list[str]) -> None:
     emit("loader_rss_growth_ratio", round(large["peak_rss_mib"] / small["peak_rss_mib"], 3), "x", 1.1,
          shards=list(SIZES), bounded_mib=[small["peak_rss_mib"], large["peak_rss_mib"]],
          unbounded_mib=[results[SIZES[0], 0]["peak_rss_mib"], unbounded["peak_rss_mib"]],
-         unbounded_ratio=round(unbounded["peak_rss_mib"] / results[SIZES[0], 0]["peak_rss_mib"], 3))
+         unbounded_ratio=round(unbounded["peak_rss_mib"] / results[SIZES[0], 0]["peak_rss_mib"], 3),
+         bench_s=round(time.perf_counter() - start, 1))
     emit("loader_worker_open_fds", large["fds_max"], "descriptors", 1024, shards=SIZES[-1],
          h5_files_max=large["h5_fds_max"], bound_per_reader=DEFAULT_MAX_OPEN,
          unbounded_fds_max=unbounded["fds_max"], unbounded_h5_files_max=unbounded["h5_fds_max"])
