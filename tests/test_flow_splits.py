@@ -79,3 +79,11 @@ def test_cli_defaults_to_the_train_split(prep):
 def test_python_api_refuses_an_unknown_split(prep):
     with pytest.raises(ValueError, match="split must be one of train, test, all, got 'val'"):
         compute_flows(prep, split="val", workers=0, progress=False)
+
+
+def test_a_listed_but_deleted_shard_says_so(prep):
+    compute_flows(prep, split="train", workers=0, progress=False)
+    r = PreparedDataset(prep, "train").records[0]
+    (prep / "flows" / f"{r.video_id}.h5").unlink()
+    with pytest.raises(FlowsMissing, match=rf"{r.video_id}.h5 is listed in flows/index.json but missing: re-run"):
+        FlowReader(prep).read(r.video_id, r.frame)
