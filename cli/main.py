@@ -138,6 +138,9 @@ def torch_load_config(checkpoint: Path) -> dict:
 @app.command("compute-flows")
 def compute_flows(
     prep: Annotated[Path, typer.Argument(help="Prepared data set folder (PREP); flows go to PREP/flows.")],
+    split: Annotated[str, typer.Option(help="Annotated frames of which samples get flows: train (L_fbc is a "
+                                            "training loss), test or all; splits an earlier run with the same "
+                                            "parameters covered stay covered.")] = "train",
     workers: Annotated[Optional[int], typer.Option(min=0, help="Local Dask worker processes (default: all cores; "
                                                    "0: in this process, without Dask).", envvar="LOSH_WORKERS")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Running Dask scheduler tcp://HOST:PORT whose workers see "
@@ -161,13 +164,15 @@ def compute_flows(
     verify_samples: Annotated[int, typer.Option(min=0, help="Annotated frames --verify recomputes.")] = 8,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Farneback flows of every annotated frame into HDF5 shards, in parallel with Dask."""
+    """Farneback flows of the annotated frames of a split into HDF5 shards, in parallel with Dask."""
     from pipeline.flow_verify import verify_flows
-    from pipeline.flows import FlowComputeError, compute_flows as run_compute_flows
+    from pipeline.flows import SPLIT_CHOICES, FlowComputeError, compute_flows as run_compute_flows
     from pipeline.shards import PreparedDataMissing
     from schemas.flows import FarnebackParams, FlowParams
     from schemas.prepared import SchemaError
 
+    if split not in SPLIT_CHOICES:
+        fail(f"--split must be one of {', '.join(SPLIT_CHOICES)}, got {split!r}", 2)
     if verify:
         report = verify_flows(prep, samples=verify_samples)
         for problem in report.problems[:20]:
@@ -186,11 +191,12 @@ def compute_flows(
     except ValueError as e:
         fail(f"invalid flow parameters: {e}", 2)
     try:
-        run = run_compute_flows(prep, params, workers=workers, scheduler=scheduler, progress=progress)
+        run = run_compute_flows(prep, params, split=split, workers=workers, scheduler=scheduler, progress=progress)
     except (PreparedDataMissing, SchemaError, FlowComputeError, ValueError, OSError) as e:
         fail(str(e))
     c = run.index["counts"]
-    typer.echo(f"flows of {c['annotated_frames']} annotated frames in {c['videos']} videos ({c['flows']} flows, "
+    typer.echo(f"flows of the {'+'.join(run.splits)} split: {c['annotated_frames']} annotated frames in {c['videos']} "
+               f"videos ({c['flows']} flows, "
                f"{c['invalid_flows']} clamped at a video end): {len(run.computed)} videos computed, "
                f"{len(run.resumed)} kept; {c['bytes'] / max(c['annotated_frames'], 1) / 1024:.1f} KiB per annotated "
                f"frame; index {Path(prep) / 'flows' / 'index.json'}")

@@ -1,6 +1,6 @@
 """`losh compute-flows PREP --verify`: re-read every flow shard and recompute a sample of flows.
 
-Checks, with the parameters the index records: every annotated frame of PREP is covered; every
+Checks, with the parameters the index records: every annotated frame of the splits it covers is there; every
 shard is readable, belongs to the index's parameters and PREP's frames, has the right shapes and
 dtypes and only finite values; a random sample of frames recomputed from PREP matches what is
 stored within the storage rounding (half a quant_step, then half a float16 ulp).
@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from pipeline.flow_reader import load_index
-from pipeline.flows import FlowJob, build_flow_jobs, frame_flows, read_gray_frames
+from pipeline.flows import FlowJob, build_flow_jobs, frame_flows, index_splits, read_gray_frames
 from schemas.flows import FlowParams, check_shard_attrs
 from schemas.prepared import SchemaError
 
@@ -78,7 +78,7 @@ def verify_flows(prep: Path, samples: int = 8, seed: int = 0) -> FlowVerifyRepor
         return report
     params = FlowParams.from_dict(index["params"])
     try:
-        jobs, _ = build_flow_jobs(prep, params)
+        jobs, _ = build_flow_jobs(prep, params, index_splits(index))   # the splits the index covers
     except (FileNotFoundError, SchemaError, ValueError) as e:
         report.problems.append(f"PREP cannot be read with the index's parameters: {e}")
         return report

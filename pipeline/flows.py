@@ -5,6 +5,12 @@ flows from each annotated frame k to its stored frames k+t, and writes PREP/flow
 under a temporary name, then renames it; only this process's client writes flows/index.json, last.
 A shard is reused only when its hash of (parameters, PREP shard, frames) equals the requested one;
 any other shard of that video is recomputed, so a flow set never mixes parameters.
+
+Splits: only training needs flows (L_fbc is a training loss), so `--split train` (the CLI default)
+computes the annotated frames of training samples only. The index records the splits it covers
+(`splits`; an index without it covers all). A run keeps covering the splits of the previous index
+when the parameters and PREP are the same, so `--split all` after `--split train` computes only
+what is missing (the test videos), and `--split train` after `all` computes nothing.
 """
 from __future__ import annotations
 
@@ -29,9 +35,10 @@ from pipeline.flow_field import encode, farneback, gray_from_bgr, to_grid
 from pipeline.frame_codec import decode_frame
 from pipeline.shards import load_manifest, load_records
 from schemas.flows import FLOWS_SCHEMA, FLOWS_VERSION, UNITS, FlowParams, parse_compression
-from schemas.prepared import SchemaError
+from schemas.prepared import SPLITS, SchemaError, read_json
 
 INDEX_FILE = "index.json"
+SPLIT_CHOICES = (*SPLITS, "all")
 FLOWS_DIR = "flows"
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3   # glibc mallopt parameters
 
@@ -68,6 +75,7 @@ class FlowJob:
 @dataclass
 class FlowRun:
     index: dict
+    splits: tuple[str, ...] = SPLITS                     # the splits the index covers
     computed: list[str] = field(default_factory=list)   # videos whose shard this run wrote
     resumed: list[str] = field(default_factory=list)    # videos whose finished shard was kept
     seconds: float = 0.0                                 # wall time of compute_flows
@@ -76,6 +84,21 @@ class FlowRun:
 
 def flows_dir(prep: Path) -> Path:
     return Path(prep) / FLOWS_DIR
+
+
+def parse_split(split: str) -> tuple[str, ...]:
+    """The splits of a --split value: train, test or all."""
+    if split not in SPLIT_CHOICES:
+        raise ValueError(f"split must be one of {', '.join(SPLIT_CHOICES)}, got {split!r}")
+    return SPLITS if split == "all" else (split,)
+
+
+def index_splits(index: dict) -> tuple[str, ...]:
+    """The splits whose annotated frames a flows/index.json covers (an index without `splits`: all)."""
+    splits = index.get("splits", list(SPLITS))
+    if not isinstance(splits, list) or not splits or not set(splits) <= set(SPLITS):
+        raise SchemaError(f"flows/index.json: `splits` must be a non-empty list of {SPLITS}, got {splits!r}")
+    return tuple(s for s in SPLITS if s in splits)
 
 
 def offset_targets(window: list[int], frame: int, offsets: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[bool, ...]]:
@@ -104,11 +127,11 @@ def offset_targets(window: list[int], frame: int, offsets: tuple[int, ...]) -> t
     return tuple(targets), tuple(valid)
 
 
-def build_flow_jobs(prep: Path, params: FlowParams) -> tuple[list[FlowJob], dict]:
-    """One job per video of PREP, covering every annotated frame among its records."""
+def build_flow_jobs(prep: Path, params: FlowParams, splits: tuple[str, ...] = SPLITS) -> tuple[list[FlowJob], dict]:
+    """One job per video of PREP, covering every annotated frame among its records of `splits`."""
     prep = Path(prep).resolve()
     manifest = load_manifest(prep)
-    records = load_records(prep, manifest)
+    records = [r for r in load_records(prep, manifest) if r.split in splits]
     per_video: dict[str, dict[int, tuple[tuple[int, ...], tuple[bool, ...]]]] = {}
     anchor_of: dict[tuple[str, int], int] = {}
     shard_of: dict[str, str] = {}
@@ -303,9 +326,23 @@ def _run_dask(jobs: list[FlowJob], workers: int, scheduler: str | None,
             cluster.close()
 
 
-def compute_flows(prep: Path, params: FlowParams = FlowParams(), *, workers: int | None = None,
+def previous_splits(prep: Path, params: FlowParams, manifest: dict) -> tuple[str, ...]:
+    """The splits the existing index covers, if it was written with these parameters for this PREP."""
+    path = flows_dir(prep) / INDEX_FILE
+    try:
+        index = read_json(path)
+        if index.get("params_hash") != params.hash() or index.get("prep_settings_hash") != manifest["settings_hash"]:
+            return ()
+        return index_splits(index)
+    except (OSError, SchemaError, AttributeError):
+        return ()   # no usable index: cover only what is asked
+
+
+def compute_flows(prep: Path, params: FlowParams = FlowParams(), *, split: str = "all", workers: int | None = None,
                   scheduler: str | None = None, progress: bool = True) -> FlowRun:
-    """Compute the missing flow shards of PREP, then write flows/index.json.
+    """Compute the missing flow shards of PREP for the annotated frames of `split` (train, test or
+    all; plus the splits the existing index covers with the same parameters), then write
+    flows/index.json.
 
     workers: local Dask worker processes (default: all cores); 0 runs the tasks in this process
     without Dask (for debugging). scheduler: address of a running Dask scheduler (tcp://host:port)
@@ -314,7 +351,12 @@ def compute_flows(prep: Path, params: FlowParams = FlowParams(), *, workers: int
     clock = time.perf_counter()
     prep = Path(prep).resolve()
     params = params.validate()
-    jobs, manifest = build_flow_jobs(prep, params)
+    asked = parse_split(split)
+    manifest = load_manifest(prep)
+    splits = tuple(s for s in SPLITS if s in set(asked) | set(previous_splits(prep, params, manifest)))
+    jobs, manifest = build_flow_jobs(prep, params, splits)
+    if not jobs:
+        raise SchemaError(f"{prep} has no {'+'.join(splits)} sample: no flows to compute")
     out_dir = flows_dir(prep)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob(".*.tmp-*"):
@@ -327,7 +369,7 @@ def compute_flows(prep: Path, params: FlowParams = FlowParams(), *, workers: int
             todo.append(job)
         else:
             summaries[job.video_id] = done
-    run = FlowRun(index={}, resumed=sorted(summaries))
+    run = FlowRun(index={}, resumed=sorted(summaries), splits=splits)
     index_path = out_dir / INDEX_FILE
     if todo:
         index_path.unlink(missing_ok=True)   # no index may describe a half-updated set
@@ -356,6 +398,7 @@ def compute_flows(prep: Path, params: FlowParams = FlowParams(), *, workers: int
         "schema": FLOWS_SCHEMA, "version": FLOWS_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "params": params.to_dict(), "params_hash": params.hash(), "prep_settings_hash": manifest["settings_hash"],
+        "splits": list(splits),
         "videos": [{k: e[k] for k in ("video_id", "file", "frames", "inputs_hash", "frame_size", "grid")}
                    for e in entries],
         "counts": {"videos": len(entries), "annotated_frames": sum(len(e["frames"]) for e in entries),

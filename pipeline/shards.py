@@ -1,12 +1,12 @@
 """Reader of a prepared data set: validated manifest and records, lazily opened HDF5 shards.
 
-Shard files are opened on first use in each process (never before a DataLoader forks), and
-reading a sample decodes only its window's frames: no video decoding at training time.
+Shard files are opened on first use in each process (never before a DataLoader forks), at most
+`max_open_shards` at a time (pipeline/open_files.py), and reading a sample decodes only its
+window's frames: no video decoding at training time.
 """
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 
 from pipeline.frame_codec import decode_frame
+from pipeline.open_files import OpenFiles
 from schemas.prepared import SampleRecord, SchemaError, read_json, validate_manifest
 
 
@@ -61,16 +62,18 @@ def load_records(prep: Path, manifest: dict) -> list[SampleRecord]:
 
 
 class PreparedDataset:
-    """Random access to the samples of PREP (optionally one split)."""
+    """Random access to the samples of PREP (optionally one split).
 
-    def __init__(self, prep: Path, split: str | None = None) -> None:
+    max_open_shards: shard files kept open in each process (default: $LOSH_MAX_OPEN_SHARDS or 64;
+    0: no bound); each open shard keeps its frame index, dropped when the shard is closed.
+    """
+
+    def __init__(self, prep: Path, split: str | None = None, *, max_open_shards: int | None = None) -> None:
         self.root = Path(prep)
         self.manifest = load_manifest(self.root)
         records = load_records(self.root, self.manifest)
         self.records = [r for r in records if split is None or r.split == split]
-        self._files: dict[str, h5py.File] = {}
-        self._positions: dict[str, dict[int, int]] = {}   # shard -> frame number -> index in `frames`
-        self._pid = os.getpid()
+        self.files = OpenFiles(max_open_shards)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -78,21 +81,16 @@ class PreparedDataset:
     def __getitem__(self, index: int) -> PreparedSample:
         return self.read(self.records[index])
 
-    def _shard(self, rel: str) -> h5py.File:
-        if os.getpid() != self._pid:  # forked worker: handles of the parent must not be shared
-            self._files, self._positions, self._pid = {}, {}, os.getpid()
-        f = self._files.get(rel)
-        if f is None:
-            f = self._files[rel] = h5py.File(self.root / rel, "r")
-            # read the frame index once per shard, not once per sample
-            self._positions[rel] = {int(n): i for i, n in enumerate(f["frame_numbers"][()])}
-        return f
+    def _shard(self, rel: str) -> tuple[h5py.File, dict[int, int]]:
+        """The open shard and its frame index (frame number -> position in `frames`)."""
+        # the frame index is read once per opening, not once per sample
+        return self.files.get(rel, self.root / rel,
+                              lambda _, f: {int(n): i for i, n in enumerate(f["frame_numbers"][()])})
 
     def read_frames(self, record: SampleRecord, frame_numbers: list[int] | None = None) -> np.ndarray:
         """(T, h, w, 3) uint8 RGB frames for the given 1-based frame numbers (default: the window)."""
-        f = self._shard(record.shard)
+        f, position = self._shard(record.shard)
         numbers = frame_numbers if frame_numbers is not None else record.window
-        position = self._positions[record.shard]
         cache: dict[int, np.ndarray] = {}
         out = []
         for n in numbers:
@@ -113,7 +111,7 @@ class PreparedDataset:
         for r in records[1:]:
             if (r.shard, r.frame, r.window) != (first.shard, first.frame, first.window):
                 raise ValueError(f"read_clip: {r.sample_id} and {first.sample_id} are not of the same clip")
-        f = self._shard(first.shard)
+        f, _ = self._shard(first.shard)
         g = f[f"annotated/{first.frame:05d}"]
         masks = g["masks"][()].astype(bool)
         instance_ids = g["instance_ids"][()]
@@ -122,10 +120,5 @@ class PreparedDataset:
                                short_mask=g["short_masks"][r.short_index].astype(bool), instance_masks=masks,
                                instance_ids=instance_ids) for r in records]
 
-    def __getstate__(self) -> dict:   # DataLoader workers started by spawn: open their own handles
-        return {**self.__dict__, "_files": {}, "_positions": {}}
-
     def close(self) -> None:
-        for f in self._files.values():
-            f.close()
-        self._files, self._positions = {}, {}
+        self.files.close()

@@ -102,7 +102,7 @@ def test_stored_flows_equal_cv2_resized_to_stride_4(prep_flows):
             assert np.abs(expected).max() > 0.05   # the moving shapes give non-trivial flows
     assert invalid == 2   # two annotated frames sit one frame from a video end: one clamped offset each
     copy = pickle.loads(pickle.dumps(reader))   # what a spawned DataLoader worker gets: no open handles
-    assert not copy._files and (copy.read(r.video_id, r.frame)[0] == flows).all()
+    assert len(copy.files) == 0 and (copy.read(r.video_id, r.frame)[0] == flows).all()
 
 
 @pytest.mark.parametrize("dtype,compression,stride,quant_step", [
@@ -248,7 +248,7 @@ def test_separate_dask_scheduler_and_worker_give_the_local_clusters_shards(prep_
         address = json.loads(scheduler_file.read_text())["address"]
         procs.append(subprocess.Popen([str(dask), "worker", address, "--nworkers", "1", "--nthreads", "1",
                                        "--no-dashboard"], cwd=tmp_path, stderr=subprocess.DEVNULL))
-        result = CliRunner().invoke(app, ["compute-flows", str(prep), "--no-progress"],
+        result = CliRunner().invoke(app, ["compute-flows", str(prep), "--split", "all", "--no-progress"],
                                     env={"LOSH_DASK_SCHEDULER": address})
         assert result.exit_code == 0, result.output
         assert "5 videos computed, 0 kept" in result.output
