@@ -105,7 +105,7 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 def forward_and_loss(model, criterion, batch: dict, device: torch.device, amp: str) -> dict[str, torch.Tensor]:
     """One batch through the model and the loss (shared by the trainer and the benchmarks)."""
-    frames = normalise_frames(batch["frames"])
+    frames = normalise_frames(batch["frames"], batch["valid_size"])
     size = tuple(frames.shape[-2:])
     annotated = batch["annotated_index"]
     if not bool((annotated == annotated[0]).all()):
