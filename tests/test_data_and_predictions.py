@@ -54,7 +54,8 @@ def test_scoring_a_predictions_folder(prep, tmp_path):
         write_mask(mask_path(out, r), data.read(r).long_mask)
     write_scores(out, "test", {r.sample_id: 0.9 for r in data.records})
     metrics, missing = score_predictions(prep, out, progress=False)
-    assert missing == [] and metrics["mean_iou"] == 1.0 and metrics["map"] == pytest.approx(1.0)
+    assert missing == [] and metrics["mean_iou"] == 1.0 and metrics["map_single_mask"] == pytest.approx(1.0)
+    assert "map" not in metrics and metrics["resolution"] == "original"
     assert metrics["num_images"] == len(data.records)
     # drop one prediction: scored as an empty mask, and reported
     gone = data.records[0]
