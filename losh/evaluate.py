@@ -75,7 +75,8 @@ def evaluate_checkpoint(data: Path, checkpoint: Path, *, split: str = "test", ou
     report = {**metrics, "split": split, "checkpoint": str(checkpoint), "data": str(data),
               "model": ckpt["model_config"]["name"],
               "weights": "ema" if use_ema and ckpt.get("model_ema") is not None else "trained",
-              "amp": amp if dev.type == "cuda" else "off", "resolution": resolution, "batch_size": batch_size}
+              "amp": amp, "precision": "bfloat16" if amp == "bf16" and dev.type == "cuda" else "float32",
+              "resolution": resolution, "batch_size": batch_size}
     if out is not None:
         write_json(Path(out), report)
     return report
