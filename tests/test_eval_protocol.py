@@ -130,3 +130,59 @@ def test_the_checkpoint_and_its_saved_predictions_score_the_same(mixed_prep, che
     assert "map" not in rescored and 0 <= rescored["map_single_mask"] <= 1
     result = CliRunner().invoke(app, ["evaluate", "--data", str(mixed_prep), "--predictions", str(tmp_path / "pred")])
     assert result.exit_code == 0 and "map_single_mask" in result.output
+
+
+@pytest.fixture(scope="module")
+def half_prep(synth_root, tmp_path_factory):
+    """The 64 x 88 synthetic videos prepared at 32 x 44: scoring at the original size reads the raw masks."""
+    out = tmp_path_factory.mktemp("half_prep") / "prep"
+    prepare_a2d(synth_root, out, short_source="manual", settings=PrepareSettings(window=8, short_side=32,
+                max_long_side=44), workers=1, progress=False)
+    return out
+
+
+def test_query_masks_threshold_at_the_input_size_then_resize_to_the_original_as_mttr():
+    logits = torch.full((1, 2, 2), -5.0)
+    logits[0, 0, 0] = 5.0                                    # stride 4: an 8 x 8 input, top-left quarter on
+    at_input = _query_masks(logits, (8, 8), (8, 8))
+    # bilinear (half-pixel centres): rows/columns 0..3 sample the on logit with weight >= 0.625; at (3, 3)
+    # 0.625^2 = 0.39 of 5 against 0.61 of -5 is negative, so 15 pixels are on
+    assert at_input.shape == (1, 8, 8) and int(at_input.sum()) == 15 and int(at_input[0, :4, :4].sum()) == 15
+    cropped = _query_masks(logits, (8, 8), (6, 7))           # padding cropped
+    assert torch.equal(cropped, at_input[:, :6, :7])
+    original = _query_masks(logits, (8, 8), (8, 8), (16, 16))  # nearest x2 of the binary mask
+    assert torch.equal(original[0], torch.from_numpy(np.kron(at_input[0].numpy(), np.ones((2, 2)))).bool())
+
+
+def test_ground_truth_at_the_original_size_is_the_raw_mask(half_prep, synth_root, tmp_path):
+    data = PreparedDataset(half_prep, "test")
+    original, prepared = GroundTruth(data, "original"), GroundTruth(data, "prepared")
+    for record in data.records:
+        stored = data.read(record).long_mask
+        assert tuple(record.size) == (32, 44) and tuple(record.orig_size) == (64, 88)
+        ids, masks = read_frame_annotation(synth_root / "text_annotations/a2d_annotation_with_instances" /
+                                           record.video_id / f"{record.frame:05d}.h5")
+        assert np.array_equal(original.long_mask(record, stored), masks[list(ids).index(record.instance_id)])
+        assert prepared.long_mask(record, stored) is stored
+    with pytest.raises(FileNotFoundError, match="--raw ROOT"):
+        GroundTruth(data, "original", raw=tmp_path / "nowhere").long_mask(data.records[0], stored)
+
+
+def test_scoring_at_the_original_size_by_default(half_prep, checkpoint, tmp_path):
+    data = PreparedDataset(half_prep, "test")
+    report = evaluate_checkpoint(half_prep, checkpoint, save_predictions=tmp_path / "orig", progress=False,
+                                 device="cpu")
+    prepared = evaluate_checkpoint(half_prep, checkpoint, save_predictions=tmp_path / "prep", progress=False,
+                                   device="cpu", resolution="prepared")
+    assert report["resolution"] == "original" and prepared["resolution"] == "prepared"
+    r = data.records[0]
+    path = f"{r.video_id}/{r.instance_id}/{r.frame:05d}.png"
+    from losh.predictions import read_mask
+    big, small = read_mask(tmp_path / "orig" / path), read_mask(tmp_path / "prep" / path)
+    assert big.shape == (64, 88) and small.shape == (32, 44)
+    assert np.array_equal(big, np.kron(small, np.ones((2, 2))).astype(bool))   # the same mask, resized
+    assert report["mean_iou"] != prepared["mean_iou"]       # scored against other ground truth
+    for name, expected in (("orig", report), ("prep", prepared)):
+        rescored, _ = score_predictions(half_prep, tmp_path / name, progress=False)   # the folder's resolution
+        for key in IOU_KEYS:
+            assert rescored[key] == pytest.approx(expected[key], rel=1e-12, abs=1e-15), (name, key)
