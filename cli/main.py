@@ -297,7 +297,15 @@ def evaluate(
     visualize: Annotated[int, typer.Option(min=0, help="Write this many GT-vs-prediction pictures.")] = 0,
     visualize_dir: Annotated[Optional[Path], typer.Option(help="Folder of the pictures.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Clips per batch (a clip's expressions, up to 8, share "
-                                                         "one backbone pass).")] = 2,
+                                                         "one backbone pass; a batch holds clips of one frame "
+                                                         "size, so the metrics do not depend on it).")] = 2,
+    workers: Annotated[int, typer.Option(min=0, help="Data loader worker processes (0: in the main process).")] = 0,
+    amp: Annotated[str, typer.Option(help="off: float32, as MTTR evaluates (default, whatever the training "
+                                          "used); bf16: autocast on CUDA.")] = "off",
+    resolution: Annotated[str, typer.Option(help="original: score at the video's original size, as MTTR; "
+                                                 "prepared: at the prepared frame size.")] = "original",
+    raw: Annotated[Optional[Path], typer.Option(help="Raw data set root, for original-size masks of samples "
+                                                     "prepared at another size (default: the manifest's source).")] = None,
     baselines: Annotated[bool, typer.Option(help="Also report the mean IoU of trivial baselines (empty mask, "
                                                  "full frame, the untrained model of the checkpoint's config).")] = False,
     ema: Annotated[bool, typer.Option(help="Evaluate the checkpoint's weight average when it has one "
@@ -312,11 +320,15 @@ def evaluate(
 
     if (checkpoint is None) == (predictions is None):
         fail("give exactly one of --checkpoint and --predictions", 2)
+    if amp not in ("off", "bf16"):
+        fail(f"--amp must be off or bf16, got {amp!r}", 2)
+    if resolution not in ("original", "prepared"):
+        fail(f"--resolution must be original or prepared, got {resolution!r}", 2)
     try:
         if predictions is not None:
             from losh.evaluate import write_json
             from losh.predictions import score_predictions
-            metrics, missing = score_predictions(data, predictions, split)
+            metrics, missing = score_predictions(data, predictions, split, resolution=resolution, raw=raw)
             report = {**metrics, "split": split, "predictions": str(predictions), "missing_predictions": len(missing)}
             if missing:
                 typer.secho(f"warning: {len(missing)} samples have no prediction (scored as empty masks), "
@@ -327,18 +339,19 @@ def evaluate(
             from losh.evaluate import evaluate_checkpoint
             report = evaluate_checkpoint(data, checkpoint, split=split, out=out, save_predictions=save_predictions,
                                          visualize=visualize, visualize_dir=visualize_dir, batch_size=batch_size,
-                                         device=device, use_ema=ema)
+                                         num_workers=workers, device=device, use_ema=ema, amp=amp,
+                                         resolution=resolution, raw=raw)
             if baselines:
                 from losh.evaluate import trivial_baselines, untrained_model_mean_iou, write_json
                 from schemas.config import ModelConfig
                 config = ModelConfig.from_dict(torch_load_config(checkpoint))
-                report["baselines"] = {**trivial_baselines(data, split),
+                report["baselines"] = {**trivial_baselines(data, split, resolution=resolution, raw=raw),
                                        "untrained_model_mean_iou": untrained_model_mean_iou(data, config, split=split)}
                 if out is not None:
                     write_json(out, report)
     except (SchemaError, PreparedDataMissing, FileNotFoundError, AssetMissing, ValueError) as e:
         fail(str(e))
-    typer.echo(format_table({k: report[k] for k in METRIC_KEYS if k in report}))
+    typer.echo(format_table({k: report[k] for k in (*METRIC_KEYS, "map_single_mask") if k in report}))
     for name, value in report.get("baselines", {}).items():
         typer.echo(f"baseline {name.replace('_mean_iou', '')}: mean IoU {100 * value:.2f}%")
     if report.get("weights") == "ema":

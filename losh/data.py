@@ -204,8 +204,17 @@ def _collate(clips: list[list[dict]], with_clip_index: bool) -> dict:
     return batch
 
 
-def normalise_frames(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, T, 3, H, W) on any device -> float ImageNet-normalised."""
+def normalise_frames(frames: torch.Tensor, valid_size: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 (B, T, 3, H, W) on any device -> float ImageNet-normalised; with `valid_size` (B, 2), the
+    bottom/right padding that `collate` added is 0 after normalising, as DETR's NestedTensor pads the
+    normalised tensor (collate's black padding would otherwise become -mean/std)."""
     mean = torch.tensor(IMAGENET_MEAN, device=frames.device).view(1, 1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=frames.device).view(1, 1, 3, 1, 1)
-    return (frames.float() / 255.0 - mean) / std
+    out = (frames.float() / 255.0 - mean) / std
+    if valid_size is not None:
+        h = torch.arange(out.shape[-2], device=out.device)[None, :, None]
+        w = torch.arange(out.shape[-1], device=out.device)[None, None, :]
+        vs = valid_size.to(out.device)
+        padding = (h >= vs[:, 0, None, None]) | (w >= vs[:, 1, None, None])      # (B, H, W)
+        out = out.masked_fill(padding[:, None, None], 0.0)
+    return out

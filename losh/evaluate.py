@@ -13,9 +13,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from losh.data import ClipDataset, RVOSDataset, collate_clips, normalise_frames
+from losh.ground_truth import GroundTruth
 from losh.losh import build_model
 from losh.metrics import MetricAccumulator, mask_iou
 from losh.predictions import mask_path, write_mask, write_scores
+from losh.size_batches import size_grouped_batches
 from losh.train import autocast_for, load_checkpoint, padding_mask_of, select_device, setup_distributed, to_device
 from losh.visualize import comparison_picture, save_picture
 from schemas.config import ModelConfig
@@ -38,26 +40,43 @@ def write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-def _query_masks(logits: torch.Tensor, padded: tuple[int, int], valid: tuple[int, int]) -> torch.Tensor:
-    """(Q, h, w) stride-4 logits -> (Q, H, W) bool at the frame size (padding cropped)."""
+def _query_masks(logits: torch.Tensor, padded: tuple[int, int], valid: tuple[int, int],
+                 size: tuple[int, int] | None = None) -> torch.Tensor:
+    """(Q, h, w) stride-4 logits -> (Q, H, W) bool, as MTTR's A2D post-processing: bilinear to the padded
+    input size, threshold at 0.5, crop the padding, then (when `size` differs from the input's `valid`
+    size) nearest-neighbour resize of the binary masks to `size`, the original video size."""
     up = F.interpolate(logits[None].float(), size=padded, mode="bilinear", align_corners=False)[0]
-    return up[:, :valid[0], :valid[1]].sigmoid() > 0.5
+    masks = up[:, :valid[0], :valid[1]].sigmoid() > 0.5
+    if size is not None and tuple(size) != tuple(valid):
+        masks = F.interpolate(masks[None].float(), size=tuple(size), mode="nearest")[0] > 0.5
+    return masks
+
+
+AMP_CHOICES = ("off", "bf16")
 
 
 @torch.no_grad()
 def evaluate_checkpoint(data: Path, checkpoint: Path, *, split: str = "test", out: Path | None = None,
                         save_predictions: Path | None = None, visualize: int = 0, visualize_dir: Path | None = None,
                         batch_size: int = 2, num_workers: int = 0, device: str | None = None,
-                        progress: bool = True, use_ema: bool = True, max_samples: int = 0) -> dict:
+                        progress: bool = True, use_ema: bool = True, amp: str = "off",
+                        resolution: str = "original", raw: Path | None = None, max_samples: int = 0) -> dict:
+    """A checkpoint's metrics on `split` of `data`, in float32 unless `amp` is 'bf16' (MTTR evaluates in
+    float32, whatever the training used), scored at the original video size unless `resolution` is
+    'prepared'."""
+    if amp not in AMP_CHOICES:
+        raise ValueError(f"amp must be one of {AMP_CHOICES}, got {amp!r}")
     dev = select_device(setup_distributed(), device)
     model, ckpt = load_model(checkpoint, dev, use_ema=use_ema)
     metrics = evaluate_model(model, data, split=split, save_predictions=save_predictions, visualize=visualize,
                              visualize_dir=visualize_dir or (Path(out).parent / "pictures" if out else Path("pictures")),
-                             batch_size=batch_size, num_workers=num_workers, amp=ckpt["train_settings"].get("amp", "off"),
-                             progress=progress, max_samples=max_samples)
+                             batch_size=batch_size, num_workers=num_workers, amp=amp, progress=progress,
+                             resolution=resolution, raw=raw, max_samples=max_samples)
     report = {**metrics, "split": split, "checkpoint": str(checkpoint), "data": str(data),
               "model": ckpt["model_config"]["name"],
-              "weights": "ema" if use_ema and ckpt.get("model_ema") is not None else "trained"}
+              "weights": "ema" if use_ema and ckpt.get("model_ema") is not None else "trained",
+              "amp": amp, "precision": "bfloat16" if amp == "bf16" and dev.type == "cuda" else "float32",
+              "resolution": resolution, "batch_size": batch_size}
     if out is not None:
         write_json(Path(out), report)
     return report
@@ -69,22 +88,27 @@ EXPRESSIONS_PER_CLIP = 8
 @torch.no_grad()
 def evaluate_model(model: torch.nn.Module, data: Path, *, split: str = "test", save_predictions: Path | None = None,
                    visualize: int = 0, visualize_dir: Path = Path("pictures"), batch_size: int = 2,
-                   num_workers: int = 0, amp: str = "off", progress: bool = True, max_samples: int = 0) -> dict:
+                   num_workers: int = 0, amp: str = "off", progress: bool = True, resolution: str = "original",
+                   raw: Path | None = None, max_samples: int = 0) -> dict:
     """MTTR's protocol: per sample, all queries' masks of the annotated frame with their mean reference
-    scores (mAP), the best-scoring one for IoU, precision@k, J and F. NaN metrics become None."""
+    scores (mAP), the best-scoring one for IoU, precision@k, J and F, at the original video size (or the
+    prepared one). Batches hold clips of one frame size: nothing is padded, so the metrics do not depend
+    on `batch_size` or `num_workers`. NaN metrics become None."""
     model.eval()
     dev = next(model.parameters()).device
     # batches of clips: the expressions of one annotated frame share one backbone pass (same results)
     dataset = ClipDataset(data, split, max_expressions=EXPRESSIONS_PER_CLIP, max_samples=max_samples)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_clips,
-                        num_workers=num_workers, pin_memory=dev.type == "cuda")
+    truth = GroundTruth(dataset.data, resolution, raw)
+    batches = size_grouped_batches([dataset.data.records[g[0]].size for g in dataset.groups], batch_size)
+    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate_clips, num_workers=num_workers,
+                        pin_memory=dev.type == "cuda")
     acc = MetricAccumulator()
     scores_out: dict[str, float] = {}
     pictures_left = visualize
     records = {r.sample_id: r for r in dataset.data.records}
     for batch in tqdm(loader, desc=f"evaluate {split}", unit="batch", disable=not progress):
         batch = to_device(batch, dev)
-        frames = normalise_frames(batch["frames"])
+        frames = normalise_frames(batch["frames"], batch["valid_size"])
         padded = tuple(frames.shape[-2:])
         padding = padding_mask_of(batch["valid_size"], padded, dev)
         annotated = int(batch["annotated_index"][0])
@@ -94,29 +118,32 @@ def evaluate_model(model: torch.nn.Module, data: Path, *, split: str = "test", s
                                  upsample=False, clip_index=batch["clip_index"])
         position = result["frame_indices"].index(annotated)
         for b, sample_id in enumerate(batch["sample_id"]):
+            record = records[sample_id]
             clip = int(batch["clip_index"][b])
             valid = tuple(int(v) for v in batch["valid_size"][clip])
-            masks = _query_masks(result["pred_masks"][b, position], padded, valid).cpu().numpy()
+            logits = result["pred_masks"][b, position]
+            masks = _query_masks(logits, padded, valid, truth.size(record)).cpu().numpy()
             scores = result["scores"][b].float().cpu().numpy()
-            gt = batch["long_mask"][b, :valid[0], :valid[1]].cpu().numpy()
+            gt = truth.long_mask(record, batch["long_mask"][b, :valid[0], :valid[1]].cpu().numpy())
             iou = acc.add(gt, masks, scores)
             best = int(np.argmax(scores))
             scores_out[sample_id] = float(scores[best])
             if save_predictions is not None:
-                write_mask(mask_path(save_predictions, records[sample_id]), masks[best])
+                write_mask(mask_path(save_predictions, record), masks[best])
             if pictures_left > 0:
                 pictures_left -= 1
-                _picture(model, batch, b, clip, annotated, padded, valid, best, masks[best], iou, dev, amp,
+                pred_long = _query_masks(logits[best:best + 1], padded, valid)[0].cpu().numpy()   # at the frame size
+                _picture(model, batch, b, clip, annotated, padded, valid, best, pred_long, iou, dev, amp,
                          Path(visualize_dir) / f"{sample_id}.png")
     if save_predictions is not None:
-        write_scores(Path(save_predictions), split, scores_out)
+        write_scores(Path(save_predictions), split, scores_out, resolution)
     return {**{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in acc.result().items()},
             "samples": len(dataset.data.records)}
 
 
 def _picture(model, batch, b, clip, annotated, padded, valid, best, pred_long, iou, dev, amp, path: Path) -> None:
     """GT and prediction, long and (when the model has one) short, for sample b (of clip `clip`) of the batch."""
-    frames = normalise_frames(batch["frames"][clip:clip + 1])
+    frames = normalise_frames(batch["frames"][clip:clip + 1], batch["valid_size"][clip:clip + 1])
     padding = padding_mask_of(batch["valid_size"][clip:clip + 1], padded, dev)
     pred_short = gt_short = None
     if model.config.use_short_text:
@@ -146,12 +173,14 @@ def untrained_model_mean_iou(data: Path, config: ModelConfig, seed: int = 42, sp
     return evaluate_model(model, data, split=split, progress=False)["mean_iou"]
 
 
-def trivial_baselines(data: Path, split: str = "test") -> dict[str, float]:
+def trivial_baselines(data: Path, split: str = "test", resolution: str = "original",
+                      raw: Path | None = None) -> dict[str, float]:
     """Mean IoU of the empty mask and of the full frame: what a model must clearly beat."""
     dataset = RVOSDataset(data, split)
+    truth = GroundTruth(dataset.data, resolution, raw)
     empty, full = [], []
     for record in dataset.data.records:
-        gt = dataset.data.read(record).long_mask
+        gt = truth.long_mask(record, dataset.data.read(record).long_mask)
         empty.append(mask_iou(np.zeros_like(gt), gt))
         full.append(mask_iou(np.ones_like(gt), gt))
     return {"empty_mask_mean_iou": float(np.mean(empty)), "full_frame_mean_iou": float(np.mean(full))}

@@ -17,11 +17,13 @@ IoU is computed exactly, I / U, and defined as 1 when both masks are empty (U = 
 (I + 1e-6) / (U + 1e-6) instead; that moves an IoU by less than 1e-6 but would let an IoU of
 exactly 0.5 count for precision@0.5, which the strict "above k" rule here does not.
 
-Images whose ground truth is empty (the referred instance is absent from the frame) count in the
-IoU, precision and J/F metrics (an empty prediction scores 1 there, anything else 0), but are left
-out of ``map``: COCO AP has no true positive to find on them. A2D/JHMDB ground truth is never
-empty, so this only matters for other data. When no image has a non-empty ground truth ``map``
-is NaN.
+Images whose ground truth is empty (A2D: the referred instance is listed in the frame's annotation
+but its mask holds no pixel; MTTR keeps such samples) are treated as MTTR's code treats them
+(mttr2021/MTTR ``metrics.py``, ``create_gt_in_coco_format.py``): in the IoU, precision and J/F
+metrics an empty prediction scores 1 and anything else 0 (MTTR: (0 + 1e-6) / (U + 1e-6)), the
+union of the prediction adds to the overall union; in ``map`` the empty mask is a ground-truth
+annotation of area 0 that no prediction can match (pycocotools gives an empty box IoU 0), so it
+counts as a missed object and the image's predictions as false positives.
 """
 
 from __future__ import annotations
@@ -185,25 +187,25 @@ class MetricAccumulator:
         self._ious.append(iou)
         self._boundary_fs.append(boundary_f(best, gt, self.bound_th))
 
-        if gt.any():  # empty ground truth has nothing for AP to find; see the module docstring
-            image_id = len(self._coco_images) + 1  # COCOeval treats id 0 as "unmatched"
-            height, width = gt.shape
-            self._coco_images.append({"id": image_id, "height": height, "width": width})
-            gt_rle = _encode(gt)
-            self._coco_gt.append(
-                {
-                    "id": image_id,
-                    "image_id": image_id,
-                    "category_id": _CATEGORY_ID,
-                    "segmentation": gt_rle,
-                    "area": float(coco_mask.area(gt_rle)),
-                    "bbox": coco_mask.toBbox(gt_rle).tolist(),
-                    "iscrowd": 0,
-                }
-            )
-            for mask, score in zip(preds, scores):
-                prediction = {"image_id": image_id, "category_id": _CATEGORY_ID, "segmentation": _encode(mask)}
-                self._coco_predictions.append({**prediction, "score": float(score)})
+        # an empty ground truth stays in COCO, as in MTTR: a ground truth that no prediction matches
+        image_id = len(self._coco_images) + 1  # COCOeval treats id 0 as "unmatched"
+        height, width = gt.shape
+        self._coco_images.append({"id": image_id, "height": height, "width": width})
+        gt_rle = _encode(gt)
+        self._coco_gt.append(
+            {
+                "id": image_id,
+                "image_id": image_id,
+                "category_id": _CATEGORY_ID,
+                "segmentation": gt_rle,
+                "area": float(coco_mask.area(gt_rle)),
+                "bbox": coco_mask.toBbox(gt_rle).tolist(),
+                "iscrowd": 0,
+            }
+        )
+        for mask, score in zip(preds, scores):
+            prediction = {"image_id": image_id, "category_id": _CATEGORY_ID, "segmentation": _encode(mask)}
+            self._coco_predictions.append({**prediction, "score": float(score)})
         return iou
 
     def result(self) -> dict[str, float]:
@@ -260,7 +262,7 @@ def evaluate_frames(frames: Sequence[FramePrediction], bound_th: float = 0.008) 
 def format_table(metrics: dict[str, float]) -> str:
     """Two-column text table; fractions are printed as percentages, ``num_images`` as a count."""
     extras = sorted(k for k, v in metrics.items() if k not in METRIC_KEYS and isinstance(v, (int, float)))
-    names = [k for k in METRIC_KEYS if k in metrics] + extras  # labels such as "split" are not table rows
+    names = [k for k in METRIC_KEYS if k in metrics] + extras   # e.g. map_single_mask of a predictions folder  # labels such as "split" are not table rows
     rows = []
     for name in names:
         value = metrics[name]

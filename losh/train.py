@@ -117,7 +117,7 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 def forward_and_loss(model, criterion, batch: dict, device: torch.device, amp: str) -> dict[str, torch.Tensor]:
     """One batch through the model and the loss (shared by the trainer and the benchmarks)."""
-    frames = normalise_frames(batch["frames"])
+    frames = normalise_frames(batch["frames"], batch["valid_size"])
     size = tuple(frames.shape[-2:])
     annotated = batch["annotated_index"]
     if not bool((annotated == annotated[0]).all()):
@@ -352,7 +352,7 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
                 if improved:
                     best = {"metric": settings.best_metric, "value": value, "epoch": epoch}
                 log.write(json.dumps({"eval": {"epoch": epoch, "step": global_step, "split": settings.eval_split,
-                                               "samples": metrics["samples"], **{k: metrics.get(k) for k in
+                                               "samples": metrics["samples"], "resolution": "prepared", **{k: metrics.get(k) for k in
                                                ("mean_iou", "overall_iou", "map", "jf")}},
                                       "best": best}) + "\n")
             if d.world_size > 1:
@@ -387,7 +387,8 @@ def validation_metrics(model: torch.nn.Module, ema: WeightAverage | None, data: 
         scored.load_state_dict(ema.state_dict()["weights"])
     was_training = model.training
     try:
+        # at the prepared size: no raw data set needed during training (`losh evaluate` scores the original size)
         return evaluate_model(scored, data, split=settings.eval_split, max_samples=settings.eval_samples,
-                              progress=False)
+                              resolution="prepared", progress=False)
     finally:
         model.train(was_training)

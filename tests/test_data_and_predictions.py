@@ -54,7 +54,8 @@ def test_scoring_a_predictions_folder(prep, tmp_path):
         write_mask(mask_path(out, r), data.read(r).long_mask)
     write_scores(out, "test", {r.sample_id: 0.9 for r in data.records})
     metrics, missing = score_predictions(prep, out, progress=False)
-    assert missing == [] and metrics["mean_iou"] == 1.0 and metrics["map"] == pytest.approx(1.0)
+    assert missing == [] and metrics["mean_iou"] == 1.0 and metrics["map_single_mask"] == pytest.approx(1.0)
+    assert "map" not in metrics and metrics["resolution"] == "original"
     assert metrics["num_images"] == len(data.records)
     # drop one prediction: scored as an empty mask, and reported
     gone = data.records[0]
@@ -81,3 +82,16 @@ def test_flows_follow_the_flip_and_the_resize(prepared_with_flows):
     assert torch.allclose(a["flows"], torch.from_numpy(grid) * 4)
     half = RVOSDataset(prepared_with_flows, "train", with_flows=True, augment=Augment(scales=(32,), flip_p=0.0))[0]
     assert torch.allclose(half["flows"], a["flows"] * 0.5, atol=1e-6)
+
+
+def test_padding_is_zero_after_normalising_and_the_frames_inside_are_unchanged(prep):
+    small = RVOSDataset(prep, "train", augment=Augment(scales=(48,), flip_p=0.0))[0]    # 48 x 66
+    plain = RVOSDataset(prep, "train")[1]                                                # 64 x 88
+    batch = collate([small, plain])
+    x = normalise_frames(batch["frames"], batch["valid_size"])
+    assert x.shape == (2, 8, 3, 64, 88)
+    assert torch.equal(x[0, :, :, :48, :66], normalise_frames(small["frames"][None])[0])
+    assert torch.equal(x[1], normalise_frames(plain["frames"][None])[0])
+    assert (x[0, :, :, 48:] == 0).all() and (x[0, :, :, :, 66:] == 0).all()
+    # without valid_size, collate's black padding would be -mean/std, not 0
+    assert float(normalise_frames(batch["frames"])[0, 0, 0, 60, 80]) == pytest.approx(-0.485 / 0.229, abs=1e-6)

@@ -320,16 +320,26 @@ def test_j_f_jf_with_empty_ground_truth():
     assert metrics["overall_iou"] == pytest.approx((0 + 0 + 3) / (0 + 9 + 15))
 
 
-def test_empty_ground_truth_is_left_out_of_map():
+def test_empty_ground_truth_counts_as_in_mttr():
+    """MTTR keeps an empty ground-truth mask as a COCO annotation of area 0: no prediction matches it
+    (pycocotools' box IoU of an empty mask is 0), so it is a missed object in AP; its IoU is 1 for an
+    empty prediction and 0 otherwise, and a predicted mask adds its area to the overall union."""
     shape = (10, 10)
     empty = np.zeros(shape, dtype=bool)
     square = box(shape, 2, 2, 3, 3)
-    # The false alarm on the empty-gt image has the highest score: were it counted, AP would drop.
-    metrics = evaluate_frames([frame(empty, (square, 0.99)), frame(square, (square, 0.5))])
-    assert metrics["map"] == pytest.approx(1.0)
-    assert metrics["mean_iou"] == pytest.approx(0.5)
+    # a false alarm with the highest score on the empty image: ranked first, a false positive; the
+    # square is found at recall 1/2 with precision 1/2; COCO's 101 recall points 0..0.5 get 0.5, the rest 0
+    alarm = evaluate_frames([frame(square, (square, 0.5)), frame(empty, (square, 0.99))])
+    assert alarm["map"] == pytest.approx(51 * 0.5 / 101)
+    assert alarm["mean_iou"] == pytest.approx(0.5) and alarm["precision@0.5"] == 0.5
+    assert alarm["overall_iou"] == pytest.approx(9 / (9 + 9))
+    # an empty prediction on it is still a false positive for AP, ranked after the true one here
+    quiet = evaluate_frames([frame(square, (square, 0.5)), frame(empty, (empty, 0.1))])
+    assert quiet["map"] == pytest.approx(51 / 101)
+    assert quiet["mean_iou"] == quiet["overall_iou"] == quiet["precision@0.9"] == 1.0
+    # only empty ground truth: nothing can be found, AP 0 (as COCOeval gives MTTR), IoU metrics 1
     only_empty = evaluate_frames([frame(empty, (empty, 0.5))])
-    assert math.isnan(only_empty["map"])
+    assert only_empty["map"] == 0.0
     assert only_empty["j"] == only_empty["f"] == only_empty["overall_iou"] == 1.0
 
 
