@@ -306,6 +306,9 @@ def evaluate(
                                                  "prepared: at the prepared frame size.")] = "original",
     raw: Annotated[Optional[Path], typer.Option(help="Raw data set root, for original-size masks of samples "
                                                      "prepared at another size (default: the manifest's source).")] = None,
+    inference_short_pathway: Annotated[Optional[str], typer.Option(
+        help="encoder: the short text runs through the encoder, feeding the long pathway's cross-attention "
+             "(the paper presets' default); none: the long pathway alone. Default: the checkpoint's config.")] = None,
     baselines: Annotated[bool, typer.Option(help="Also report the mean IoU of trivial baselines (empty mask, "
                                                  "full frame, the untrained model of the checkpoint's config).")] = False,
     ema: Annotated[bool, typer.Option(help="Evaluate the checkpoint's weight average when it has one "
@@ -340,7 +343,8 @@ def evaluate(
             report = evaluate_checkpoint(data, checkpoint, split=split, out=out, save_predictions=save_predictions,
                                          visualize=visualize, visualize_dir=visualize_dir, batch_size=batch_size,
                                          num_workers=workers, device=device, use_ema=ema, amp=amp,
-                                         resolution=resolution, raw=raw)
+                                         resolution=resolution, raw=raw,
+                                         inference_short_pathway=inference_short_pathway)
             if baselines:
                 from losh.evaluate import trivial_baselines, untrained_model_mean_iou, write_json
                 from schemas.config import ModelConfig

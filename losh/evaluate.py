@@ -20,13 +20,17 @@ from losh.predictions import mask_path, write_mask, write_scores
 from losh.size_batches import size_grouped_batches
 from losh.train import autocast_for, load_checkpoint, padding_mask_of, select_device, setup_distributed, to_device
 from losh.visualize import comparison_picture, save_picture
-from schemas.config import ModelConfig
+from schemas.config import ModelConfig, with_overrides
 
 
-def load_model(checkpoint: Path, device: torch.device, *, use_ema: bool = True) -> tuple[torch.nn.Module, dict]:
-    """The checkpoint's model, with its weight average (`ema_decay` runs) unless `use_ema` is False."""
+def load_model(checkpoint: Path, device: torch.device, *, use_ema: bool = True,
+               inference_short_pathway: str | None = None) -> tuple[torch.nn.Module, dict]:
+    """The checkpoint's model, with its weight average (`ema_decay` runs) unless `use_ema` is False;
+    `inference_short_pathway` overrides the config's (it changes inference only, not the weights)."""
     ckpt = load_checkpoint(checkpoint)
     config = ModelConfig.from_dict(ckpt["model_config"])
+    if inference_short_pathway is not None:
+        config = with_overrides(config, {"inference_short_pathway": inference_short_pathway})
     model = build_model(config, load_pretrained=False)   # the checkpoint holds the trained backbone
     ema = ckpt.get("model_ema")
     model.load_state_dict(ema["weights"] if use_ema and ema is not None else ckpt["model"])
@@ -60,14 +64,15 @@ def evaluate_checkpoint(data: Path, checkpoint: Path, *, split: str = "test", ou
                         save_predictions: Path | None = None, visualize: int = 0, visualize_dir: Path | None = None,
                         batch_size: int = 2, num_workers: int = 0, device: str | None = None,
                         progress: bool = True, use_ema: bool = True, amp: str = "off",
-                        resolution: str = "original", raw: Path | None = None, max_samples: int = 0) -> dict:
+                        resolution: str = "original", raw: Path | None = None, max_samples: int = 0,
+                        inference_short_pathway: str | None = None) -> dict:
     """A checkpoint's metrics on `split` of `data`, in float32 unless `amp` is 'bf16' (MTTR evaluates in
     float32, whatever the training used), scored at the original video size unless `resolution` is
     'prepared'."""
     if amp not in AMP_CHOICES:
         raise ValueError(f"amp must be one of {AMP_CHOICES}, got {amp!r}")
     dev = select_device(setup_distributed(), device)
-    model, ckpt = load_model(checkpoint, dev, use_ema=use_ema)
+    model, ckpt = load_model(checkpoint, dev, use_ema=use_ema, inference_short_pathway=inference_short_pathway)
     metrics = evaluate_model(model, data, split=split, save_predictions=save_predictions, visualize=visualize,
                              visualize_dir=visualize_dir or (Path(out).parent / "pictures" if out else Path("pictures")),
                              batch_size=batch_size, num_workers=num_workers, amp=amp, progress=progress,
@@ -76,7 +81,8 @@ def evaluate_checkpoint(data: Path, checkpoint: Path, *, split: str = "test", ou
               "model": ckpt["model_config"]["name"],
               "weights": "ema" if use_ema and ckpt.get("model_ema") is not None else "trained",
               "amp": amp, "precision": "bfloat16" if amp == "bf16" and dev.type == "cuda" else "float32",
-              "resolution": resolution, "batch_size": batch_size}
+              "resolution": resolution, "batch_size": batch_size,
+              "inference_short_pathway": model.config.inference_short_pathway}
     if out is not None:
         write_json(Path(out), report)
     return report
