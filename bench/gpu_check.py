@@ -69,7 +69,7 @@ def environment(dry_run: bool) -> dict:
         props = torch.cuda.get_device_properties(0)
         env.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
                    capability=f"{props.major}.{props.minor}", cudnn=torch.backends.cudnn.version(),
-                   nccl=".".join(map(str, torch.cuda.nccl.version())), bf16_supported=torch.cuda.is_bf16_supported())
+                   nccl=gpu_parts.nccl_version(), bf16_supported=torch.cuda.is_bf16_supported())
     try:
         import transformers
         env["transformers"] = transformers.__version__

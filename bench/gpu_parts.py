@@ -60,6 +60,14 @@ class Plan:
         return cls(**{k: tuple(v) if k in tuples else v for k, v in data.items()})
 
 
+def nccl_version() -> str | None:
+    """NCCL's version as "2.27.3" (older torch returns one int, e.g. 22703)."""
+    version = torch.cuda.nccl.version()
+    if isinstance(version, int):
+        return f"{version // 10000}.{version // 100 % 100}.{version % 100}" if version >= 10000 else str(version)
+    return ".".join(map(str, version))
+
+
 def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -250,7 +258,7 @@ def probe_distributed() -> dict:
         result = {"ok": bool(total[0].item() == dist.get_world_size()) and finite,
                   "backend": dist.get_backend(), "world_size": dist.get_world_size(), "ddp_grads_finite": finite}
         if cuda:
-            result["nccl_version"] = ".".join(map(str, torch.cuda.nccl.version()))
+            result["nccl_version"] = nccl_version()
         return result
     finally:
         dist.destroy_process_group()

@@ -102,3 +102,36 @@ def test_a_failing_part_is_recorded_and_the_run_goes_on(tmp_path):
 def test_a_part_past_its_time_box_is_killed(tmp_path):
     code, _ = run_isolated([sys.executable, "-c", "import time; time.sleep(60)"], timeout=1, log=tmp_path / "log")
     assert code is None
+
+
+def test_compiled_parts_give_the_eager_losses():
+    """The compile part's `compile_in_place` (traced by TorchDynamo; the `eager` backend runs the
+    captured graphs as they are, so the numbers must not move)."""
+    import torch
+
+    from bench.gpu_parts import COMPILED_PARTS, compile_in_place
+    from bench.train_step import _synthetic_batch
+    from losh.criterion import build_criterion
+    from losh.losh import build_model
+    from losh.train import forward_and_loss
+    from schemas.config import get_config
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        config = get_config("tiny")
+        model, criterion = build_model(config).train(), build_criterion(config)
+        batch = _synthetic_batch((32, 48), torch.device("cpu"))
+        torch.manual_seed(1)                   # the same dropout masks (RoBERTa's) in both runs
+        eager = forward_and_loss(model, criterion, batch, torch.device("cpu"), "off")
+        assert compile_in_place(model, "eager") == list(COMPILED_PARTS)
+        assert all(model.get_submodule(name)._compiled_call_impl is not None for name in COMPILED_PARTS)
+        torch.manual_seed(1)
+        compiled = forward_and_loss(model, criterion, batch, torch.device("cpu"), "off")
+        compiled["loss"].backward()
+    finally:
+        torch.set_num_threads(threads)
+    for key in ("loss", "loss_dice_long", "loss_lsi", "loss_fbc"):
+        assert compiled[key].item() == pytest.approx(eager[key].item(), rel=1e-5, abs=1e-6), key
+    assert model.video_proj.weight.grad is not None
