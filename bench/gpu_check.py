@@ -57,8 +57,8 @@ def make_plan(dry_run: bool, steps: int | None, compile_steps: int | None) -> Pl
                 torchrun_config="losh-m", torchrun_size=(128, 176), torchrun_steps=5, torchrun_workers=2,
                 loader_size=(320, 576), loader_videos=6, loader_batches=30,
                 loader_workers=TrainSettings().num_workers,
-                budgets={"cuda_tests": 60, "step_time": 100, "step_time_compiled": 160, "torchrun": 70,
-                         "loader": 50})
+                budgets={"cuda_tests": 70, "step_time": 95, "step_time_compiled": 150, "torchrun": 90,
+                         "loader": 45})
 
 
 def environment(dry_run: bool) -> dict:
@@ -139,16 +139,25 @@ def run_cuda_tests(timeout: float, work: Path, dry_run: bool) -> dict:
     return result
 
 
+class PartTimeout(TimeoutError):
+    """A part ran past its time box; `figures` holds what it had measured by then, if anything."""
+
+    def __init__(self, message: str, figures: dict | None = None) -> None:
+        super().__init__(message)
+        self.figures = figures
+
+
 def run_child_part(part: str, plan: Plan, timeout: float, work: Path) -> dict:
     plan_file, result_file = work / "plan.json", work / f"{part}.json"
     plan_file.write_text(json.dumps(plan.to_dict()))
     cmd = [sys.executable, "-m", "bench.gpu_check", "--child", part, "--plan", str(plan_file),
            "--result", str(result_file), "--seconds", str(int(timeout))]
     code, tail = run_isolated(cmd, timeout + 20, work / f"{part}.log", plan.dry_run)   # the child stops itself first
-    if not result_file.is_file():
-        raise TimeoutError(f"stopped after {timeout + 20:.0f} s: {tail[-1500:]}") if code is None else \
-            RuntimeError(f"exit code {code}: {tail[-1500:]}")
-    result = json.loads(result_file.read_text())
+    result = json.loads(result_file.read_text()) if result_file.is_file() else {}
+    if code is None or result.get("partial"):
+        raise PartTimeout(f"stopped after {timeout + 20:.0f} s: {tail[-1500:]}", result.get("figures"))
+    if not result:
+        raise RuntimeError(f"exit code {code}: {tail[-1500:]}")
     if "error" in result:
         raise RuntimeError(result["error"])
     return result["figures"]
@@ -158,11 +167,14 @@ def child_main(part: str, plan_file: Path, result_file: Path, seconds: float) ->
     """One part in this process; its figures (or its error) to `result_file`, written atomically."""
     deadline = time.monotonic() + seconds
     plan = Plan.from_dict(json.loads(Path(plan_file).read_text()))
+
+    def save_partial(figures: dict) -> None:
+        write_json(Path(result_file), {"figures": figures, "partial": True})
+
     try:
-        if part == "step_time":
-            result = {"figures": gpu_parts.step_time(plan, compiled=False, deadline=deadline - 10)}
-        elif part == "step_time_compiled":
-            result = {"figures": gpu_parts.step_time(plan, compiled=True, deadline=deadline - 10)}
+        if part in ("step_time", "step_time_compiled"):
+            result = {"figures": gpu_parts.step_time(plan, compiled=part == "step_time_compiled",
+                                                     deadline=deadline - 10, save_partial=save_partial)}
         elif part == "torchrun":
             result = {"figures": gpu_parts.torchrun(plan, deadline)}
         elif part == "loader":
@@ -221,6 +233,8 @@ def run_check(out: Path, plan: Plan, parts: tuple[str, ...] = PARTS) -> dict:
             except Exception as error:  # noqa: BLE001 - recorded, the next part runs
                 entry = {"status": "timeout" if isinstance(error, TimeoutError) else "error",
                          "error": f"{type(error).__name__}: {error}"[:4000]}
+                if getattr(error, "figures", None):
+                    entry["partial_figures"] = error.figures
             entry["seconds"] = round(time.monotonic() - part_start, 1)
             report["parts"][part] = entry
             tqdm.write(f"gpu-check: {part} {entry['status']} in {entry['seconds']} s", file=sys.stderr)

@@ -88,9 +88,11 @@ def compile_in_place(model: torch.nn.Module, backend: str) -> list[str]:
     return list(COMPILED_PARTS)
 
 
-def step_time(plan: Plan, compiled: bool, deadline: float) -> dict:
+def step_time(plan: Plan, compiled: bool, deadline: float, save_partial=None) -> dict:
     """Training and inference step times of the two models, taking turns round by round after the
-    warm-up, until `plan.steps` rounds or the deadline; peak memory of each model's own steps."""
+    warm-up, until `plan.steps` rounds or the deadline; peak memory of each model's own steps.
+    `save_partial(figures)` is called after each model's warm-up (a compile that outlasts the time
+    box still leaves what was measured)."""
     from tqdm import tqdm
 
     device = _device()
@@ -127,6 +129,8 @@ def step_time(plan: Plan, compiled: bool, deadline: float) -> dict:
             timed[spec] = model
         except Exception as error:   # noqa: BLE001 - one model failing must not hide the other
             entry.update(status="error", error=f"{type(error).__name__}: {error}"[:2000])
+        if save_partial is not None:
+            save_partial(out)
     times = {spec: ([], []) for spec in timed}
     for _ in tqdm(range(steps), desc="compiled steps" if compiled else "steps", mininterval=10, file=sys.stderr):
         if time.monotonic() > deadline:
