@@ -194,18 +194,17 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def loader_vs_step(parts: dict) -> dict | None:
+def loader_vs_step(parts: dict, losh_spec: str) -> dict | None:
     """The loader's seconds per batch (default workers) over the measured eager LoSh-M step."""
     loader, steps = parts["loader"].get("figures"), parts["step_time"].get("figures")
     if not loader or not steps:
         return None
-    losh = next(iter(steps["models"].values()))
-    step_ms = losh.get("train", {}).get("median_ms")
+    step_ms = steps["models"].get(losh_spec, {}).get("train", {}).get("median_ms")
     if not step_ms:
         return None
-    return {"value": round(1000 * loader["workers_s_per_batch"] / step_ms, 4), "target": "< 1",
-            "loader_ms_per_batch": round(1000 * loader["workers_s_per_batch"], 2), "losh_m_step_ms": step_ms,
-            "main_process_ratio": round(1000 * loader["main_process_s_per_batch"] / step_ms, 4)}
+    return {"value": float(f"{1000 * loader['workers_s_per_batch'] / step_ms:.4g}"), "target": "< 1",
+            "loader_ms_per_batch": round(1000 * loader["workers_s_per_batch"], 3), "losh_m_step_ms": step_ms,
+            "main_process_ratio": float(f"{1000 * loader['main_process_s_per_batch'] / step_ms:.4g}")}
 
 
 def run_check(out: Path, plan: Plan, parts: tuple[str, ...] = PARTS) -> dict:
@@ -240,7 +239,7 @@ def run_check(out: Path, plan: Plan, parts: tuple[str, ...] = PARTS) -> dict:
             tqdm.write(f"gpu-check: {part} {entry['status']} in {entry['seconds']} s", file=sys.stderr)
             write_json(out, {**report, "complete": False})   # a stop midway still leaves the parts done
     if "loader" in report["parts"] and "step_time" in report["parts"]:
-        report["loader_vs_step_ratio"] = loader_vs_step(report["parts"])
+        report["loader_vs_step_ratio"] = loader_vs_step(report["parts"], plan.models[0])
     report["total_s"] = round(time.monotonic() - start, 1)
     report["complete"] = True
     write_json(out, report)
