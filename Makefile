@@ -5,8 +5,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := demo
 BENCH ?=
+# `make gpu-check` runs with the machine's own Python (no install): .venv's when there, else python3
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+GPU_CHECK_OUT ?= gpu_check.json
+GPU_CHECK_ARGS ?=
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench gpu-check clean
 
 install: $(STAMP)
 
@@ -25,6 +29,10 @@ demo: install
 
 bench: install
 	$(BIN)/python -m bench.run $(BENCH)
+
+# One CUDA GPU, under 8 minutes, one JSON file (a dry run on tiny sizes where CUDA is absent).
+gpu-check:
+	PYTHONPATH=. $(GPU_PYTHON) -m bench.gpu_check --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -278,7 +278,8 @@ def train(
         typer.echo(f"nothing to train: the run is complete ({summary['steps']} steps, {summary['epochs']} epochs); "
                    f"checkpoint {summary['checkpoint']}")
         return
-    typer.echo(f"trained {summary['steps']} steps ({summary['epochs']} epochs) on {summary['device']} in "
+    group = f" (process group {summary['process_group']})" if summary.get("process_group") else ""
+    typer.echo(f"trained {summary['steps']} steps ({summary['epochs']} epochs) on {summary['device']}{group} in "
                f"{summary['seconds']} s; last {losses}; checkpoint {summary['checkpoint']}")
     if summary.get("best"):
         b = summary["best"]

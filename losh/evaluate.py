@@ -18,7 +18,7 @@ from losh.losh import build_model
 from losh.metrics import MetricAccumulator, mask_iou
 from losh.predictions import mask_path, write_mask, write_scores
 from losh.size_batches import size_grouped_batches
-from losh.train import autocast_for, load_checkpoint, padding_mask_of, select_device, setup_distributed, to_device
+from losh.train import Dist, autocast_for, load_checkpoint, padding_mask_of, select_device, to_device
 from losh.visualize import comparison_picture, save_picture
 from schemas.config import ModelConfig, with_overrides
 
@@ -71,7 +71,7 @@ def evaluate_checkpoint(data: Path, checkpoint: Path, *, split: str = "test", ou
     'prepared'."""
     if amp not in AMP_CHOICES:
         raise ValueError(f"amp must be one of {AMP_CHOICES}, got {amp!r}")
-    dev = select_device(setup_distributed(), device)
+    dev = select_device(Dist(local_rank=int(os.environ.get("LOCAL_RANK", "0"))), device)   # one process
     model, ckpt = load_model(checkpoint, dev, use_ema=use_ema, inference_short_pathway=inference_short_pathway)
     metrics = evaluate_model(model, data, split=split, save_predictions=save_predictions, visualize=visualize,
                              visualize_dir=visualize_dir or (Path(out).parent / "pictures" if out else Path("pictures")),

@@ -64,10 +64,13 @@ class Dist:
 
 
 def setup_distributed() -> Dist:
-    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; one process otherwise."""
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK (then the process group is joined, also for one process,
+    so a one-GPU torchrun exercises NCCL as a multi-GPU one does); a plain process runs alone."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if "RANK" not in os.environ:
         return Dist()
+    if dist.is_initialized():
+        return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local)
@@ -366,10 +369,12 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
             log.flush()
     if log:
         log.close()
-    if d.world_size > 1:
+    process_group = None
+    if dist.is_initialized():
+        process_group = f"{dist.get_backend()} x{d.world_size}"
         dist.barrier()
         dist.destroy_process_group()
-    return {"epochs": epoch, "steps": global_step, "last_losses": last, "checkpoint": str(ckpt_path),
+    return {"process_group": process_group, "epochs": epoch, "steps": global_step, "last_losses": last, "checkpoint": str(ckpt_path),
             "seconds": round(time.time() - start, 1), "device": str(dev), "best": best}
 
 

@@ -1,0 +1,309 @@
+"""The measuring parts of `make gpu-check` (bench/gpu_check.py runs each in its own process).
+
+Each part takes the run's `Plan` and returns a dict of figures; it raises on failure (the runner
+records the error and goes on). Nothing here imports spaCy, NLTK, Dask, pycocotools or PyAV: the
+GPU machine has none of them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from bench.train_step import BATCH, NO_DOWNLOAD, Timed
+
+ROOT = Path(__file__).resolve().parents[1]
+PROBE_TAG = "GPU_CHECK_PROBE "
+# the tensor-only parts of the model; the glue (tokenizer, pathway slicing) and the loss stay eager
+COMPILED_PARTS = ("backbone", "text_encoder.model", "encoder", "decoder", "spatial_decoder")
+PAPER_MS = {"train": (153, 141), "infer": (80, 79)}   # LoSh-M, MTTR (the paper's table 4)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and time boxes of one run: the GPU run, or the CPU dry run of the same code paths."""
+
+    dry_run: bool
+    models: tuple[str, str]            # (LoSh-M, MTTR) config specs
+    size: tuple[int, int]              # H x W of the step-time input (8 frames, batch 3)
+    steps: int                         # timed rounds of the eager models
+    compile_steps: int                 # timed rounds of the compiled models
+    warmup: int                        # rounds dropped before timing (compilation happens there)
+    amp: str
+    compile_backend: str | None        # None: the compile part is skipped
+    torchrun_config: str               # preset of the torchrun smoke run (random weights)
+    torchrun_size: tuple[int, int]
+    torchrun_steps: int
+    torchrun_workers: int
+    loader_size: tuple[int, int]
+    loader_videos: int
+    loader_batches: int
+    loader_workers: int                # the trainer's default DataLoader workers
+    budgets: dict                      # part -> seconds before it is stopped
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Plan":
+        tuples = ("models", "size", "torchrun_size", "loader_size")
+        return cls(**{k: tuple(v) if k in tuples else v for k, v in data.items()})
+
+
+def nccl_version() -> str | None:
+    """NCCL's version as "2.27.3" (older torch returns one int, e.g. 22703)."""
+    version = torch.cuda.nccl.version()
+    if isinstance(version, int):
+        return f"{version // 10000}.{version // 100 % 100}.{version % 100}" if version >= 10000 else str(version)
+    return ".".join(map(str, version))
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _summary(seconds: list[float]) -> dict:
+    if not seconds:
+        return {"steps": 0}
+    return {"steps": len(seconds), "median_ms": round(1000 * statistics.median(seconds), 3),
+            "mean_ms": round(1000 * statistics.fmean(seconds), 3), "min_ms": round(1000 * min(seconds), 3),
+            "max_ms": round(1000 * max(seconds), 3)}
+
+
+def compile_in_place(model: torch.nn.Module, backend: str) -> list[str]:
+    """torch.compile the model's tensor-only parts in place, so that both `forward` (training) and
+    `infer` run them compiled."""
+    for name in COMPILED_PARTS:
+        model.get_submodule(name).compile(backend=backend)
+    return list(COMPILED_PARTS)
+
+
+def step_time(plan: Plan, compiled: bool, deadline: float, save_partial=None) -> dict:
+    """Training and inference step times of the two models, taking turns round by round after the
+    warm-up, until `plan.steps` rounds or the deadline; peak memory of each model's own steps.
+    `save_partial(figures)` is called after each model's warm-up (a compile that outlasts the time
+    box still leaves what was measured)."""
+    from tqdm import tqdm
+
+    device = _device()
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    steps = plan.compile_steps if compiled else plan.steps
+    out: dict = {"input": f"{BATCH}x8x{plan.size[0]}x{plan.size[1]}", "amp": plan.amp, "device": str(device),
+                 "warmup_rounds": plan.warmup, "models": {}}
+    if compiled:
+        out.update(backend=plan.compile_backend, compiled_parts=list(COMPILED_PARTS))
+    timed: dict[str, Timed] = {}
+    for spec in plan.models:
+        entry = out["models"].setdefault(spec, {})
+        try:
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            resident_before = torch.cuda.memory_allocated() if cuda else 0   # the other model, if built
+            start = time.perf_counter()
+            model = Timed(spec, plan.size, device, plan.amp)
+            if compiled:
+                compile_in_place(model.model, plan.compile_backend)
+            entry["build_s"] = round(time.perf_counter() - start, 2)
+            start = time.perf_counter()
+            for _ in range(plan.warmup):
+                model.train_step()
+                model.infer_step()
+            entry["compile_s" if compiled else "warmup_s"] = round(time.perf_counter() - start, 2)
+            if cuda:
+                peak = torch.cuda.max_memory_allocated() - resident_before
+                entry["peak_memory_gib"] = round(peak / 2**30, 3)
+            entry["parameters"] = model.model.num_parameters(trainable_only=False)
+            timed[spec] = model
+        except Exception as error:   # noqa: BLE001 - one model failing must not hide the other
+            entry.update(status="error", error=f"{type(error).__name__}: {error}"[:2000])
+        if save_partial is not None:
+            save_partial(out)
+    times = {spec: ([], []) for spec in timed}
+    for _ in tqdm(range(steps), desc="compiled steps" if compiled else "steps", mininterval=10, file=sys.stderr):
+        if time.monotonic() > deadline:
+            out["stopped_early"] = "time box reached"
+            break
+        for spec, model in timed.items():
+            times[spec][0].append(model.train_step())
+            times[spec][1].append(model.infer_step())
+    for spec, (train, infer) in times.items():
+        entry = out["models"][spec]
+        entry.update(status="ok", train=_summary(train), infer=_summary(infer))
+        if train:
+            entry["samples_per_s"] = round(BATCH / statistics.median(train), 2)
+    losh, mttr = plan.models
+    for phase in ("train", "infer"):
+        a, b = (out["models"].get(spec, {}).get(phase, {}).get("median_ms") for spec in (losh, mttr))
+        paper = PAPER_MS[phase]
+        out[f"{phase}_ratio_losh_vs_mttr"] = round(a / b, 4) if a and b else None
+        out[f"{phase}_ratio_paper"] = f"{paper[0]}/{paper[1]} ms = {paper[0] / paper[1]:.3f}"
+    failed = [spec for spec in plan.models if out["models"][spec].get("status") != "ok"]
+    if len(failed) == len(plan.models):
+        raise RuntimeError("; ".join(f"{s}: {out['models'][s]['error']}" for s in failed))
+    return out
+
+
+def _synthetic_prepared(folder: Path, size: tuple[int, int], videos: int, annotated: int, workers: int) -> Path:
+    """A prepared set with flows, made on the spot: synthetic A2D layout, manual short text (no
+    tagger), flows computed in this process (no Dask)."""
+    from pipeline.flows import compute_flows
+    from pipeline.prepare import PrepareSettings, prepare_a2d
+    from pipeline.synth import write_synthetic_a2d
+
+    h, w = size
+    raw, prep = folder / "raw", folder / "prep"
+    write_synthetic_a2d(raw, videos=videos, seed=0, height=h, width=w, frames=16, annotated_per_video=annotated,
+                        progress=False)
+    prepare_a2d(raw, prep, short_source="manual", settings=PrepareSettings(short_side=min(h, w),
+                max_long_side=max(h, w)), workers=workers, progress=False)
+    compute_flows(prep, workers=0, progress=False)
+    return prep
+
+
+def _run_with_timeout(cmd: list[str], env: dict, timeout: float) -> tuple[int | None, str]:
+    """(exit code or None on timeout, output); on timeout torchrun gets SIGTERM, which it passes on
+    to its workers, then SIGKILL."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+    try:
+        output, _ = proc.communicate(timeout=max(timeout, 1))
+        return proc.returncode, output
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            output, _ = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output, _ = proc.communicate()
+        return None, output
+
+
+def torchrun(plan: Plan, deadline: float) -> dict:
+    """`torchrun --nproc-per-node 1 -m cli.main train` on a small synthetic set, and a one-process
+    probe of the same launcher that initialises the process group (NCCL on CUDA) and runs DDP."""
+    from schemas.config import get_config, save_config, with_overrides
+
+    cuda = torch.cuda.is_available()
+    backend = "nccl" if cuda else "gloo"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1"]
+    # the c10d logs name the backend of every DDP the trainer builds ("backend_name: nccl")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+           "TORCH_CPP_LOG_LEVEL": "INFO", "TORCH_DISTRIBUTED_DEBUG": "INFO", "NCCL_DEBUG": "VERSION"}
+    out: dict = {"backend": backend}
+    with tempfile.TemporaryDirectory(prefix="gpu_check_torchrun_") as tmp:
+        tmp = Path(tmp)
+        start = time.perf_counter()
+        prep = _synthetic_prepared(tmp, plan.torchrun_size, videos=4, annotated=2, workers=1)
+        out["data_s"] = round(time.perf_counter() - start, 2)
+        config_path = tmp / "config.json"
+        save_config(with_overrides(get_config(plan.torchrun_config), NO_DOWNLOAD), config_path)
+        train_cmd = ["-m", "cli.main", "train", "--data", str(prep), "--out", str(tmp / "run"),
+                     "--config", str(config_path), "--epochs", "2", "--max-steps", str(plan.torchrun_steps),
+                     "--batch-size", str(BATCH), "--workers", str(plan.torchrun_workers)]
+        out["command"] = "torchrun --standalone --nproc-per-node 1 " + " ".join(train_cmd[1:])
+        start = time.perf_counter()
+        code, log = _run_with_timeout(launcher + train_cmd, env, deadline - time.monotonic() - 30)
+        out["train_s"] = round(time.perf_counter() - start, 2)
+        trained = re.search(r"trained (\d+) steps .* on (\S+)(?: \(process group (\w+) x\d+\))? in", log)
+        out["train"] = {
+            "exit_code": code, "finished": code == 0 and trained is not None,
+            "steps": int(trained.group(1)) if trained else None, "device": trained.group(2) if trained else None,
+            "checkpoint": (tmp / "run" / "checkpoints" / "last.pt").is_file(),
+            # the process group the trainer joined under torchrun (nccl on CUDA, gloo on the CPU)
+            "trainer_process_group": trained.group(3) if trained else None,
+            "nccl_initialised": "NCCL version" in log if cuda else None,
+        }
+        if not out["train"]["finished"]:
+            out["train"]["log_tail"] = log[-3000:]
+    start = time.perf_counter()
+    code, log = _run_with_timeout(launcher + ["-m", "bench.gpu_check", "--probe-distributed"], env,
+                                  deadline - time.monotonic() - 5)
+    out["probe_s"] = round(time.perf_counter() - start, 2)
+    found = [line[len(PROBE_TAG):] for line in log.splitlines() if line.startswith(PROBE_TAG)]
+    out["probe"] = {"exit_code": code, **(json.loads(found[-1]) if found else {"log_tail": log[-3000:]})}
+    if not out["train"]["finished"]:
+        raise RuntimeError(f"torchrun train did not finish (exit code {code}): {out['train'].get('log_tail', '')[-800:]}")
+    if not out["probe"].get("ok"):
+        raise RuntimeError(f"distributed probe failed: {out['probe']}")
+    return out
+
+
+def probe_distributed() -> dict:
+    """Inside torchrun: join the process group (NCCL on CUDA, else gloo), all-reduce, one DDP step."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    cuda = torch.cuda.is_available()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        total = torch.ones(4, device=device)
+        dist.all_reduce(total)
+        model = DistributedDataParallel(torch.nn.Linear(8, 2).to(device))
+        model(torch.randn(5, 8, device=device)).square().sum().backward()
+        finite = all(bool(torch.isfinite(p.grad).all()) for p in model.parameters())
+        dist.barrier()
+        result = {"ok": bool(total[0].item() == dist.get_world_size()) and finite,
+                  "backend": dist.get_backend(), "world_size": dist.get_world_size(), "ddp_grads_finite": finite}
+        if cuda:
+            result["nccl_version"] = nccl_version()
+        return result
+    finally:
+        dist.destroy_process_group()
+
+
+def loader(plan: Plan, deadline: float) -> dict:
+    """Seconds to load a batch of 3 (frames, masks, flows, flip, collate) from prepared shards: in
+    the main process, and through the trainer's DataLoader with its default workers (pinned memory
+    on CUDA), in steady state (the first batch, which starts the workers, is not counted)."""
+    from torch.utils.data import DataLoader
+
+    from losh.data import Augment, RVOSDataset, collate
+
+    cuda = torch.cuda.is_available()
+    with tempfile.TemporaryDirectory(prefix="gpu_check_loader_") as tmp:
+        start = time.perf_counter()
+        prep = _synthetic_prepared(Path(tmp), plan.loader_size, videos=plan.loader_videos, annotated=3,
+                                   workers=max(1, min(4, os.cpu_count() or 1)))
+        data_s = round(time.perf_counter() - start, 2)
+        dataset = RVOSDataset(prep, "train", with_flows=True, augment=Augment(flip_p=0.5))
+
+        def timed(workers: int) -> list[float]:
+            data = DataLoader(dataset, batch_size=BATCH, shuffle=True, collate_fn=collate, num_workers=workers,
+                              pin_memory=cuda, persistent_workers=workers > 0, drop_last=True)
+            seconds: list[float] = []
+            while len(seconds) < plan.loader_batches and time.monotonic() < deadline:
+                batches = iter(data)
+                next(batches)                  # starts the workers / opens the shards
+                start = time.perf_counter()
+                for _ in batches:
+                    seconds.append(time.perf_counter() - start)
+                    start = time.perf_counter()
+                    if len(seconds) >= plan.loader_batches:
+                        break
+            return seconds
+
+        main_process = timed(0)
+        workers = timed(plan.loader_workers)
+    if not main_process or not workers:
+        raise RuntimeError(f"no batch timed ({len(dataset)} training samples)")
+    return {"input": f"{BATCH}x8x{plan.loader_size[0]}x{plan.loader_size[1]} with flows", "data_s": data_s,
+            "train_samples": len(dataset), "pin_memory": cuda,
+            "main_process_s_per_batch": round(statistics.median(main_process), 5),
+            "workers": plan.loader_workers,
+            "workers_s_per_batch": round(statistics.fmean(workers), 5), "batches_timed": len(workers)}
