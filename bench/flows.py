@@ -179,9 +179,10 @@ def read_speedup(prep: Path, params: FlowParams) -> dict:
     centre = ds.manifest["window"] // 2
     start = time.perf_counter()
     for r in records:   # what a loader without stored flows would do: decode the frames, run Farneback
-        numbers = [r.frame] + [r.window[centre + t] for t in params.offsets]
+        anchor = r.window[r.annotated_position]   # the annotated frame, or the video's last past its end
+        numbers = [anchor] + [r.window[centre + t] for t in params.offsets]
         gray = {n: cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for n, f in zip(numbers, ds.read_frames(r, numbers))}
-        frame_flows(gray, r.frame, tuple(numbers[1:]), params)
+        frame_flows(gray, anchor, tuple(numbers[1:]), params)
     compute = (time.perf_counter() - start) / len(records)
     return {"read_ms": warm * 1e3, "read_cold_ms": cold * 1e3, "compute_ms": compute * 1e3}
 

@@ -167,8 +167,9 @@ def _synthetic_prepared(folder: Path, size: tuple[int, int], videos: int, annota
     raw, prep = folder / "raw", folder / "prep"
     write_synthetic_a2d(raw, videos=videos, seed=0, height=h, width=w, frames=16, annotated_per_video=annotated,
                         progress=False)
+    # OpenCV decodes: the GPU machine has no PyAV (prepare-data's default decoder; both agree, README)
     prepare_a2d(raw, prep, short_source="manual", settings=PrepareSettings(short_side=min(h, w),
-                max_long_side=max(h, w)), workers=workers, progress=False)
+                max_long_side=max(h, w), decoder="opencv"), workers=workers, progress=False)
     compute_flows(prep, workers=0, progress=False)
     return prep
 
