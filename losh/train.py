@@ -167,6 +167,11 @@ def atomic_save(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def non_finite_loss(what: str, terms: dict[str, float], ckpt_path: Path) -> NonFiniteLoss:
+    return NonFiniteLoss(f"{what}: {terms}; the last good checkpoint is "
+                         f"{ckpt_path if ckpt_path.exists() else 'not written yet'}")
+
+
 def atomic_copy(source: Path, target: Path) -> None:
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.copyfile(source, tmp)
@@ -282,12 +287,11 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
         if not d.main:
             return
         atomic_save({
-            "best": best,
             "schema": CHECKPOINT_SCHEMA, "version": CHECKPOINT_VERSION, "model_config": config.to_dict(),
             "train_settings": settings.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch_,
             "step_in_epoch": step_in_epoch_, "global_step": global_step, "data": str(Path(data).resolve()),
-            "model_ema": ema.state_dict() if ema is not None else None,
+            "model_ema": ema.state_dict() if ema is not None else None, "best": best,
             "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
         }, ckpt_path)
 
@@ -305,18 +309,15 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
             if i < step_in_epoch:  # resuming inside an epoch: the sampler order is the same, skip what was done
                 continue
             batch = to_device(batch, dev)
-
-            def non_finite(terms: dict[str, float], what: str) -> NonFiniteLoss:
-                return NonFiniteLoss(f"{what} at epoch {epoch + 1}, step {i + 1} (samples {batch['sample_id']}): "
-                                     f"{terms}; the last good checkpoint is "
-                                     f"{ckpt_path if ckpt_path.exists() else 'not written yet'}")
+            where = f"at epoch {epoch + 1}, step {i + 1} (samples {batch['sample_id']})"
             try:
                 losses = forward_and_loss(net, criterion, batch, dev, settings.amp)
             except NonFiniteOutputs as error:   # NaN predictions reach the matcher before any loss is summed
-                raise non_finite(error.terms, f"non-finite loss ({error})") from None
+                raise non_finite_loss(f"non-finite loss ({error}) {where}", error.terms, ckpt_path) from None
             loss = losses["loss"]
             if not torch.isfinite(loss):
-                raise non_finite({k: float(v.detach()) for k, v in losses.items()}, "non-finite loss")
+                raise non_finite_loss(f"non-finite loss {where}", {k: float(v.detach()) for k, v in losses.items()},
+                                      ckpt_path)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if settings.clip_max_norm > 0:
@@ -349,14 +350,14 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
         improved = False
         if settings.eval_every and step_in_epoch == 0 and (epoch % settings.eval_every == 0 or epoch == settings.epochs):
             if d.main:
-                metrics = validation_metrics(model, ema, data, settings, dev)
+                metrics = validation_metrics(model, ema, data, settings)
                 value = metrics.get(settings.best_metric)
                 improved = value is not None and (best is None or value > best["value"])
                 if improved:
                     best = {"metric": settings.best_metric, "value": value, "epoch": epoch}
+                scores = {k: metrics.get(k) for k in ("mean_iou", "overall_iou", "map", "jf")}
                 log.write(json.dumps({"eval": {"epoch": epoch, "step": global_step, "split": settings.eval_split,
-                                               "samples": metrics["samples"], "resolution": "prepared", **{k: metrics.get(k) for k in
-                                               ("mean_iou", "overall_iou", "map", "jf")}},
+                                               "samples": metrics["samples"], "resolution": "prepared", **scores},
                                       "best": best}) + "\n")
             if d.world_size > 1:
                 dist.barrier()   # the other ranks wait for rank 0's evaluation
@@ -374,12 +375,11 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
         process_group = f"{dist.get_backend()} x{d.world_size}"
         dist.barrier()
         dist.destroy_process_group()
-    return {"process_group": process_group, "epochs": epoch, "steps": global_step, "last_losses": last, "checkpoint": str(ckpt_path),
-            "seconds": round(time.time() - start, 1), "device": str(dev), "best": best}
+    return {"epochs": epoch, "steps": global_step, "last_losses": last, "checkpoint": str(ckpt_path),
+            "seconds": round(time.time() - start, 1), "device": str(dev), "process_group": process_group, "best": best}
 
 
-def validation_metrics(model: torch.nn.Module, ema: WeightAverage | None, data: Path, settings: TrainSettings,
-                       device: torch.device) -> dict:
+def validation_metrics(model: torch.nn.Module, ema: WeightAverage | None, data: Path, settings: TrainSettings) -> dict:
     """Metrics of the weights that `losh evaluate` would score (the average when there is one) on the
     validation split or its subset; the training weights and mode are left as they were."""
     import copy
