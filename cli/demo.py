@@ -48,7 +48,8 @@ def same_recipe(run_dir: Path, config, settings: TrainSettings) -> bool:
     a longer demo resumes a shorter one)."""
     try:
         earlier = TrainSettings.from_dict(json.loads((run_dir / "train.json").read_text()))
-        return load_config(run_dir / "config.json") == config and replace(earlier, epochs=settings.epochs) == settings
+        same_config = load_config(run_dir / "config.json").training_part() == config.training_part()
+        return same_config and replace(earlier, epochs=settings.epochs) == settings
     except (OSError, ValueError):
         return False
 
@@ -87,10 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         run(["evaluate", "--data", str(prep), "--checkpoint", str(run_dir / "checkpoints" / "last.pt"),
              "--out", str(out / "metrics.json"), "--save-predictions", str(out / "predictions"),
              "--visualize", "8", "--visualize-dir", str(out / "pictures"), "--baselines"])
-        # the other reading of the paper's inference (3.8): the short text through the encoder, feeding the
-        # long pathway's cross-attention as in training (the short head stays off)
+        # the other reading of the paper's inference (3.8): the long pathway alone, without the short text
         run(["evaluate", "--data", str(prep), "--checkpoint", str(run_dir / "checkpoints" / "last.pt"),
-             "--out", str(out / "metrics-short-encoder.json"), "--inference-short-pathway", "encoder"])
+             "--out", str(out / "metrics-long-only.json"), "--inference-short-pathway", "none"])
     except subprocess.CalledProcessError as e:
         print(f"demo stopped: `losh {shlex.join(e.cmd[3:])}` exited with {e.returncode}", file=sys.stderr)
         return e.returncode
@@ -103,10 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Test mean IoU {100 * metrics['mean_iou']:.1f}%, overall IoU {100 * metrics['overall_iou']:.1f}%, "
           f"mAP {100 * metrics['map']:.1f}%. Metrics: {out / 'metrics.json'}; pictures: {out / 'pictures'}; "
           f"predicted masks: {out / 'predictions'}; run: {run_dir}")
-    encoder = json.loads((out / "metrics-short-encoder.json").read_text())
-    print(f"Inference from the long text alone (the config's, above): mean IoU {100 * metrics['mean_iou']:.1f}%; "
-          f"with the short text through the encoder: {100 * encoder['mean_iou']:.1f}% "
-          f"({out / 'metrics-short-encoder.json'}).")
+    long_only = json.loads((out / "metrics-long-only.json").read_text())
+    print(f"Inference with the tagger's short text through the encoder (the config's, above): mean IoU "
+          f"{100 * metrics['mean_iou']:.1f}%; with the long pathway alone: {100 * long_only['mean_iou']:.1f}% "
+          f"({out / 'metrics-long-only.json'}).")
     b = metrics.get("baselines", {})
     if b:
         print(f"Baselines (test mean IoU): empty mask {100 * b['empty_mask_mean_iou']:.1f}%, full frame "

@@ -108,6 +108,7 @@ def evaluate_model(model: torch.nn.Module, data: Path, *, split: str = "test", s
     batches = size_grouped_batches([dataset.data.records[g[0]].size for g in dataset.groups], batch_size)
     loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate_clips, num_workers=num_workers,
                         pin_memory=dev.type == "cuda")
+    inference_shorts, short_text_source = inference_short_texts(dataset.data, model.config)
     acc = MetricAccumulator()
     scores_out: dict[str, float] = {}
     pictures_left = visualize
@@ -119,7 +120,9 @@ def evaluate_model(model: torch.nn.Module, data: Path, *, split: str = "test", s
         padding = padding_mask_of(batch["valid_size"], padded, dev)
         annotated = int(batch["annotated_index"][0])
         with autocast_for(dev, amp):
-            result = model.infer(frames, batch["long_text"], batch["short_text"], annotated_index=annotated,
+            shorts = ([inference_shorts[s] for s in batch["sample_id"]] if inference_shorts is not None
+                      else batch["short_text"])
+            result = model.infer(frames, batch["long_text"], shorts, annotated_index=annotated,
                                  padding_mask=padding,
                                  upsample=False, clip_index=batch["clip_index"])
         position = result["frame_indices"].index(annotated)
@@ -144,7 +147,25 @@ def evaluate_model(model: torch.nn.Module, data: Path, *, split: str = "test", s
     if save_predictions is not None:
         write_scores(Path(save_predictions), split, scores_out, resolution)
     return {**{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in acc.result().items()},
-            "samples": len(dataset.data.records)}
+            "samples": len(dataset.data.records), "inference_short_text": short_text_source}
+
+
+def inference_short_texts(data, config: ModelConfig) -> tuple[dict[str, str] | None, str | None]:
+    """The short texts inference runs through the encoder ({sample_id: text}, or None to use the prepared
+    ones) and where they come from. At inference only the long expression is given (paper 3.8): its short
+    text is the tagger's, derived from it. Data prepared with the tagger's short text already holds it; data
+    prepared with manual short text (annotations a test set would not have) gets the tagger's here."""
+    if not config.inference_uses_short_text:
+        return None, None
+    info = data.manifest["short_text"]
+    if info["source"] == "machine":
+        return None, f"machine ({info['tagger']}/{info['rule']}, prepared)"
+    from pipeline.shorten import Shortener
+
+    shortener = Shortener(tagger="spacy", rule="subject")
+    shorts = shortener.shorten_many([r.long for r in data.records])
+    return ({r.sample_id: short.strip() or r.long for r, short in zip(data.records, shorts)},
+            "machine (spacy/subject, from the long expressions)")
 
 
 def _picture(model, batch, b, clip, annotated, padded, valid, best, pred_long, iou, dev, amp, path: Path) -> None:

@@ -213,7 +213,7 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
                             "or choose another --out")
         checkpoint = load_checkpoint(ckpt_path)
         saved = ModelConfig.from_dict(checkpoint["model_config"])
-        if saved.to_dict() != config.to_dict():
+        if saved.training_part() != config.training_part():
             raise ValueError(f"--resume: {out} was trained with config {saved.name!r}; resume it with that config")
         safe_changes, unsafe_changes = settings.changes_from(TrainSettings.from_dict(checkpoint["train_settings"]))
         if unsafe_changes:

@@ -26,7 +26,8 @@ from typing import Any, Literal, get_args, get_type_hints
 CONFIG_SCHEMA = "losh.model_config"
 CONFIG_VERSION = 2
 # What a version-1 config (before these switches existed) meant: read it with that behaviour.
-_V1_BEHAVIOUR = {"text": {"lowercase": False}, "loss": {"fbc_reduction": "mean"}}
+_V1_BEHAVIOUR = {"text": {"lowercase": False}, "loss": {"fbc_reduction": "mean"},
+                 "inference_short_pathway": "none"}
 
 CrossAttention = Literal["none", "long_from_short", "short_from_long", "bidirectional"]
 FbcVariant = Literal["standard", "opposite", "mutual"]
@@ -200,11 +201,11 @@ class ModelConfig:
     use_short_text: bool = True
     short_text_source: ShortTextSource = "manual"   # manual: the data set's short_query; machine: the tagger's
     window: int = 8                                  # frames per sample around the annotated frame
-    # inference (paper 3.8: the short prediction head is deactivated and the long expression is used): "none"
-    # runs the long pathway alone (its cross-attention layers then attend to long tokens), which matches the
-    # paper's inference cost (80 vs MTTR's 79 ms); "encoder" still runs the short text through the multimodal
-    # encoder, whose tokens are the keys/values of the long pathway's cross-attention as in training
-    inference_short_pathway: InferenceShortPathway = "none"
+    # inference (paper 3.8: the short prediction head is deactivated, the long expression is what is given):
+    # "encoder" runs the short text derived from the long expression by the tagger through the multimodal
+    # encoder, whose tokens are the keys/values of the long pathway's cross-attention as in training; "none"
+    # runs the long pathway alone (its cross-attention layers then attend to long tokens)
+    inference_short_pathway: InferenceShortPathway = "encoder"
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     text: TextConfig = field(default_factory=TextConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
@@ -237,6 +238,13 @@ class ModelConfig:
             if self.inference_short_pathway != "none":
                 raise ConfigError("inference_short_pathway 'encoder' needs the short text: set it to 'none' "
                                   "or use_short_text = true")
+
+    def training_part(self) -> dict[str, Any]:
+        """The config as training sees it: without the switches that change inference only (a run may be
+        resumed, and is compared, whatever they say)."""
+        body = self.to_dict()
+        body.pop("inference_short_pathway")
+        return body
 
     @property
     def inference_uses_short_text(self) -> bool:
@@ -275,6 +283,8 @@ def _upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
             data[key] = part
         else:
             data.setdefault(key, value)
+    if not data.get("use_short_text", True):
+        data["inference_short_pathway"] = "none"
     return data
 
 
@@ -359,9 +369,10 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "ours": {},
     # MTTR as published: long text only, and 3 encoder layers on A2D-Sentences (LoSh-M has 4)
     "baseline": {"use_short_text": False, "transformer.cross_attention": "none", "loss.lsi": 0.0,
-                 "loss.match_lsi": 0.0, "loss.fbc": 0.0, "transformer.num_encoder_layers": 3},
+                 "loss.match_lsi": 0.0, "loss.fbc": 0.0, "transformer.num_encoder_layers": 3,
+                 "inference_short_pathway": "none"},
     "wo-sh": {"use_short_text": False, "transformer.cross_attention": "none", "loss.lsi": 0.0,
-              "loss.match_lsi": 0.0},
+              "loss.match_lsi": 0.0, "inference_short_pathway": "none"},
     "wo-lsi": {"loss.lsi": 0.0, "loss.match_lsi": 0.0},
     "wo-ca": {"transformer.cross_attention": "none"},
     "inv-ca": {"transformer.cross_attention": "short_from_long"},

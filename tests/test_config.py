@@ -32,8 +32,8 @@ def test_mttr_is_losh_m_without_short_text_lsi_and_fbc_and_with_mttrs_3_encoder_
     assert mttr.backbone == losh.backbone and mttr.text == losh.text and mttr.text.lowercase
     assert with_overrides(mttr, {"name": "losh-m", "use_short_text": True,
                                  "transformer.cross_attention": "long_from_short", "loss.lsi": 5.0,
-                                 "loss.match_lsi": 5.0, "loss.fbc": 0.1,
-                                 "transformer.num_encoder_layers": 4}) == losh
+                                 "loss.match_lsi": 5.0, "loss.fbc": 0.1, "transformer.num_encoder_layers": 4,
+                                 "inference_short_pathway": "encoder"}) == losh
 
 
 def test_official_code_variant():
@@ -44,12 +44,13 @@ def test_official_code_variant():
     assert not official.inference_uses_short_text     # no cross-attention: the long pathway never reads it
 
 
-def test_paper_presets_lowercase_texts_and_infer_from_the_long_text_alone():
+def test_paper_presets_lowercase_texts_and_run_the_short_encoder_at_inference():
     for spec in ("losh-m", "losh-m:msh", "tiny"):
         config = get_config(spec)
-        assert config.text.lowercase and config.inference_short_pathway == "none"
-        assert not config.inference_uses_short_text
-        assert with_overrides(config, {"inference_short_pathway": "encoder"}).inference_uses_short_text
+        assert config.text.lowercase and config.inference_short_pathway == "encoder"
+        assert config.inference_uses_short_text
+        assert not with_overrides(config, {"inference_short_pathway": "none"}).inference_uses_short_text
+        assert with_overrides(config, {"inference_short_pathway": "none"}).training_part() == config.training_part()
     assert get_config("losh-m").loss.fbc_reduction == "pixel_mean"
     with pytest.raises(ConfigError, match="inference_short_pathway"):
         with_overrides(get_config("mttr"), {"inference_short_pathway": "encoder"})
@@ -62,6 +63,10 @@ def test_version_1_configs_keep_their_behaviour():
     old = ModelConfig.from_dict(data)
     assert old.version == 2 and not old.text.lowercase
     assert old.inference_short_pathway == "none" and old.loss.fbc_reduction == "mean"
+    data = get_config("mttr").to_dict()
+    data["version"] = 1
+    del data["inference_short_pathway"]
+    assert ModelConfig.from_dict(data).inference_short_pathway == "none"
     data["version"] = 3
     with pytest.raises(ConfigError, match="version 3"):
         ModelConfig.from_dict(data)

@@ -80,8 +80,7 @@ def _count_calls(model):
 
 @pytest.mark.parametrize("mode", ["long_from_short", "bidirectional"])
 def test_inference_without_the_short_pathway_runs_the_long_one_alone(frames, mode):
-    model = _model(mode)                            # the presets' default: inference_short_pathway "none"
-    assert model.config.inference_short_pathway == "none"
+    model = _model(mode, inference_short_pathway="none")
     calls = _count_calls(model)
     with torch.no_grad():
         model(frames, LONG, SHORT, annotated_index=K)
@@ -99,7 +98,8 @@ def test_inference_without_the_short_pathway_runs_the_long_one_alone(frames, mod
 
 @pytest.mark.parametrize("mode", ["long_from_short", "bidirectional"])
 def test_inference_with_the_short_encoder_pathway_equals_trainings_long_pathway(frames, mode):
-    model = _model(mode, inference_short_pathway="encoder")
+    model = _model(mode)                            # the presets' default: inference_short_pathway "encoder"
+    assert model.config.inference_short_pathway == "encoder"
     long_masks, _ = _run(model, frames, LONG, SHORT)
     calls = _count_calls(model)
     result = model.infer(frames, LONG, SHORT, annotated_index=K)

@@ -136,3 +136,25 @@ def test_evaluate_and_resume_do_not_need_the_backbone_weights_file(prepared, tmp
     evaluate_checkpoint(prepared, run / "checkpoints/last.pt", progress=False, max_samples=3)
     summary = train(prepared, config, run, settings(epochs=1, max_steps=2), resume=True, progress=False)
     assert summary["steps"] == 2
+
+
+def test_inference_runs_the_taggers_short_text_even_on_manually_prepared_data(prepared, monkeypatch):
+    from losh.evaluate import evaluate_model
+    from losh.data import RVOSDataset
+    from losh.losh import build_model
+    from pipeline.shorten import Shortener
+
+    torch.manual_seed(0)
+    model = build_model(CONFIG)                       # tiny: cross-attention, inference_short_pathway "encoder"
+    seen = []
+    infer = model.infer
+    monkeypatch.setattr(model, "infer", lambda frames, long, short, **kw: seen.extend(short) or infer(frames, long, short, **kw))
+    result = evaluate_model(model, prepared, max_samples=6, resolution="prepared", progress=False)
+    records = RVOSDataset(prepared, "test", max_samples=6).data.records
+    # the data holds manual short text (an annotation a test set does not have): the tagger's is used instead
+    assert sorted(seen) == sorted(Shortener("spacy", "subject").shorten_many([r.long for r in records]))
+    assert result["inference_short_text"] == "machine (spacy/subject, from the long expressions)"
+    seen.clear()
+    model.config = with_overrides(CONFIG, {"inference_short_pathway": "none"})
+    assert evaluate_model(model, prepared, max_samples=6, resolution="prepared",
+                          progress=False)["inference_short_text"] is None
