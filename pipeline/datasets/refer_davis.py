@@ -1,0 +1,112 @@
+"""Reader of the Refer-DAVIS17 raw layout, as its two downloads unpack side by side (the root SgMg and
+ReferFormer read):
+
+ROOT/DAVIS/JPEGImages/480p/<seq>/%05d.jpg
+ROOT/DAVIS/Annotations_unsupervised/480p/<seq>/%05d.png    palette PNGs, pixel value = object id
+ROOT/DAVIS/ImageSets/2017/{train,val}.txt                   one sequence a line
+ROOT/davis_text_annotations/Davis17_annot1.txt, Davis17_annot1_full_video.txt,
+                            Davis17_annot2.txt, Davis17_annot2_full_video.txt
+    one `sequence object_id "expression"` a line; the annot2 files are latin-1
+
+Four expression sets: two annotators, each describing the first frame or the full video. The field scores
+each set on val by the DAVIS-2017 unsupervised protocol and averages them.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+EXPRESSION_SETS = {
+    "annot1": ("Davis17_annot1.txt", "utf-8"),
+    "annot1_full_video": ("Davis17_annot1_full_video.txt", "utf-8"),
+    "annot2": ("Davis17_annot2.txt", "latin-1"),
+    "annot2_full_video": ("Davis17_annot2_full_video.txt", "latin-1"),
+}
+# names in the text files that differ from the DAVIS sequence names
+NAME_FIXES = {"clasic-car": "classic-car", "dog-scale": "dogs-scale", "motor-bike": "motorbike"}
+_LINE = re.compile(r'^(\S+)\s+(\d+)\s+"(.*)"\s*$')
+
+
+class DatasetRootError(RuntimeError):
+    """The root is not a Refer-DAVIS17 root (a missing index or text file)."""
+
+
+@dataclass(frozen=True)
+class Expression:
+    expression_set: str         # annot1, annot1_full_video, annot2, annot2_full_video
+    sequence: str
+    object_id: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Problem:
+    sequence: str
+    reason: str
+    expression_set: str | None = None
+    line: int | None = None
+
+    def to_dict(self) -> dict:
+        return {"sequence": self.sequence, "expression_set": self.expression_set, "line": self.line,
+                "reason": self.reason}
+
+
+@dataclass
+class ReferDavisRaw:
+    root: Path
+    split: str
+    sequences: tuple[str, ...]
+    expressions: list[Expression]
+    problems: list[Problem] = field(default_factory=list)   # renamed sequences are reported here too
+
+    def frames_dir(self, sequence: str) -> Path:
+        return self.root / "DAVIS" / "JPEGImages" / "480p" / sequence
+
+    def masks_dir(self, sequence: str) -> Path:
+        return self.root / "DAVIS" / "Annotations_unsupervised" / "480p" / sequence
+
+    def of_set(self, expression_set: str) -> list[Expression]:
+        return [e for e in self.expressions if e.expression_set == expression_set]
+
+
+def read_expression_file(path: Path, expression_set: str, encoding: str, problems: list[Problem]) -> list[Expression]:
+    expressions = []
+    for number, raw in enumerate(path.read_bytes().decode(encoding).splitlines(), start=1):
+        if not raw.strip():
+            continue
+        match = _LINE.match(raw.strip())
+        if match is None:
+            problems.append(Problem(raw.split()[0] if raw.split() else "", f"malformed line {raw.strip()!r}",
+                                    expression_set, number))
+            continue
+        sequence, object_id, text = match.group(1), int(match.group(2)), match.group(3).strip()
+        if sequence in NAME_FIXES:
+            problems.append(Problem(sequence, f"sequence name {sequence!r} read as {NAME_FIXES[sequence]!r}",
+                                    expression_set, number))
+            sequence = NAME_FIXES[sequence]
+        if not text:
+            problems.append(Problem(sequence, "empty expression", expression_set, number))
+            continue
+        expressions.append(Expression(expression_set, sequence, object_id, text))
+    return expressions
+
+
+def read_refer_davis(root: Path, split: str = "val") -> ReferDavisRaw:
+    """The sequences of `split` (ImageSets/2017/<split>.txt) and their expressions of the four sets."""
+    root = Path(root)
+    image_set = root / "DAVIS" / "ImageSets" / "2017" / f"{split}.txt"
+    texts = root / "davis_text_annotations"
+    missing = [str(p.relative_to(root)) for p in [image_set, *(texts / f for f, _ in EXPRESSION_SETS.values())]
+               if not p.is_file()]
+    if missing:
+        raise DatasetRootError(f"{root} is not a Refer-DAVIS17 root: missing {', '.join(missing)}")
+    sequences = tuple(line.strip() for line in image_set.read_text().splitlines() if line.strip())
+    wanted = set(sequences)
+    problems: list[Problem] = []
+    expressions = []
+    for name, (filename, encoding) in EXPRESSION_SETS.items():
+        for e in read_expression_file(texts / filename, name, encoding, problems):
+            if e.sequence in wanted:
+                expressions.append(e)
+    return ReferDavisRaw(root, split, sequences, expressions, problems)

@@ -1,0 +1,142 @@
+"""Reader of the Refer-YouTube-VOS raw layout, as the data set ships:
+
+ROOT/{train,valid}/JPEGImages/<vid>/<frame>.jpg      every 5th frame of the source video (00000, 00005, ...)
+ROOT/train/Annotations/<vid>/<frame>.png             palette PNGs, pixel value = object id
+ROOT/train/meta.json                                 {"videos": {vid: {"objects": {oid: {"category", "frames"}}}}}
+ROOT/meta_expressions/{train,valid,test}/meta_expressions.json
+    {"videos": {vid: {"expressions": {"0": {"exp": ..., "obj_id": "1"}, ...}, "frames": [...]}}}
+    (valid and test have no obj_id: their masks are private)
+
+The competition's valid split is the videos of the valid file minus those of the test file. A root that
+holds only some splits (train alone, as people often unpack it) is read for what it holds.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SPLITS = ("train", "valid")
+
+
+class DatasetRootError(RuntimeError):
+    """The root holds no readable split, or a split's index file is not what the data set ships."""
+
+
+@dataclass(frozen=True)
+class Expression:
+    video_id: str
+    expression_id: str          # the key in meta_expressions.json ("0", "1", ...): the submission's folder
+    text: str
+    object_id: int | None       # None where the split's masks are private (valid, test)
+
+
+@dataclass(frozen=True)
+class Video:
+    video_id: str
+    split: str
+    frames: tuple[str, ...]                     # frame names in time order ("00000", "00005", ...)
+    expressions: tuple[Expression, ...]
+    categories: dict[int, str] = field(default_factory=dict)          # object id -> category (train)
+    object_frames: dict[int, tuple[str, ...]] = field(default_factory=dict)   # frames where it is annotated
+
+
+@dataclass(frozen=True)
+class Problem:
+    video_id: str
+    reason: str
+    expression_id: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"video_id": self.video_id, "expression_id": self.expression_id, "reason": self.reason}
+
+
+@dataclass
+class ReferYouTubeVOSRaw:
+    root: Path
+    videos: dict[str, Video]                   # every video of the splits present
+    splits: tuple[str, ...]                    # the splits this root holds
+    competition_valid: frozenset[str] = frozenset()   # valid videos that are not in the test file
+    problems: list[Problem] = field(default_factory=list)
+
+    def frame_path(self, video: Video, frame: str) -> Path:
+        return self.root / video.split / "JPEGImages" / video.video_id / f"{frame}.jpg"
+
+    def mask_path(self, video: Video, frame: str) -> Path:
+        return self.root / video.split / "Annotations" / video.video_id / f"{frame}.png"
+
+
+def meta_expressions_path(root: Path, split: str) -> Path:
+    return Path(root) / "meta_expressions" / split / "meta_expressions.json"
+
+
+def _load(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DatasetRootError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(data, dict) or not isinstance(data.get("videos"), dict):
+        raise DatasetRootError(f"{path}: expected {{\"videos\": {{...}}}}")
+    return data["videos"]
+
+
+def read_meta_expressions(path: Path, split: str, problems: list[Problem]) -> dict[str, tuple[tuple[str, ...],
+                                                                                              tuple[Expression, ...]]]:
+    """{video_id: (frames, expressions)} of one meta_expressions.json; bad entries become problems."""
+    out = {}
+    for vid, entry in _load(path).items():
+        frames = tuple(str(f) for f in entry.get("frames", []))
+        if not frames:
+            problems.append(Problem(vid, f"{split}: no frames listed in meta_expressions.json"))
+            continue
+        expressions = []
+        for eid, e in sorted(entry.get("expressions", {}).items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else kv[0]):
+            text = (e.get("exp") or "").strip()
+            if not text:
+                problems.append(Problem(vid, "empty expression", eid))
+                continue
+            oid = e.get("obj_id")
+            try:
+                object_id = int(oid) if oid is not None else None
+            except ValueError:
+                problems.append(Problem(vid, f"malformed obj_id {oid!r}", eid))
+                continue
+            expressions.append(Expression(vid, eid, text, object_id))
+        out[vid] = (frames, tuple(expressions))
+    return out
+
+
+def read_refer_youtube_vos(root: Path) -> ReferYouTubeVOSRaw:
+    """Read the index files of every split the root holds; raise DatasetRootError if it holds none."""
+    root = Path(root)
+    problems: list[Problem] = []
+    videos: dict[str, Video] = {}
+    present = [s for s in SPLITS if meta_expressions_path(root, s).is_file()]
+    if not present:
+        raise DatasetRootError(f"{root} is not a Refer-YouTube-VOS root: no meta_expressions/"
+                               f"{{{','.join(SPLITS)}}}/meta_expressions.json")
+    for split in present:
+        meta = {}
+        if split == "train":
+            meta_path = root / "train" / "meta.json"
+            if not meta_path.is_file():
+                raise DatasetRootError(f"{root}: train/meta.json is missing (object categories and frames)")
+            meta = _load(meta_path)
+        for vid, (frames, expressions) in read_meta_expressions(meta_expressions_path(root, split), split,
+                                                                problems).items():
+            objects = meta.get(vid, {}).get("objects", {}) if split == "train" else {}
+            categories = {int(k): str(v.get("category", "")) for k, v in objects.items()}
+            object_frames = {int(k): tuple(str(f) for f in v.get("frames", [])) for k, v in objects.items()}
+            kept = []
+            for e in expressions:
+                if split == "train" and (e.object_id is None or e.object_id not in categories):
+                    problems.append(Problem(vid, f"obj_id {e.object_id!r} not in train/meta.json", e.expression_id))
+                    continue
+                kept.append(e)
+            videos[vid] = Video(vid, split, frames, tuple(kept), categories, object_frames)
+    competition = frozenset()
+    if "valid" in present:
+        valid = {v for v, video in videos.items() if video.split == "valid"}
+        test_path = meta_expressions_path(root, "test")
+        competition = frozenset(valid - set(_load(test_path)) if test_path.is_file() else valid)
+    return ReferYouTubeVOSRaw(root, videos, tuple(present), competition, problems)
