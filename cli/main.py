@@ -29,13 +29,23 @@ def synth(
     height: Annotated[int, typer.Option(min=32, help="Frame height of the clips.")] = 128,
     width: Annotated[int, typer.Option(min=32, help="Frame width of the clips.")] = 176,
     frames: Annotated[int, typer.Option(min=8, help="Frames per clip.")] = 24,
-    annotated: Annotated[int, typer.Option(min=1, help="Annotated frames per video.")] = 3,
+    annotated: Annotated[int, typer.Option(min=1, help="Annotated frames per video (a2d).")] = 3,
+    layout: Annotated[str, typer.Option(help="On-disk layout: a2d, refer-youtube-vos (every 5th frame released, "
+                                              "masks for train) or refer-davis (the four expression sets).")] = "a2d",
 ) -> None:
-    """Write a small synthetic RVOS data set in the A2D-Sentences on-disk layout."""
+    """Write a small synthetic RVOS data set in a real data set's on-disk layout (A2D-Sentences by default)."""
     from pipeline.synth import write_synthetic_a2d
+    from pipeline.synth_layouts import write_synthetic_refer_davis, write_synthetic_refer_youtube_vos
 
-    summary = write_synthetic_a2d(out, videos=videos, seed=seed, height=height, width=width, frames=frames,
-                                  annotated_per_video=annotated)
+    writers = {"a2d": lambda: write_synthetic_a2d(out, videos=videos, seed=seed, height=height, width=width,
+                                                  frames=frames, annotated_per_video=annotated),
+               "refer-youtube-vos": lambda: write_synthetic_refer_youtube_vos(out, videos=videos, seed=seed,
+                                                                              height=height, width=width, frames=frames),
+               "refer-davis": lambda: write_synthetic_refer_davis(out, videos=videos, seed=seed, height=height,
+                                                                  width=width, frames=frames)}
+    if layout not in writers:
+        fail(f"--layout must be one of {', '.join(writers)}", 2)
+    summary = writers[layout]()
     typer.echo(json.dumps(summary, indent=1))
 
 

@@ -86,3 +86,58 @@ def test_refer_davis_reads_the_four_sets_with_their_encodings_and_known_name_mis
     (texts / "Davis17_annot2.txt").unlink()
     with pytest.raises(refer_davis.DatasetRootError, match="Davis17_annot2.txt"):
         refer_davis.read_refer_davis(tmp_path)
+
+
+def test_synthetic_refer_youtube_vos_layout_reads_back(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.synth_layouts import write_synthetic_refer_youtube_vos
+
+    summary = write_synthetic_refer_youtube_vos(tmp_path, videos=3, seed=1, height=64, width=88, frames=20,
+                                                progress=False)
+    raw = ryv.read_refer_youtube_vos(tmp_path)
+    assert raw.splits == ("train", "valid") and not raw.problems
+    train = [v for v in raw.videos.values() if v.split == "train"]
+    valid = [v for v in raw.videos.values() if v.split == "valid"]
+    assert (len(train), len(valid)) == (2, 1) and raw.competition_valid == {valid[0].video_id}
+    assert summary["expressions"] == sum(len(v.expressions) for v in raw.videos.values())
+    for video in train:
+        assert video.frames == ("00000", "00005", "00010", "00015")      # every 5th frame released
+        for e in video.expressions:
+            assert e.object_id in video.categories
+        for oid, names in video.object_frames.items():                     # meta.json agrees with the PNGs
+            for name in video.frames:
+                mask = np.asarray(Image.open(raw.mask_path(video, name)))
+                assert (oid in np.unique(mask)) == (name in names)
+        assert Image.open(raw.frame_path(video, video.frames[0])).size == (88, 64)
+    assert all(e.object_id is None for e in valid[0].expressions)
+    assert not (tmp_path / "valid" / "Annotations").exists()
+
+
+def test_synthetic_refer_davis_layout_reads_back(tmp_path):
+    from pipeline.synth_layouts import write_synthetic_refer_davis
+
+    write_synthetic_refer_davis(tmp_path, videos=2, seed=2, height=64, width=88, frames=10, progress=False)
+    raw = refer_davis.read_refer_davis(tmp_path)
+    assert len(raw.sequences) == 1 and not raw.problems
+    sequence = raw.sequences[0]
+    counts = {name: len(raw.of_set(name)) for name in refer_davis.EXPRESSION_SETS}
+    assert len(set(counts.values())) == 1 and counts["annot1"] >= 2
+    assert len(list(raw.frames_dir(sequence).glob("*.jpg"))) == 10
+    assert len(list(raw.masks_dir(sequence).glob("*.png"))) == 10
+
+
+def test_losh_synth_writes_each_layout(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    runner = CliRunner()
+    for layout in ("refer-youtube-vos", "refer-davis"):
+        result = runner.invoke(app, ["synth", str(tmp_path / layout), "--layout", layout, "--videos", "3",
+                                     "--height", "64", "--width", "88", "--frames", "12"])
+        assert result.exit_code == 0, result.output
+    assert ryv.read_refer_youtube_vos(tmp_path / "refer-youtube-vos").videos
+    assert refer_davis.read_refer_davis(tmp_path / "refer-davis").expressions
+    assert runner.invoke(app, ["synth", str(tmp_path / "x"), "--layout", "kinetics"]).exit_code == 2
