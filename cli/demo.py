@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
              "--settings", str(settings_file), *resume])
         run(["evaluate", "--data", str(prep), "--checkpoint", str(run_dir / "checkpoints" / "last.pt"),
              "--out", str(out / "metrics.json"), "--save-predictions", str(out / "predictions"),
-             "--visualize", "8", "--visualize-dir", str(out / "pictures"), "--baselines"])
+             "--visualize", "8", "--visualize-dir", str(out / "pictures"), "--baselines",
+             "--inference-short-pathway", "encoder"])   # the default, said: a run of an older demo may hold "none"
         # the other reading of the paper's inference (3.8): the long pathway alone, without the short text
         run(["evaluate", "--data", str(prep), "--checkpoint", str(run_dir / "checkpoints" / "last.pt"),
              "--out", str(out / "metrics-long-only.json"), "--inference-short-pathway", "none"])
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
           f"mAP {100 * metrics['map']:.1f}%. Metrics: {out / 'metrics.json'}; pictures: {out / 'pictures'}; "
           f"predicted masks: {out / 'predictions'}; run: {run_dir}")
     long_only = json.loads((out / "metrics-long-only.json").read_text())
-    print(f"Inference with the tagger's short text through the encoder (the config's, above): mean IoU "
+    print(f"Inference with the tagger's short text through the encoder (above): mean IoU "
           f"{100 * metrics['mean_iou']:.1f}%; with the long pathway alone: {100 * long_only['mean_iou']:.1f}% "
           f"({out / 'metrics-long-only.json'}).")
     b = metrics.get("baselines", {})
