@@ -119,12 +119,11 @@ def evaluate_model(model: torch.nn.Module, data: Path, *, split: str = "test", s
         padded = tuple(frames.shape[-2:])
         padding = padding_mask_of(batch["valid_size"], padded, dev)
         annotated = int(batch["annotated_index"][0])
+        shorts = ([inference_shorts[s] for s in batch["sample_id"]] if inference_shorts is not None
+                  else batch["short_text"])
         with autocast_for(dev, amp):
-            shorts = ([inference_shorts[s] for s in batch["sample_id"]] if inference_shorts is not None
-                      else batch["short_text"])
             result = model.infer(frames, batch["long_text"], shorts, annotated_index=annotated,
-                                 padding_mask=padding,
-                                 upsample=False, clip_index=batch["clip_index"])
+                                 padding_mask=padding, upsample=False, clip_index=batch["clip_index"])
         position = result["frame_indices"].index(annotated)
         for b, sample_id in enumerate(batch["sample_id"]):
             record = records[sample_id]

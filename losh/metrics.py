@@ -262,7 +262,8 @@ def evaluate_frames(frames: Sequence[FramePrediction], bound_th: float = 0.008) 
 def format_table(metrics: dict[str, float]) -> str:
     """Two-column text table; fractions are printed as percentages, ``num_images`` as a count."""
     extras = sorted(k for k, v in metrics.items() if k not in METRIC_KEYS and isinstance(v, (int, float)))
-    names = [k for k in METRIC_KEYS if k in metrics] + extras   # e.g. map_single_mask of a predictions folder  # labels such as "split" are not table rows
+    # extras such as map_single_mask (a predictions folder); labels such as "split" are not table rows
+    names = [k for k in METRIC_KEYS if k in metrics] + extras
     rows = []
     for name in names:
         value = metrics[name]

@@ -127,10 +127,12 @@ def offset_targets(window: list[int], frame: int, offsets: tuple[int, ...]) -> t
     return tuple(targets), tuple(valid)
 
 
-def build_flow_jobs(prep: Path, params: FlowParams, splits: tuple[str, ...] = SPLITS) -> tuple[list[FlowJob], dict]:
-    """One job per video of PREP, covering every annotated frame among its records of `splits`."""
+def build_flow_jobs(prep: Path, params: FlowParams, splits: tuple[str, ...] = SPLITS,
+                    manifest: dict | None = None) -> tuple[list[FlowJob], dict]:
+    """One job per video of PREP, covering every annotated frame among its records of `splits`
+    (`manifest`: PREP's, when the caller has already read it)."""
     prep = Path(prep).resolve()
-    manifest = load_manifest(prep)
+    manifest = manifest if manifest is not None else load_manifest(prep)
     records = [r for r in load_records(prep, manifest) if r.split in splits]
     per_video: dict[str, dict[int, tuple[tuple[int, ...], tuple[bool, ...]]]] = {}
     anchor_of: dict[tuple[str, int], int] = {}
@@ -354,7 +356,7 @@ def compute_flows(prep: Path, params: FlowParams = FlowParams(), *, split: str =
     asked = parse_split(split)
     manifest = load_manifest(prep)
     splits = tuple(s for s in SPLITS if s in set(asked) | set(previous_splits(prep, params, manifest)))
-    jobs, manifest = build_flow_jobs(prep, params, splits)
+    jobs, _ = build_flow_jobs(prep, params, splits, manifest)
     if not jobs:
         raise SchemaError(f"{prep} has no {'+'.join(splits)} sample: no flows to compute")
     out_dir = flows_dir(prep)
