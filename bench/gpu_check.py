@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from bench import gpu_parts
-from bench.gpu_parts import PROBE_TAG, ROOT, Plan
+from bench.gpu_parts import PROBE_OUT_ENV, ROOT, Plan
 
 SCHEMA = "losh.gpu_check"
 PARTS = ("cuda_tests", "step_time", "step_time_compiled", "torchrun", "loader")
@@ -260,7 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-distributed", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.probe_distributed:
-        print(PROBE_TAG + json.dumps(gpu_parts.probe_distributed()), flush=True)
+        result = gpu_parts.probe_distributed()
+        if os.environ.get("RANK", "0") == "0":
+            write_json(Path(os.environ[PROBE_OUT_ENV]), result)
         return 0
     if args.child:
         return child_main(args.child, args.plan, args.result, args.seconds)

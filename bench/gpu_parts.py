@@ -23,7 +23,7 @@ import torch
 from bench.train_step import BATCH, NO_DOWNLOAD, Timed
 
 ROOT = Path(__file__).resolve().parents[1]
-PROBE_TAG = "GPU_CHECK_PROBE "
+PROBE_OUT_ENV = "GPU_CHECK_PROBE_OUT"   # where the distributed probe writes its JSON result
 # the tensor-only parts of the model; the glue (tokenizer, pathway slicing) and the loss stay eager
 COMPILED_PARTS = ("backbone", "text_encoder.model", "encoder", "decoder", "spatial_decoder")
 PAPER_MS = {"train": (153, 141), "infer": (80, 79)}   # LoSh-M, MTTR (the paper's table 4)
@@ -199,9 +199,9 @@ def torchrun(plan: Plan, deadline: float) -> dict:
     cuda = torch.cuda.is_available()
     backend = "nccl" if cuda else "gloo"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1"]
-    # the c10d logs name the backend of every DDP the trainer builds ("backend_name: nccl")
+    # NCCL prints its version when it initialises; the trainer prints the process group it joined
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-           "TORCH_CPP_LOG_LEVEL": "INFO", "TORCH_DISTRIBUTED_DEBUG": "INFO", "NCCL_DEBUG": "VERSION"}
+           "NCCL_DEBUG": "VERSION"}
     out: dict = {"backend": backend}
     with tempfile.TemporaryDirectory(prefix="gpu_check_torchrun_") as tmp:
         tmp = Path(tmp)
@@ -228,14 +228,18 @@ def torchrun(plan: Plan, deadline: float) -> dict:
         }
         if not out["train"]["finished"]:
             out["train"]["log_tail"] = log[-3000:]
-    start = time.perf_counter()
-    code, log = _run_with_timeout(launcher + ["-m", "bench.gpu_check", "--probe-distributed"], env,
-                                  deadline - time.monotonic() - 5)
-    out["probe_s"] = round(time.perf_counter() - start, 2)
-    found = [line[len(PROBE_TAG):] for line in log.splitlines() if line.startswith(PROBE_TAG)]
-    out["probe"] = {"exit_code": code, **(json.loads(found[-1]) if found else {"log_tail": log[-3000:]})}
+        start = time.perf_counter()
+        # the probe writes its result to a file: on the shared output pipe, other processes' log lines
+        # could run into a printed result
+        result = tmp / "probe.json"
+        code, log = _run_with_timeout(launcher + ["-m", "bench.gpu_check", "--probe-distributed"],
+                                      {**env, PROBE_OUT_ENV: str(result)}, deadline - time.monotonic() - 5)
+        out["probe_s"] = round(time.perf_counter() - start, 2)
+        out["probe"] = {"exit_code": code,
+                        **(json.loads(result.read_text()) if result.is_file() else {"log_tail": log[-3000:]})}
     if not out["train"]["finished"]:
-        raise RuntimeError(f"torchrun train did not finish (exit code {code}): {out['train'].get('log_tail', '')[-800:]}")
+        raise RuntimeError(f"torchrun train did not finish (exit code {out['train']['exit_code']}): "
+                           f"{out['train'].get('log_tail', '')[-800:]}")
     if not out["probe"].get("ok"):
         raise RuntimeError(f"distributed probe failed: {out['probe']}")
     return out
