@@ -29,8 +29,9 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from losh.data import RVOSDataset, collate
-from pipeline.flows import FLOWS_DIR, INDEX_FILE, compute_flows
-from pipeline.open_files import DEFAULT_MAX_OPEN, MAX_OPEN_ENV
+from pipeline.flows import compute_flows
+from schemas.flows import FLOWS_DIR, INDEX_FILE
+from schemas.open_files import DEFAULT_MAX_OPEN, MAX_OPEN_ENV
 from pipeline.prepare import PrepareSettings, prepare_a2d
 from pipeline.synth import write_synthetic_a2d
 from schemas.prepared import read_json

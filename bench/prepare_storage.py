@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 
 from pipeline.prepare import PrepareSettings, prepare_a2d
-from pipeline.shards import PreparedDataset
+from schemas.prepared_reader import PreparedDataset
 from pipeline.synth import write_synthetic_a2d
 
 

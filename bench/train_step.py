@@ -26,7 +26,8 @@ import torch
 from losh.criterion import build_criterion
 from losh.data import Augment, RVOSDataset, collate
 from losh.losh import build_model, param_groups
-from losh.train import autocast_for, forward_and_loss, to_device
+from losh.device import autocast_for, to_device
+from losh.train import forward_and_loss
 from schemas.config import get_config, with_overrides
 
 BATCH = 3

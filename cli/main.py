@@ -141,7 +141,7 @@ def prepare_data(
 
 
 def torch_load_config(checkpoint: Path) -> dict:
-    from losh.train import load_checkpoint
+    from losh.checkpoint import load_checkpoint
     return load_checkpoint(checkpoint)["model_config"]
 
 
@@ -177,7 +177,7 @@ def compute_flows(
     """Farneback flows of the annotated frames of a split into HDF5 shards, in parallel with Dask."""
     from pipeline.flow_verify import verify_flows
     from pipeline.flows import SPLIT_CHOICES, FlowComputeError, compute_flows as run_compute_flows
-    from pipeline.shards import PreparedDataMissing
+    from schemas.prepared_reader import PreparedDataMissing
     from schemas.flows import FarnebackParams, FlowParams
     from schemas.prepared import SchemaError
 
@@ -256,7 +256,7 @@ def train(
 
     from losh.errors import AssetMissing
     from losh.train import NonFiniteLoss, RunExists, run_settings, train as run_training
-    from pipeline.shards import PreparedDataMissing
+    from schemas.prepared_reader import PreparedDataMissing
     from schemas.config import ConfigError, resolve_config
     from schemas.prepared import SchemaError
     from schemas.train import TrainConfigError, TrainSettings
@@ -329,7 +329,7 @@ def evaluate(
     """Metrics of a checkpoint (or of a predictions folder) on a split; JSON out; optional pictures."""
     from losh.errors import AssetMissing
     from losh.metrics import METRIC_KEYS, format_table
-    from pipeline.shards import PreparedDataMissing
+    from schemas.prepared_reader import PreparedDataMissing
     from schemas.prepared import SchemaError
 
     if (checkpoint is None) == (predictions is None):

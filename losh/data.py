@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from pipeline.flow_field import hflip_flows
-from pipeline.shards import PreparedDataset
+from schemas.prepared_reader import PreparedDataset
+from schemas.flow_units import rescale_vectors
 from schemas.prepared import SampleRecord
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -64,7 +65,7 @@ class RVOSDataset(Dataset):
             self.data.records = [self.data.records[i] for i in sorted(set(keep.tolist()))]
         self.flows = None
         if with_flows:
-            from pipeline.flow_reader import FlowReader
+            from schemas.flow_reader import FlowReader
             self.flows = FlowReader(prep)
         self.augment = augment
         self.seed = seed
@@ -92,8 +93,7 @@ class RVOSDataset(Dataset):
         flows = valid = None
         if self.flows is not None:
             flows, valid = self.flows.read(first.record.video_id, first.record.frame)  # (4, 2, gh, gw) grid px
-            h, w = frames.shape[1:3]                              # -> pixels of the stored frames
-            flows = flows * np.array([w / flows.shape[-1], h / flows.shape[-2]], np.float32).reshape(1, 2, 1, 1)
+            flows = rescale_vectors(flows, flows.shape[-2:], frames.shape[1:3])   # -> pixels of the stored frames
         # per-item randomness from (seed, epoch, index): reproducible and worker-count independent
         rng = random.Random((self.seed * 1_000_003 + self.epoch) * 10_000_019 + key)
         flipped = False
@@ -129,7 +129,7 @@ class RVOSDataset(Dataset):
         masks = F.interpolate(masks[None].float(), size=size, mode="nearest")[0].bool()
         if flows is not None:
             # vectors are in frame pixels: they scale with the frame (the grid itself is resampled by the loss)
-            flows = flows * np.array([size[1] / w, size[0] / h], np.float32).reshape(1, 2, 1, 1)
+            flows = rescale_vectors(flows, (h, w), size)
         return frames, masks, flows
 
 

@@ -12,13 +12,14 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from losh.checkpoint import load_checkpoint
 from losh.data import ClipDataset, RVOSDataset, collate_clips, normalise_frames
+from losh.device import Dist, autocast_for, padding_mask_of, select_device, to_device
 from losh.ground_truth import GroundTruth
 from losh.losh import build_model
 from losh.metrics import MetricAccumulator, mask_iou
 from losh.predictions import mask_path, write_mask, write_scores
 from losh.size_batches import size_grouped_batches
-from losh.train import Dist, autocast_for, load_checkpoint, padding_mask_of, select_device, to_device
 from losh.visualize import comparison_picture, save_picture
 from schemas.config import ModelConfig, with_overrides
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.shards import PreparedDataset
+from schemas.prepared_reader import PreparedDataset
 from schemas.prepared import SampleRecord, SchemaError
 
 RESOLUTIONS = ("original", "prepared")

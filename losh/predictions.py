@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from losh.ground_truth import GroundTruth
 from losh.metrics import MetricAccumulator
-from pipeline.shards import PreparedDataset
+from schemas.prepared_reader import PreparedDataset
 from schemas.prepared import SampleRecord, SchemaError, check_version
 
 PREDICTIONS_SCHEMA = "losh.predictions"

@@ -7,12 +7,8 @@ decoding or optical flow.
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,16 +18,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from losh.checkpoint import CHECKPOINT_SCHEMA, CHECKPOINT_VERSION, atomic_copy, atomic_save, load_checkpoint
 from losh.criterion import build_criterion
+from losh.device import autocast_for, padding_mask_of, select_device, seed_everything, setup_distributed, \
+    to_device
 from losh.data import Augment, ClipDataset, RVOSDataset, collate, collate_clips, normalise_frames
 from losh.ema import WeightAverage
 from losh.errors import NonFiniteOutputs
 from losh.losh import build_model, param_groups
 from schemas.config import ModelConfig
 from schemas.train import SAFE_TO_CHANGE_ON_RESUME, TrainSettings
-
-CHECKPOINT_SCHEMA = "losh.checkpoint"
-CHECKPOINT_VERSION = 1
 
 
 class NonFiniteLoss(RuntimeError):
@@ -50,72 +46,6 @@ def run_settings(out: Path) -> TrainSettings:
     """The settings a run in `out` was trained with (from its last checkpoint): the base that --resume
     starts from, so that only the options given on the command line change."""
     return TrainSettings.from_dict(load_checkpoint(Path(out) / "checkpoints" / "last.pt")["train_settings"])
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed() -> Dist:
-    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK (then the process group is joined, also for one process,
-    so a one-GPU torchrun exercises NCCL as a multi-GPU one does); a plain process runs alone."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if "RANK" not in os.environ:
-        return Dist()
-    if dist.is_initialized():
-        return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local)
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return Dist(rank, world, local)
-
-
-def select_device(d: Dist, device: str | None = None) -> torch.device:
-    if device:
-        return torch.device(device)
-    return torch.device(f"cuda:{d.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def autocast_for(device: torch.device, amp: str):
-    """bf16 autocast on CUDA (no loss scaling needed), fp16 with a GradScaler, float32 on the CPU."""
-    if device.type != "cuda" or amp == "off":
-        return nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
-def padding_mask_of(valid_size: torch.Tensor, size: tuple[int, int], device: torch.device) -> torch.Tensor:
-    """(B, H, W) True on the bottom/right padding that `collate` added."""
-    h = torch.arange(size[0], device=device)[None, :, None]
-    w = torch.arange(size[1], device=device)[None, None, :]
-    vs = valid_size.to(device)
-    return (h >= vs[:, 0, None, None]) | (w >= vs[:, 1, None, None])
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    non_blocking = device.type == "cuda"
-    out = {}
-    for k, v in batch.items():
-        if isinstance(v, torch.Tensor):
-            out[k] = v.to(device, non_blocking=non_blocking)
-        elif isinstance(v, list) and v and isinstance(v[0], torch.Tensor):
-            out[k] = [t.to(device, non_blocking=non_blocking) for t in v]
-        else:
-            out[k] = v
-    return out
 
 
 def forward_and_loss(model, criterion, batch: dict, device: torch.device, amp: str) -> dict[str, torch.Tensor]:
@@ -142,7 +72,7 @@ def main_lr(optimizer: torch.optim.Optimizer) -> float:
 
 
 def dataset_manifest(data: Path) -> dict:
-    from pipeline.shards import load_manifest
+    from schemas.prepared_reader import load_manifest
     return load_manifest(Path(data))
 
 
@@ -160,31 +90,9 @@ def check_data_matches_config(manifest: dict, config: ModelConfig) -> None:
                          f"with --short-text {config.short_text_source}")
 
 
-def atomic_save(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def non_finite_loss(what: str, terms: dict[str, float], ckpt_path: Path) -> NonFiniteLoss:
     return NonFiniteLoss(f"{what}: {terms}; the last good checkpoint is "
                          f"{ckpt_path if ckpt_path.exists() else 'not written yet'}")
-
-
-def atomic_copy(source: Path, target: Path) -> None:
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
-
-
-def load_checkpoint(path: Path, map_location="cpu") -> dict:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    if ckpt.get("schema") != CHECKPOINT_SCHEMA or ckpt.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: not a {CHECKPOINT_SCHEMA} v{CHECKPOINT_VERSION} checkpoint")
-    return ckpt
 
 
 def train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, *, resume: bool = False,

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from schemas.flow_units import rescale_vectors
+
 
 def resize_flow(flow: Tensor, size: tuple[int, int], frame_size: tuple[int, int] | None = None) -> Tensor:
     """Flow (N, 2, hf, wf) resampled to `size` (h, w), vectors converted to pixels of that grid.
@@ -28,8 +30,7 @@ def resize_flow(flow: Tensor, size: tuple[int, int], frame_size: tuple[int, int]
     if (hf, wf) != (h, w):
         mode = "area" if hf >= h and wf >= w else "bilinear"
         flow = F.interpolate(flow, size=(h, w), mode=mode, **({} if mode == "area" else {"align_corners": False}))
-    scale = flow.new_tensor([w / frame_w, h / frame_h]).view(1, 2, 1, 1)
-    return flow * scale
+    return rescale_vectors(flow, (frame_h, frame_w), (h, w))
 
 
 def warp_by_flow(source: Tensor, flow: Tensor, source_valid: Tensor | None = None) -> tuple[Tensor, Tensor]:

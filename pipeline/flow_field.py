@@ -8,6 +8,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from schemas.flow_units import vector_scale
 from schemas.flows import FarnebackParams, FlowParams
 
 
@@ -29,8 +30,9 @@ def to_grid(flow: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     gh, gw = grid
     if (gh, gw) != (h, w):
         flow = cv2.resize(flow, (gw, gh), interpolation=cv2.INTER_AREA)
-        flow[..., 0] *= gw / w    # a displacement of w frame pixels spans gw grid pixels
-        flow[..., 1] *= gh / h
+        sx, sy = vector_scale((h, w), (gh, gw))
+        flow[..., 0] *= sx
+        flow[..., 1] *= sy
     return np.ascontiguousarray(flow.transpose(2, 0, 1), dtype=np.float32)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipeline.flow_reader import load_index
+from schemas.flow_reader import load_index
 from pipeline.flows import FlowJob, build_flow_jobs, frame_flows, index_splits, read_gray_frames
 from schemas.flows import FlowParams, check_shard_attrs
 from schemas.prepared import SchemaError

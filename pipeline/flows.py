@@ -32,14 +32,13 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.flow_field import encode, farneback, gray_from_bgr, to_grid
-from pipeline.frame_codec import decode_frame
-from pipeline.shards import load_manifest, load_records
-from schemas.flows import FLOWS_SCHEMA, FLOWS_VERSION, UNITS, FlowParams, parse_compression
+from schemas.frame_codec import decode_frame
+from schemas.prepared_reader import load_manifest, load_records
+from schemas.flows import FLOWS_DIR, FLOWS_SCHEMA, FLOWS_VERSION, INDEX_FILE, UNITS, FlowParams, flows_dir, index_splits, \
+    parse_compression
 from schemas.prepared import SPLITS, SchemaError, read_json
 
-INDEX_FILE = "index.json"
 SPLIT_CHOICES = (*SPLITS, "all")
-FLOWS_DIR = "flows"
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3   # glibc mallopt parameters
 
 
@@ -82,9 +81,6 @@ class FlowRun:
     task_seconds: dict[str, dict] = field(default_factory=dict)   # per computed video: decode, flows, write, wall, cpu
 
 
-def flows_dir(prep: Path) -> Path:
-    return Path(prep) / FLOWS_DIR
-
 
 def parse_split(split: str) -> tuple[str, ...]:
     """The splits of a --split value: train, test or all."""
@@ -92,13 +88,6 @@ def parse_split(split: str) -> tuple[str, ...]:
         raise ValueError(f"split must be one of {', '.join(SPLIT_CHOICES)}, got {split!r}")
     return SPLITS if split == "all" else (split,)
 
-
-def index_splits(index: dict) -> tuple[str, ...]:
-    """The splits whose annotated frames a flows/index.json covers (an index without `splits`: all)."""
-    splits = index.get("splits", list(SPLITS))
-    if not isinstance(splits, list) or not splits or not set(splits) <= set(SPLITS):
-        raise SchemaError(f"flows/index.json: `splits` must be a non-empty list of {SPLITS}, got {splits!r}")
-    return tuple(s for s in SPLITS if s in splits)
 
 
 def offset_targets(window: list[int], frame: int, offsets: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[bool, ...]]:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from pipeline.a2d import A2DRaw, CorruptMaskFile, DatasetRootError, Problem, list_annotated_frames, read_a2d, \
     read_frame_annotation
-from pipeline.frame_codec import encode_frame
+from schemas.frame_codec import encode_frame
 from pipeline.masks import group_by_short, merge_masks
 from pipeline.video import DECODERS, VideoUnreadable, decode_frames, resize_frame, resize_masks, target_size, \
     window_indices

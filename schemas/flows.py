@@ -23,16 +23,19 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from schemas.prepared import SchemaError, check_version
+from schemas.prepared import SPLITS, SchemaError, check_version
 
 FLOWS_SCHEMA = "losh.flows"
 FLOWS_VERSION = 1
 DTYPES = ("float16", "float32")
 UNITS = "pixels of the stored grid"
+INDEX_FILE = "index.json"
+FLOWS_DIR = "flows"
 INDEX_FIELDS = {"schema": str, "version": int, "created": str, "params": dict, "params_hash": str,
                 "prep_settings_hash": str, "videos": list, "counts": dict}
 SHARD_ATTRS = ("schema", "version", "video_id", "params", "params_hash", "inputs_hash", "prep_shard_hash",
@@ -167,3 +170,15 @@ def check_shard_attrs(attrs: dict, index: dict, where: str) -> None:
     if attrs["params_hash"] != index["params_hash"]:
         raise SchemaError(f"{where}: computed with other parameters (hash {attrs['params_hash']}) than "
                           f"flows/index.json says ({index['params_hash']}); re-run `losh compute-flows`")
+
+
+def flows_dir(prep: Path) -> Path:
+    return Path(prep) / FLOWS_DIR
+
+
+def index_splits(index: dict) -> tuple[str, ...]:
+    """The splits whose annotated frames a flows/index.json covers (an index without `splits`: all)."""
+    splits = index.get("splits", list(SPLITS))
+    if not isinstance(splits, list) or not splits or not set(splits) <= set(SPLITS):
+        raise SchemaError(f"flows/index.json: `splits` must be a non-empty list of {SPLITS}, got {splits!r}")
+    return tuple(s for s in SPLITS if s in splits)

@@ -15,7 +15,7 @@ from av.video.frame import PictureType
 
 from pipeline.flows import build_flow_jobs, compute_flows, offset_targets
 from pipeline.prepare import PrepareSettings, prepare_a2d
-from pipeline.shards import PreparedDataset
+from schemas.prepared_reader import PreparedDataset
 from pipeline.video import count_frames, decode_frames, window_indices
 from schemas.flows import FlowParams
 

@@ -5,7 +5,8 @@ import torch
 from losh.data import Augment, ClipDataset, RVOSDataset, collate, collate_clips
 from losh.criterion import build_criterion
 from losh.losh import build_model
-from losh.train import forward_and_loss, load_checkpoint, train
+from losh.checkpoint import load_checkpoint
+from losh.train import forward_and_loss, train
 from schemas.config import get_config
 from schemas.train import TrainConfigError, TrainSettings
 

@@ -10,7 +10,9 @@ from bench.train_step import NO_DOWNLOAD
 from losh.criterion import build_criterion
 from losh.data import RVOSDataset, collate
 from losh.losh import build_model
-from losh.train import forward_and_loss, load_checkpoint, to_device, train
+from losh.checkpoint import load_checkpoint
+from losh.device import to_device
+from losh.train import forward_and_loss, train
 from schemas.config import get_config, with_overrides
 from schemas.train import TrainSettings
 

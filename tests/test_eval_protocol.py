@@ -16,7 +16,7 @@ from losh.size_batches import size_grouped_batches
 from losh.train import train
 from pipeline.a2d import read_frame_annotation
 from pipeline.prepare import PrepareSettings, prepare_a2d
-from pipeline.shards import PreparedDataset
+from schemas.prepared_reader import PreparedDataset
 from pipeline.synth import write_synthetic_a2d
 from schemas.config import get_config
 from schemas.train import TrainSettings

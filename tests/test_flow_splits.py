@@ -7,10 +7,10 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from pipeline.flow_reader import FlowReader, FlowsMissing
+from schemas.flow_reader import FlowReader, FlowsMissing
 from pipeline.flow_verify import verify_flows
 from pipeline.flows import compute_flows
-from pipeline.shards import PreparedDataset
+from schemas.prepared_reader import PreparedDataset
 from schemas.flows import FlowParams
 
 

@@ -18,11 +18,11 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from pipeline.flow_field import farneback, gray_from_bgr, hflip_flows, to_grid
-from pipeline.flow_reader import FlowReader, FlowsMissing
+from schemas.flow_reader import FlowReader, FlowsMissing
 from pipeline.flow_verify import verify_flows
 from pipeline.flows import compute_flows
 from pipeline.prepare import PrepareSettings, prepare_a2d
-from pipeline.shards import PreparedDataset
+from schemas.prepared_reader import PreparedDataset
 from schemas.flows import FlowParams
 from schemas.prepared import SchemaError
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from bench.loader_scale import scale_prep
-from pipeline.flow_reader import FlowReader
-from pipeline.open_files import MAX_OPEN_ENV, OpenFiles
-from pipeline.shards import PreparedDataset
+from schemas.flow_reader import FlowReader
+from schemas.open_files import MAX_OPEN_ENV, OpenFiles
+from schemas.prepared_reader import PreparedDataset
 
 SHARDS = 40
 BOUND = 5

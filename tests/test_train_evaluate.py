@@ -13,7 +13,8 @@ from cli.main import app
 from losh.data import ClipDataset, RVOSDataset
 from losh.evaluate import trivial_baselines
 from losh.metrics import METRIC_KEYS
-from losh.train import NonFiniteLoss, RunExists, load_checkpoint, train
+from losh.checkpoint import load_checkpoint
+from losh.train import NonFiniteLoss, RunExists, train
 from schemas.config import get_config
 from schemas.train import TrainSettings
 

@@ -14,7 +14,8 @@ from cli.main import app
 from losh.criterion import average_over_processes
 from losh.data import swap_left_right
 from losh.evaluate import evaluate_checkpoint
-from losh.train import SettingsChanged, load_checkpoint, train
+from losh.checkpoint import load_checkpoint
+from losh.train import SettingsChanged, train
 from schemas.config import get_config, with_overrides
 from schemas.train import TrainSettings
 

@@ -1,7 +1,7 @@
 """Reader of a prepared data set: validated manifest and records, lazily opened HDF5 shards.
 
 Shard files are opened on first use in each process (never before a DataLoader forks), at most
-`max_open_shards` at a time (pipeline/open_files.py), and reading a sample decodes only its
+`max_open_shards` at a time (schemas/open_files.py), and reading a sample decodes only its
 window's frames: no video decoding at training time.
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipeline.frame_codec import decode_frame
-from pipeline.open_files import OpenFiles
+from schemas.frame_codec import decode_frame
+from schemas.open_files import OpenFiles
 from schemas.prepared import SampleRecord, SchemaError, read_json, validate_manifest
 
 

@@ -1,7 +1,7 @@
 """Reader of the precomputed flows for the training data loader.
 
 Flow shards are opened on first use in each process (never before a DataLoader forks), at most
-`max_open_shards` at a time (pipeline/open_files.py), and checked against flows/index.json each
+`max_open_shards` at a time (schemas/open_files.py), and checked against flows/index.json each
 time they are opened; reading a sample's flows reads one HDF5 chunk.
 """
 from __future__ import annotations
@@ -11,9 +11,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipeline.flows import INDEX_FILE, flows_dir, index_splits
-from pipeline.open_files import OpenFiles
-from schemas.flows import FlowParams, check_shard_attrs, validate_index
+from schemas.open_files import OpenFiles
+from schemas.flows import INDEX_FILE, FlowParams, check_shard_attrs, flows_dir, index_splits, validate_index
 from schemas.prepared import SchemaError, read_json
 
 
@@ -73,7 +72,7 @@ class FlowReader:
     def _missing(self, video_id: str, frame: int) -> FlowsMissing:
         """Why (video_id, frame) has no flows, and the command that adds them."""
         where = flows_dir(self.root) / INDEX_FILE
-        from pipeline.shards import load_manifest, load_records   # only on this error path
+        from schemas.prepared_reader import load_manifest, load_records   # only on this error path
         split = next((r.split for r in load_records(self.root, load_manifest(self.root))
                       if r.video_id == video_id and r.frame == frame), None)
         if split is not None and split not in self.splits:
