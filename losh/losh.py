@@ -12,9 +12,10 @@ Inputs
                       given): {"pred_is_referred": (B, T', Q, 2) logits (class 0 = referred, 1 = not),
                       "pred_masks": (B, T', Q, H/4, W/4) mask logits at stride 4,
                       "aux_outputs": the same two keys for each earlier decoder layer}
-    "frame_indices"   the window positions of the T' decoded frames: [annotated_index] when
-                      transformer.decode_frames == "annotated" (MTTR on A2D), else 0..T-1
-    "annotated_index" as given; "input_size" (H, W)
+    "frame_indices"   the window positions of the T' decoded frames: the annotated and supervised ones
+                      when transformer.decode_frames == "annotated" (MTTR on A2D), else 0..T-1
+    "annotated_index" as given; "supervised" the positions with masks (default [annotated_index]);
+    "input_size" (H, W)
     "fbc_features"    (B, T, C, h, w) backbone features of every frame at loss.fbc_level (the F_v of
                       L_fbc: by default stride 16, the features projected into the transformer)
     "fbc_padding_mask" (B, h, w) bool or None
@@ -79,21 +80,25 @@ class LoSh(nn.Module):
 
     def forward(self, frames: Tensor, long_texts: Sequence[str], short_texts: Sequence[str] | None = None,
                 *, annotated_index: int, padding_mask: Tensor | None = None,
-                clip_index: Tensor | None = None) -> dict:
+                clip_index: Tensor | None = None, supervised: Sequence[int] | None = None) -> dict:
         """frames (B, T, 3, H, W), one text per clip; or, with `clip_index` (N,), N texts of which text i
         refers to clip clip_index[i] (several expressions of a clip share one backbone pass). Outputs are
-        per text; `fbc_features` (visual, text-independent) stay per clip."""
+        per text; `fbc_features` (visual, text-independent) stay per clip. `annotated_index`: the window
+        position L_fbc is anchored at; `supervised`: the positions with masks (default: the annotated one),
+        all decoded also when the config decodes only annotated frames."""
         use_short = self.config.use_short_text and short_texts is not None
         return self._run(frames, long_texts, short_texts if use_short else None, annotated_index, padding_mask,
-                         keep_fbc_features=True, clip_index=clip_index)
+                         keep_fbc_features=True, clip_index=clip_index, supervised=supervised)
 
     @torch.no_grad()
     def infer(self, frames: Tensor, long_texts: Sequence[str], short_texts: Sequence[str] | None = None, *,
-              annotated_index: int, padding_mask: Tensor | None = None, upsample: bool = True,
+              annotated_index: int | None, padding_mask: Tensor | None = None, upsample: bool = True,
               clip_index: Tensor | None = None) -> dict:
         """The long pathway's prediction (the short prediction head is off, paper 3.8). With
         `inference_short_pathway = "encoder"` the short texts still run through the multimodal encoder,
-        as the keys/values of the long pathway's cross-attention; short_texts are ignored otherwise."""
+        as the keys/values of the long pathway's cross-attention; short_texts are ignored otherwise.
+        `annotated_index` None: every frame of the window is decoded (whole-video inference), whatever
+        the config's `decode_frames`."""
         short = None
         if self.config.inference_uses_short_text:
             if short_texts is None:
@@ -117,7 +122,8 @@ class LoSh(nn.Module):
 
     def _run(self, frames: Tensor, long_texts: Sequence[str], short_texts: Sequence[str] | None,
              annotated_index: int, padding_mask: Tensor | None, keep_fbc_features: bool,
-             clip_index: Tensor | None = None, decode_short: bool = True) -> dict:
+             clip_index: Tensor | None = None, decode_short: bool = True,
+             supervised: Sequence[int] | None = None) -> dict:
         clips, t = frames.shape[:2]
         b = len(long_texts)
         if clip_index is None and b != clips:
@@ -126,8 +132,9 @@ class LoSh(nn.Module):
                                                                         int(clip_index.max()) < clips)):
             raise ValueError(f"clip_index must hold one clip of 0..{clips - 1} for each of the {b} texts, "
                              f"got {clip_index.tolist()}")
-        if not 0 <= annotated_index < t:
-            raise ValueError(f"annotated_index {annotated_index} outside the window of {t} frames")
+        wanted = ([] if annotated_index is None else [annotated_index]) + list(supervised or [])
+        if not all(0 <= i < t for i in wanted):
+            raise ValueError(f"annotated/supervised positions {wanted} outside the window of {t} frames")
         if padding_mask is None:
             padding_mask = torch.zeros((clips, *frames.shape[-2:]), dtype=torch.bool, device=frames.device)
         clip_features = self.backbone(frames)
@@ -138,7 +145,7 @@ class LoSh(nn.Module):
             clip_index = clip_index.to(frames.device)
             features = [level.index_select(0, clip_index) for level in clip_features]
             padding_mask = padding_mask.index_select(0, clip_index)
-        frame_indices = ([annotated_index] if self.config.transformer.decode_frames == "annotated"
+        frame_indices = (sorted(set(wanted)) if self.config.transformer.decode_frames == "annotated" and wanted
                          else list(range(t)))
         n_frames = len(frame_indices)
         selected = [level[:, frame_indices].flatten(0, 1) for level in features]  # (B*T', C, h, w)
@@ -176,6 +183,7 @@ class LoSh(nn.Module):
         logits = self.is_referred_head(decoded)
 
         out: dict = {"frame_indices": frame_indices, "annotated_index": annotated_index,
+                     "supervised": list(supervised) if supervised else [annotated_index],
                      "input_size": tuple(frames.shape[-2:])}
         per_pathway = b * n_frames
         for index, name in enumerate(pathways):
