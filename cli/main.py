@@ -116,7 +116,7 @@ def prepare_data(
                                                    envvar="LOSH_WORKERS")] = None,
 ) -> None:
     """Raw data set -> prepared data set: short expressions, merged masks, manifest, HDF5 shards."""
-    from pipeline.a2d import DatasetRootError
+    from pipeline.datasets.a2d import DatasetRootError
     from pipeline.prepare import PrepareSettings, prepare_a2d
     from pipeline.shorten import TaggerUnavailable
 

@@ -1,14 +1,17 @@
 """The training loss of LoSh-M (paper eq. 7) and of the MTTR baseline: matching, then each term.
 
-targets: one dict per sample, for its annotated frame, masks at the model's input resolution
-(smaller masks, of frames padded in the batch, are zero-padded bottom/right as MTTR does):
-    "instance_masks"  (N, H, W) bool/float: every annotated instance of the frame (N >= 1)
+targets: one dict per sample, for its supervised frames (outputs["supervised"]: A2D the annotated
+frame, Refer-YouTube-VOS every frame of the window), masks at the model's input resolution (smaller
+masks, of frames padded in the batch, are zero-padded bottom/right as MTTR does):
+    "instance_masks"  (A, N, H, W), or (N, H, W) for one frame: every annotated instance (N >= 1)
     "referred_index"  int: which of them the long expression refers to
-    "short_mask"      (H, W), optional: the short expression's (possibly merged) mask
+    "short_mask"      (A, H, W) or (H, W), optional: the short expression's (possibly merged) mask
                       (default: the referred instance's mask)
-    "long_mask"       (H, W), optional: replaces instance_masks[referred_index] when given
+    "long_mask"       (A, H, W) or (H, W), optional: replaces instance_masks[:, referred_index] when given
 
-Only the annotated frame is supervised (MTTR's A2D protocol), so "summed over frames" is that frame.
+As MTTR, a query's masks over the A frames are one sequence (matched, dice and focal over the whole
+sequence), its "is referred" target is "referred" in the frames where the referred instance is visible,
+and the "is referred" loss is summed over the frames and divided by the number of samples.
 Terms (unweighted), for the last decoder layer and, with "_aux{i}", for each earlier one:
     loss_is_referred_{long,short}   2-way softmax CE, "not referred" weighted by eos_coef (0.1)
     loss_dice_{long,short}          over all matched instances, / number of instances
@@ -56,12 +59,17 @@ class SetCriterion(nn.Module):
         if self.use_short_text and "short" not in outputs:
             raise ValueError("this config trains the short pathway: call the model with short_texts")
         frame_targets = prepare_targets(targets, tuple(outputs["input_size"]), outputs["long"]["pred_masks"].device)
-        position = outputs["frame_indices"].index(outputs["annotated_index"])
+        supervised = outputs.get("supervised") or [outputs["annotated_index"]]
+        positions = [outputs["frame_indices"].index(p) for p in supervised]
+        if any(t.long_masks.shape[1] != len(positions) * t.size[0] * t.size[1] for t in frame_targets):
+            raise ValueError(f"the targets hold masks of another number of frames than the {len(positions)} "
+                             "supervised positions")
         pathways = [name for name in PATHWAYS if name in outputs]
-        layers = [("", {p: _at_frame(outputs[p], position) for p in pathways})]
+        layers = [("", {p: _at_frames(outputs[p], positions) for p in pathways})]
         if self.config.aux_loss:
             for i in range(len(outputs["long"]["aux_outputs"])):
-                layers.append((f"_aux{i}", {p: _at_frame(outputs[p]["aux_outputs"][i], position) for p in pathways}))
+                layers.append((f"_aux{i}", {p: _at_frames(outputs[p]["aux_outputs"][i], positions)
+                                            for p in pathways}))
         losses: dict[str, Tensor] = {}
         if self.weights["fbc"] > 0:
             losses["loss_fbc"] = self.fbc_term(outputs, flows, flow_valid, flow_frame_size)
@@ -93,14 +101,17 @@ class SetCriterion(nn.Module):
         num_masks = average_over_processes(sum(len(t.long_masks) for t in targets), targets[0].long_masks.device)
         referred_queries = torch.stack([queries[instances == t.referred_index][0]
                                         for (queries, instances), t in zip(indices, targets)])
+        frames = layer["long"]["pred_is_referred"].shape[1]
+        visible = torch.cat([t.visible.to(referred_queries.device) for t in targets])        # (B*A,)
         losses = {}
         for name, out in layer.items():
             predicted = torch.cat([upsampled_logits(out["pred_masks"][b][queries], t.size)
                                    for b, ((queries, _), t) in enumerate(zip(indices, targets))])
             wanted = torch.cat([(t.long_masks if name == "long" else t.short_masks)[instances]
                                 for (_, instances), t in zip(indices, targets)])
-            losses[f"loss_is_referred_{name}"] = is_referred_loss(out["pred_is_referred"], referred_queries,
-                                                                  self.config.eos_coef)
+            losses[f"loss_is_referred_{name}"] = is_referred_loss(
+                out["pred_is_referred"].flatten(0, 1), referred_queries.repeat_interleave(frames),
+                self.config.eos_coef, visible, normaliser=len(targets))
             losses[f"loss_dice_{name}"] = dice_loss(predicted, wanted, num_masks)
             losses[f"loss_focal_{name}"] = sigmoid_focal_loss(predicted, wanted, num_masks)
         if "short" in layer:
@@ -132,10 +143,11 @@ def _non_finite_counts(outputs: dict) -> dict[str, float]:
     return {f"non_finite_{name}": float((~torch.isfinite(t.detach())).sum()) for name, t in tensors.items()}
 
 
-def _at_frame(out: dict[str, Tensor], position: int) -> dict[str, Tensor]:
-    # losses in float32 even when the model runs under autocast
-    return {"pred_is_referred": out["pred_is_referred"][:, position].float(),
-            "pred_masks": out["pred_masks"][:, position].float()}
+def _at_frames(out: dict[str, Tensor], positions: list[int]) -> dict[str, Tensor]:
+    """The supervised frames: "pred_is_referred" (B, A, Q, 2), "pred_masks" (B, Q, A, h, w), in float32
+    (losses in float32 even when the model runs under autocast)."""
+    return {"pred_is_referred": out["pred_is_referred"][:, positions].float(),
+            "pred_masks": out["pred_masks"][:, positions].transpose(1, 2).float()}
 
 
 def prepare_targets(targets: list[dict], input_size: tuple[int, int], device: torch.device | None = None
@@ -143,19 +155,28 @@ def prepare_targets(targets: list[dict], input_size: tuple[int, int], device: to
     prepared = []
     for index, target in enumerate(targets):
         instances = torch.as_tensor(target["instance_masks"], device=device).float()
-        if instances.dim() != 3 or instances.shape[0] < 1:
-            raise ValueError(f"target {index}: instance_masks must be (N >= 1, H, W), got {tuple(instances.shape)}")
+        if instances.dim() == 3:
+            instances = instances[None]                                   # one supervised frame
+        if instances.dim() != 4 or instances.shape[1] < 1:
+            raise ValueError(f"target {index}: instance_masks must be (A, N >= 1, H, W) or (N, H, W), got "
+                             f"{tuple(instances.shape)}")
         referred = int(target["referred_index"])
-        if not 0 <= referred < instances.shape[0]:
-            raise ValueError(f"target {index}: referred_index {referred} outside {instances.shape[0]} instances")
+        if not 0 <= referred < instances.shape[1]:
+            raise ValueError(f"target {index}: referred_index {referred} outside {instances.shape[1]} instances")
+        frames = instances.shape[0]
         long_masks = instances.clone()
         if target.get("long_mask") is not None:
-            long_masks[referred] = torch.as_tensor(target["long_mask"], device=device).float()
+            long_masks[:, referred] = torch.as_tensor(target["long_mask"], device=device).float().reshape(
+                frames, *instances.shape[-2:])
         short_masks = long_masks.clone()
         if target.get("short_mask") is not None:
-            short_masks[referred] = torch.as_tensor(target["short_mask"], device=device).float()
-        long_masks, short_masks = (_pad_to(m, input_size, index) for m in (long_masks, short_masks))
-        prepared.append(FrameTargets(long_masks.flatten(1), short_masks.flatten(1), referred, input_size))
+            short_masks[:, referred] = torch.as_tensor(target["short_mask"], device=device).float().reshape(
+                frames, *instances.shape[-2:])
+        visible = long_masks[:, referred].flatten(1).any(dim=1)
+        # (A, N, H, W) -> (N, A*H*W): an instance's masks over the frames as one sequence
+        long_masks, short_masks = (_pad_to(m, input_size, index).transpose(0, 1).flatten(1)
+                                   for m in (long_masks, short_masks))
+        prepared.append(FrameTargets(long_masks, short_masks, referred, input_size, visible))
     return prepared
 
 

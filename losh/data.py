@@ -59,6 +59,9 @@ class RVOSDataset(Dataset):
         self.data = PreparedDataset(prep, split)
         if len(self.data) == 0:
             raise ValueError(f"{prep} holds no {split} sample")
+        if any(r.kind != "window" for r in self.data.records):
+            raise ValueError(f"the {split} split of {prep} holds whole-video samples: they are predicted by "
+                             "sliding windows in `losh evaluate`, not read as training windows")
         if 0 < max_samples < len(self.data.records):
             # a fixed subset spread evenly over the (sample_id-sorted) split: the same one at every evaluation
             keep = np.linspace(0, len(self.data.records) - 1, max_samples).round().astype(int)
@@ -85,10 +88,11 @@ class RVOSDataset(Dataset):
         samples = self.data.read_clip(records)
         first = samples[0]
         frames = first.frames                                     # (T, h, w, 3) uint8
-        n = len(samples)
-        # [long_1, short_1, ..., long_n, short_n, instances...]: flipped and resized together
-        masks = np.concatenate([np.stack([m for s in samples for m in (s.long_mask, s.short_mask)]),
-                                first.instance_masks])
+        n, a = len(samples), len(first.record.targets)
+        h, w = frames.shape[1:3]
+        # [long_1 (A), short_1 (A), ..., long_n, short_n, instances (A*N)]: flipped and resized together
+        masks = np.concatenate([m for s in samples for m in (s.long_masks, s.short_masks)]
+                               + [first.instance_masks.reshape(-1, h, w)])
         texts = [(s.record.long, s.record.short) for s in samples]
         flows = valid = None
         if self.flows is not None:
@@ -108,13 +112,15 @@ class RVOSDataset(Dataset):
         masks_t = torch.from_numpy(np.ascontiguousarray(masks))
         if self.augment is not None and self.augment.scales:
             frames_t, masks_t, flows = self._resize(frames_t, masks_t, flows, rng.choice(self.augment.scales))
-        shared = {"frames": frames_t, "instance_masks": masks_t[2 * n:],
-                  "annotated_index": first.annotated_index, "flipped": flipped}
+        instances = masks_t[2 * n * a:]
+        shared = {"frames": frames_t, "instance_masks": instances.reshape(a, -1, *instances.shape[-2:]),
+                  "annotated_index": first.annotated_index, "supervised": list(first.record.targets),
+                  "flipped": flipped}
         if flows is not None:
             shared["flows"] = torch.from_numpy(np.ascontiguousarray(flows, dtype=np.float32))
             shared["flow_valid"] = torch.from_numpy(np.asarray(valid, dtype=bool))
         return [{"sample_id": s.record.sample_id, "long_text": long, "short_text": short,
-                 "long_mask": masks_t[2 * i], "short_mask": masks_t[2 * i + 1],
+                 "long_mask": masks_t[2 * a * i:2 * a * i + a], "short_mask": masks_t[2 * a * i + a:2 * a * (i + 1)],
                  "referred_index": s.record.referred_index, **shared}
                 for i, (s, (long, short)) in enumerate(zip(samples, texts))]
 
@@ -147,7 +153,7 @@ class ClipDataset(RVOSDataset):
         super().__init__(prep, split, with_flows=with_flows, augment=augment, seed=seed, max_samples=max_samples)
         by_clip: dict[tuple, list[int]] = {}
         for index, r in enumerate(self.data.records):
-            by_clip.setdefault((r.video_id, r.frame), []).append(index)
+            by_clip.setdefault((r.video_id, tuple(r.window), tuple(r.target_frames)), []).append(index)
         self.groups: list[list[int]] = []
         for indices in by_clip.values():
             parts = -(-len(indices) // max_expressions)
@@ -161,7 +167,8 @@ class ClipDataset(RVOSDataset):
 
 
 def collate(items: list[dict]) -> dict:
-    """Pad a batch to its largest frame size (bottom/right, zeros); `valid_size` keeps the true sizes."""
+    """Pad a batch to its largest frame size (bottom/right, zeros); `valid_size` keeps the true sizes.
+    Masks are per supervised position: long_mask/short_mask (B, A, H, W), instance_masks [(A, N, H, W)]."""
     return _collate([[item] for item in items], with_clip_index=False)
 
 
@@ -174,6 +181,9 @@ def collate_clips(clips: list[list[dict]]) -> dict:
 def _collate(clips: list[list[dict]], with_clip_index: bool) -> dict:
     heads = [clip[0] for clip in clips]
     items = [item for clip in clips for item in clip]
+    supervised = heads[0]["supervised"]
+    if any(it["supervised"] != supervised for it in heads):
+        raise ValueError("a batch must share its supervised window positions (samples of one data set do)")
     H = max(it["frames"].shape[-2] for it in heads)
     W = max(it["frames"].shape[-1] for it in heads)
 
@@ -189,6 +199,7 @@ def _collate(clips: list[list[dict]], with_clip_index: bool) -> dict:
         "instance_masks": [pad(it["instance_masks"]) for it in items],
         "referred_index": torch.tensor([it["referred_index"] for it in items]),
         "annotated_index": torch.tensor([it["annotated_index"] for it in heads]),
+        "supervised": list(supervised),
         "valid_size": torch.tensor([list(it["frames"].shape[-2:]) for it in heads]),
         "flipped": [it["flipped"] for it in items],
     }

@@ -133,7 +133,7 @@ def evaluate_model(model: torch.nn.Module, data: Path, *, split: str = "test", s
             logits = result["pred_masks"][b, position]
             masks = _query_masks(logits, padded, valid, truth.size(record)).cpu().numpy()
             scores = result["scores"][b].float().cpu().numpy()
-            gt = truth.long_mask(record, batch["long_mask"][b, :valid[0], :valid[1]].cpu().numpy())
+            gt = truth.long_mask(record, batch["long_mask"][b, 0, :valid[0], :valid[1]].cpu().numpy())
             iou = acc.add(gt, masks, scores)
             best = int(np.argmax(scores))
             scores_out[sample_id] = float(scores[best])
@@ -181,9 +181,9 @@ def _picture(model, batch, b, clip, annotated, padded, valid, best, pred_long, i
             position = out["frame_indices"].index(annotated)
             pred_short = _query_masks(out["short"]["pred_masks"][0, position, best:best + 1], padded, valid)[0]
             pred_short = pred_short.cpu().numpy()
-            gt_short = batch["short_mask"][b, :valid[0], :valid[1]].cpu().numpy()
+            gt_short = batch["short_mask"][b, 0, :valid[0], :valid[1]].cpu().numpy()
     frame = batch["frames"][clip, annotated, :, :valid[0], :valid[1]].permute(1, 2, 0).cpu().numpy()
-    gt_long = batch["long_mask"][b, :valid[0], :valid[1]].cpu().numpy()
+    gt_long = batch["long_mask"][b, 0, :valid[0], :valid[1]].cpu().numpy()
     picture = comparison_picture(frame, batch["long_text"][b], batch["short_text"][b], gt_long, pred_long,
                                  gt_short, pred_short, iou)
     save_picture(path, picture)

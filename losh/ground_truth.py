@@ -39,7 +39,7 @@ class GroundTruth:
         if self.dataset != "a2d":
             raise SchemaError(f"original-resolution scoring of {self.dataset!r} samples prepared at another size "
                               "is not supported: use --resolution prepared")
-        from pipeline.a2d import CorruptMaskFile, read_frame_annotation
+        from pipeline.datasets.a2d import CorruptMaskFile, read_frame_annotation
         path = self.raw / "text_annotations" / "a2d_annotation_with_instances" / record.video_id / f"{record.frame:05d}.h5"
         if not path.exists():
             raise FileNotFoundError(f"sample {record.sample_id} was prepared at {record.size[0]}x{record.size[1]}, "

@@ -45,21 +45,25 @@ def dice_coefficient(probs: Tensor, targets: Tensor, smooth: float = 1.0) -> Ten
     return (numerator + smooth) / (denominator + smooth)
 
 
-def is_referred_loss(logits: Tensor, referred_query: Tensor, eos_coef: float) -> Tensor:
+def is_referred_loss(logits: Tensor, referred_query: Tensor, eos_coef: float, visible: Tensor | None = None,
+                     normaliser: float | None = None) -> Tensor:
     """MTTR's 2-way "is referred" loss.
 
     logits (F, Q, 2) for F (sample, frame) pairs, class 0 = referred; referred_query (F,) the query
-    matched to the referred instance. Cross-entropy against "referred" for that query and "not
-    referred" for every other query, the latter weighted by eos_coef; summed, divided by F.
+    matched to the referred instance; visible (F,) bool, default all: whether the referred instance
+    is visible in that frame (MTTR's is_ref_inst_visible: where it is not, its query too should say
+    "not referred"). Cross-entropy against "referred" for that query where visible and "not referred"
+    otherwise, the queries other than the referred one weighted by eos_coef; summed and divided by
+    `normaliser` (MTTR: the number of samples; default F).
     """
     log_probs = logits.log_softmax(-1)
     rows = torch.arange(logits.shape[0], device=logits.device)
-    not_referred = torch.ones(logits.shape[:2], dtype=torch.long, device=logits.device)
-    not_referred[rows, referred_query] = 0
-    nll = -log_probs.gather(-1, not_referred.unsqueeze(-1)).squeeze(-1)
+    target = torch.ones(logits.shape[:2], dtype=torch.long, device=logits.device)
+    target[rows, referred_query] = 0 if visible is None else (~visible.bool()).long()
+    nll = -log_probs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
     weights = torch.full_like(nll, eos_coef)
     weights[rows, referred_query] = 1.0
-    return (nll * weights).sum() / logits.shape[0]
+    return (nll * weights).sum() / (normaliser if normaliser is not None else logits.shape[0])
 
 
 def lsi_loss(long_probs: Tensor, short_probs: Tensor, threshold: float = 0.5, epsilon: float = 1.0) -> Tensor:

@@ -32,12 +32,15 @@ from losh.losses import dice_coefficient, lsi_loss
 
 @dataclass
 class FrameTargets:
-    """Targets of one sample's annotated frame, flattened: masks (N, H*W) float."""
+    """Targets of one sample over its A supervised frames, each instance's masks concatenated over the
+    frames as MTTR does (one mask sequence a query): masks (N, A*H*W) float; `visible` (A,) bool whether
+    the referred instance is visible in each frame (default: all)."""
 
     long_masks: Tensor
     short_masks: Tensor
     referred_index: int
     size: tuple[int, int]
+    visible: Tensor | None = None
 
 
 @dataclass
@@ -51,17 +54,25 @@ class LongShortMatcher:
     @torch.no_grad()
     def cost_matrix(self, long_logits: Tensor, long_probs: Tensor, target: FrameTargets,
                     short_logits: Tensor | None = None, short_probs: Tensor | None = None) -> Tensor:
-        """One sample: logits (Q, 2), mask probabilities (Q, H*W) at the target size -> cost (Q, N)."""
+        """One sample: logits (Q, 2) or (A, Q, 2) per supervised frame, mask probabilities (Q, A*H*W) at the
+        target size -> cost (Q, N). The class cost is MTTR's, averaged over the frames: instance j's class in
+        frame a is "referred" when j is the referred instance and visible in that frame."""
         n = target.long_masks.shape[0]
-        is_referred_class = torch.zeros(n, dtype=torch.bool, device=long_logits.device)
-        is_referred_class[target.referred_index] = True
-        cost = long_logits.new_zeros(long_logits.shape[0], n)
+        if long_logits.dim() == 2:
+            long_logits = long_logits[None]
+            short_logits = short_logits[None] if short_logits is not None else None
+        frames = long_logits.shape[0]
+        visible = (target.visible.to(long_logits.device).bool() if target.visible is not None
+                   else torch.ones(frames, dtype=torch.bool, device=long_logits.device))
+        is_referred_class = torch.zeros(frames, n, dtype=torch.bool, device=long_logits.device)
+        is_referred_class[:, target.referred_index] = visible
+        cost = long_logits.new_zeros(long_logits.shape[1], n)
         pathways = [(long_logits, long_probs, target.long_masks)]
         if short_logits is not None:
             pathways.append((short_logits, short_probs, target.short_masks))
         for logits, probs, masks in pathways:
-            p_referred = logits.softmax(-1)[:, 0:1]
-            p_class = torch.where(is_referred_class[None, :], p_referred, 1 - p_referred)
+            p_referred = logits.softmax(-1)[..., 0:1]                                   # (A, Q, 1)
+            p_class = torch.where(is_referred_class[:, None, :], p_referred, 1 - p_referred).mean(0)
             cost = cost - self.cost_is_referred * p_class - self.cost_dice * dice_coefficient(probs, masks)
         if short_probs is not None and self.cost_lsi > 0:
             lsi = lsi_loss(long_probs, short_probs, self.lsi_threshold, self.lsi_epsilon)
@@ -70,8 +81,9 @@ class LongShortMatcher:
 
     @torch.no_grad()
     def __call__(self, layer: dict[str, dict[str, Tensor]], targets: list[FrameTargets]) -> list[tuple[Tensor, Tensor]]:
-        """layer: {"long": {...}, "short": {...}} with "pred_is_referred" (B, Q, 2) and "pred_masks"
-        (B, Q, h, w) of the annotated frame. Returns per sample (query indices, instance indices)."""
+        """layer: {"long": {...}, "short": {...}} with "pred_is_referred" (B, Q, 2) or (B, A, Q, 2) and
+        "pred_masks" (B, Q, h, w) or (B, Q, A, h, w) of the supervised frames. Returns per sample (query
+        indices, instance indices)."""
         indices = []
         short = layer.get("short")
         for b, target in enumerate(targets):
@@ -89,11 +101,13 @@ class LongShortMatcher:
 
 
 def upsampled_probs(mask_logits: Tensor, size: tuple[int, int]) -> Tensor:
-    """(M, h, w) logits -> (M, H*W) probabilities at `size`."""
+    """(M, h, w) or (M, A, h, w) logits -> (M, A*H*W) probabilities at `size`."""
     return upsampled_logits(mask_logits, size).sigmoid()
 
 
 def upsampled_logits(mask_logits: Tensor, size: tuple[int, int]) -> Tensor:
-    if mask_logits.shape[-2:] != tuple(size):
-        mask_logits = F.interpolate(mask_logits[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-    return mask_logits.flatten(1)
+    """(M, h, w) or (M, A, h, w) logits -> (M, A*H*W) at `size`, each frame upsampled bilinearly."""
+    frames = mask_logits if mask_logits.dim() == 4 else mask_logits[:, None]
+    if frames.shape[-2:] != tuple(size):
+        frames = F.interpolate(frames, size=size, mode="bilinear", align_corners=False)
+    return frames.flatten(1)

@@ -61,7 +61,7 @@ def forward_and_loss(model, criterion, batch: dict, device: torch.device, amp: s
                                        batch["short_mask"])]
     with autocast_for(device, amp):
         outputs = model(frames, batch["long_text"], batch["short_text"], annotated_index=int(annotated[0]),
-                        padding_mask=padding, clip_index=batch.get("clip_index"))
+                        padding_mask=padding, clip_index=batch.get("clip_index"), supervised=batch.get("supervised"))
     return criterion(outputs, targets, flows=batch.get("flows"), flow_valid=batch.get("flow_valid"),
                      flow_frame_size=size)
 

@@ -1,4 +1,7 @@
-"""`losh prepare-data`: raw A2D-Sentences -> PREP (manifest, sample records, per-video HDF5 shards).
+"""`losh prepare-data`: a raw data set -> PREP (manifest, sample records, per-video HDF5 shards).
+
+The data set's reader (pipeline/datasets/) says which videos, frames, masks and expressions there are
+and how samples are drawn; everything after that is the same for every data set.
 
 One job per video, run in parallel processes; each job writes its own shard atomically and stores
 its sample records and problems in the shard's attributes, so a re-run skips finished videos and
@@ -18,12 +21,16 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.a2d import A2DRaw, CorruptMaskFile, DatasetRootError, Problem, list_annotated_frames, read_a2d, \
-    read_frame_annotation
-from schemas.frame_codec import encode_frame
-from pipeline.masks import group_by_short, merge_masks
+import cv2
+from PIL import Image
+
+from pipeline.datasets import DATASETS, plan_dataset
+from pipeline.datasets.a2d import CorruptMaskFile, list_annotated_frames, read_frame_annotation
+from pipeline.datasets.base import DatasetPlan, DatasetRootError, ExpressionSpec, Problem, VideoSpec
+from pipeline.masks import merge_masks, short_key
 from pipeline.video import DECODERS, VideoUnreadable, decode_frames, resize_frame, resize_masks, target_size, \
     window_indices
+from schemas.frame_codec import encode_frame
 from schemas.prepared import PREPARED_SCHEMA, PREPARED_VERSION, SampleRecord
 
 SHORT_SOURCES = ("machine", "manual")
@@ -41,21 +48,23 @@ class PrepareSettings:
 
 @dataclass(frozen=True)
 class VideoJob:
-    video_id: str
-    split: str
-    video_path: str
-    annotation_dir: str
-    orig_size: tuple[int, int]
-    expected_annotated: int
-    listed_frames: int                              # videoset.csv total_frames
-    expressions: tuple[tuple[int, str, str], ...]   # (instance_id, long, short)
+    spec: VideoSpec
+    shorts: tuple[str, ...]       # the short text of each of spec.expressions
     settings: PrepareSettings
     shard_path: str
 
+    @property
+    def video_id(self) -> str:
+        return self.spec.video_id
+
     def settings_hash(self) -> str:
-        spec = {"version": PREPARED_VERSION, "split": self.split, "expressions": self.expressions,
-                "settings": asdict(self.settings)}
-        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+        """What the shard depends on (not where the raw files lie: a moved root resumes)."""
+        spec = self.spec
+        key = {"version": PREPARED_VERSION, "split": spec.split, "sampling": spec.sampling,
+               "expressions": [asdict(e) for e in spec.expressions], "shorts": self.shorts,
+               "frames": len(spec.frame_files), "frame_names": spec.frame_names, "objects": spec.object_ids,
+               "annotations": spec.annotation_format, "settings": asdict(self.settings)}
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -86,108 +95,223 @@ def _existing_result(job: VideoJob, digest: str) -> VideoResult | None:
         return None  # unreadable leftovers are recomputed
 
 
+Annotations = dict[int, tuple[np.ndarray, np.ndarray]]   # frame number -> (instance ids (N,), masks (N, H, W))
+
+
+def read_a2d_annotations(spec: VideoSpec, problems: list[Problem]) -> Annotations | None:
+    """The video's A2D .h5 masks (None: no mask folder at all)."""
+    folder = Path(spec.annotation_dir)
+    if not folder.is_dir():
+        return None
+    frames = list_annotated_frames(folder)
+    if 0 <= len(frames) < spec.expected_annotated:
+        problems.append(Problem(spec.video_id, f"missing mask files: videoset.csv lists {spec.expected_annotated} "
+                                               f"annotated frames, found {len(frames)} .h5 files"))
+    annotations: Annotations = {}
+    for frame in frames:
+        try:
+            annotations[frame] = read_frame_annotation(folder / f"{frame:05d}.h5")
+        except CorruptMaskFile as e:
+            problems.append(Problem(spec.video_id, f"corrupt mask file: {e}", None, frame))
+    return annotations
+
+
+def read_palette_annotations(spec: VideoSpec, problems: list[Problem]) -> Annotations:
+    """Palette PNGs (pixel value = object id, 0 background, 255 void) -> masks of the video's objects (its
+    listed ones, those found in the masks, and every referred one) in every frame that has a PNG."""
+    labels: dict[int, np.ndarray] = {}
+    for number, path in enumerate(spec.annotation_files, start=1):
+        if not path:
+            continue
+        try:
+            with Image.open(path) as image:
+                if image.mode not in ("P", "L"):
+                    raise ValueError(f"mode {image.mode}, not a palette PNG of object ids")
+                labels[number] = np.asarray(image)
+        except (OSError, ValueError) as e:
+            problems.append(Problem(spec.video_id, f"unreadable mask {Path(path).name}: {e}", None, number))
+    found = {int(v) for arr in labels.values() for v in np.unique(arr)} - {0, 255}
+    ids = np.asarray(sorted(set(spec.object_ids) | found | {e.instance_id for e in spec.expressions
+                                                            if e.instance_id >= 0}), dtype=np.int64)
+    return {n: (ids, arr[None] == ids[:, None, None]) for n, arr in labels.items()}
+
+
+def read_image_frames(spec: VideoSpec, wanted: set[int]) -> dict[int, np.ndarray]:
+    """BGR frames at the wanted 0-based indices from the video's image files."""
+    frames = {}
+    for i in sorted(wanted):
+        frame = cv2.imread(spec.frame_files[i], cv2.IMREAD_COLOR)
+        if frame is None:
+            raise VideoUnreadable(f"missing or unreadable frame {spec.frame_files[i]}")
+        frames[i] = frame
+    return frames
+
+
+def consecutive_windows(num_frames: int, window: int) -> list[list[int]]:
+    """MTTR's Refer-YouTube-VOS training windows (0-based): consecutive windows of `window` frames; the last
+    one moved back to end at the last frame, or, in a video shorter than `window`, padded with its last frame."""
+    windows = [list(range(i, min(i + window, num_frames))) for i in range(0, num_frames, window)]
+    if len(windows[-1]) < window:
+        if num_frames >= window:
+            windows[-1] = list(range(num_frames - window, num_frames))
+        else:
+            windows[-1] = windows[-1] + [num_frames - 1] * (window - len(windows[-1]))
+    return windows
+
+
+def short_groups(expressions: tuple[ExpressionSpec, ...], shorts: tuple[str, ...]) -> list[tuple[int, ...]]:
+    """Per expression, the instances of the video referred by an expression with the same short text (its
+    short mask merges them), as for A2D's instances."""
+    by_key: dict[str, set[int]] = {}
+    for e, short in zip(expressions, shorts):
+        if e.instance_id >= 0:
+            by_key.setdefault(short_key(short), set()).add(e.instance_id)
+    return [tuple(sorted(by_key.get(short_key(short), {e.instance_id}))) if e.instance_id >= 0 else ()
+            for e, short in zip(expressions, shorts)]
+
+
 def prepare_video(job: VideoJob) -> VideoResult:
-    """Prepare one video: read its masks, decode and resize its windows, write its shard."""
+    """Prepare one video: read its masks, decode and resize the frames its samples need, write its shard."""
     digest = job.settings_hash()
     done = _existing_result(job, digest)
     if done is not None:
         return done
+    spec, settings = job.spec, job.settings
     problems: list[Problem] = []
-    vid = job.video_id
-    ann_dir = Path(job.annotation_dir)
+    vid = spec.video_id
 
     def fail_all(reason: str) -> VideoResult:
-        probs = [Problem(vid, reason, iid) for iid, _, _ in job.expressions]
+        probs = [Problem(vid, reason, e.instance_id) for e in spec.expressions]
         return VideoResult(vid, [], [p.to_dict() for p in problems + probs])
 
-    if not ann_dir.is_dir():
-        return fail_all("missing mask folder (a2d_annotation_with_instances/<video_id>)")
-    frames = list_annotated_frames(ann_dir)
-    if len(frames) < job.expected_annotated:
-        problems.append(Problem(vid, f"missing mask files: videoset.csv lists {job.expected_annotated} annotated "
-                                     f"frames, found {len(frames)} .h5 files"))
-    annotations: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    for frame in frames:
-        try:
-            annotations[frame] = read_frame_annotation(ann_dir / f"{frame:05d}.h5")
-        except CorruptMaskFile as e:
-            problems.append(Problem(vid, f"corrupt mask file: {e}", None, frame))
-    if not annotations:
+    if spec.annotation_format == "a2d_h5":
+        annotations = read_a2d_annotations(spec, problems)
+        if annotations is None:
+            return fail_all("missing mask folder (a2d_annotation_with_instances/<video_id>)")
+        if not annotations:
+            return fail_all("no readable annotated frame")
+    elif spec.annotation_format == "palette_png":
+        annotations = read_palette_annotations(spec, problems)
+    else:
+        annotations = {}
+    if spec.sampling != "whole_video" and not annotations:
         return fail_all("no readable annotated frame")
 
-    shorts = {iid: short for iid, _, short in job.expressions}
-    groups = group_by_short(shorts)
-    wanted_samples: list[tuple[int, str, str, int]] = []   # (instance, long, short, frame)
-    for iid, long, short in job.expressions:
-        # MTTR's rule: a sample wherever the frame's h5 lists the instance, even with an all-zero mask
-        listed = [f for f, (ids, _) in sorted(annotations.items()) if iid in ids]
-        if not listed:
-            problems.append(Problem(vid, "instance listed in no annotated frame's h5 (MTTR skips it too)", iid))
-        wanted_samples += [(iid, long, short, f) for f in listed]
-    if not wanted_samples:
-        return VideoResult(vid, [], [p.to_dict() for p in problems])
+    groups = short_groups(spec.expressions, job.shorts)
+    w = settings.window
+    # (expression index, window of 0-based indices (None: the whole video), anchor frame, target positions)
+    if spec.video_file:
+        if spec.sampling != "annotated_frames":
+            raise ValueError(f"{vid}: a video file is read with the annotated_frames sampling only")
+        wanted: list[tuple[int, int]] = []   # (expression index, annotated frame)
+        for k, e in enumerate(spec.expressions):
+            # MTTR's rule: a sample wherever the frame's h5 lists the instance, even with an all-zero mask
+            listed = [f for f, (ids, _) in sorted(annotations.items()) if e.instance_id in ids]
+            if not listed:
+                problems.append(Problem(vid, "instance listed in no annotated frame's h5 (MTTR skips it too)",
+                                        e.instance_id))
+            wanted += [(k, f) for f in listed]
+        if not wanted:
+            return VideoResult(vid, [], [p.to_dict() for p in problems])
+        used_frames = sorted({f for _, f in wanted})
+        unclamped = {max(i, 0) for f in used_frames for i in range(f - 1 - w // 2, f - 1 + (w + 1) // 2)}
+        try:
+            # to the end: the decoded length is what windows clamp to (MTTR's len(read_video(...)))
+            decoded, n_frames, _ = decode_frames(Path(spec.video_file), unclamped, to_end=True,
+                                                 decoder=settings.decoder)
+        except VideoUnreadable as e:
+            return fail_all(f"unreadable video: {e}")
+        if spec.listed_frames >= 0 and n_frames != spec.listed_frames:
+            problems.append(Problem(vid, f"frame count mismatch: videoset.csv total_frames {spec.listed_frames}, "
+                                         f"decoded {n_frames} (kept; windows clamp to the decoded end)",
+                                    details={"total_frames_listed": spec.listed_frames, "frames_decoded": n_frames}))
+        # beyond the real end, windows clamp to it (MTTR clamps also when the annotated frame itself lies past
+        # the end: the window shows the last frame)
+        plans = [(k, window_indices(f, n_frames, w), f, [w // 2], [f]) for k, f in wanted]
+    else:
+        n_frames = len(spec.frame_files)
+        if n_frames == 0:
+            return fail_all("no frames")
+        plans = []
+        for k, e in enumerate(spec.expressions):
+            if spec.sampling == "whole_video":
+                window = list(range(n_frames))
+                targets = [p for p in window if p + 1 in annotations] if e.instance_id >= 0 else []
+                plans.append((k, window, 1, targets, [p + 1 for p in targets]))
+                continue
+            for window in consecutive_windows(n_frames, w):
+                targets = [p for p, i in enumerate(window) if i + 1 in annotations]
+                if targets:
+                    plans.append((k, window, window[w // 2] + 1, targets, [window[p] + 1 for p in targets]))
+        try:
+            decoded = read_image_frames(spec, {i for _, window, *_ in plans for i in window})
+        except VideoUnreadable as e:
+            return fail_all(f"unreadable frames: {e}")
+    if not plans:
+        return VideoResult(vid, [], [p.to_dict() for p in problems + [Problem(vid, "no sample (no annotated frame "
+                                                                                   "of its expressions)")]])
 
-    used_frames = sorted({f for *_, f in wanted_samples})
-    w = job.settings.window
-    unclamped = {max(i, 0) for f in used_frames for i in range(f - 1 - w // 2, f - 1 + (w + 1) // 2)}
-    try:
-        # to the end: the decoded length is what windows clamp to (MTTR's len(read_video(...)))
-        decoded, n_decoded, _ = decode_frames(Path(job.video_path), unclamped, to_end=True,
-                                              decoder=job.settings.decoder)
-    except VideoUnreadable as e:
-        return fail_all(f"unreadable video: {e}")
-    if n_decoded != job.listed_frames:
-        problems.append(Problem(vid, f"frame count mismatch: videoset.csv total_frames {job.listed_frames}, "
-                                     f"decoded {n_decoded} (kept; windows clamp to the decoded end)",
-                                details={"total_frames_listed": job.listed_frames, "frames_decoded": n_decoded}))
-
-    # every unclamped index below n_decoded was decoded; beyond the real end, windows clamp to it
-    # (MTTR clamps also when the annotated frame itself lies past the end: the window shows the last frame)
-    windows = {f: window_indices(f, n_decoded, w) for f in used_frames}
-    stored = sorted({i for win in windows.values() for i in win})
+    stored = sorted({i for _, window, *_ in plans for i in window})
     first = decoded[stored[0]]
-    size = target_size(first.shape[0], first.shape[1], job.settings.short_side, job.settings.max_long_side)
+    orig_size = tuple(spec.orig_size) if spec.orig_size else tuple(first.shape[:2])
+    size = target_size(first.shape[0], first.shape[1], settings.short_side, settings.max_long_side)
+    used_annotated = sorted({f for *_, frames in plans for f in frames})
+    frame_names = list(spec.frame_names) or [f"{i:05d}" for i in range(1, n_frames + 1)]
     records: list[dict] = []
     counts = {"samples_empty_mask": 0, "samples_window_past_end": 0,
-              "videos_frame_count_mismatch": int(n_decoded != job.listed_frames)}
+              "videos_frame_count_mismatch": int(spec.listed_frames >= 0 and n_frames != spec.listed_frames)}
     tmp = Path(job.shard_path).with_name(f".{Path(job.shard_path).name}.tmp-{os.getpid()}")
     tmp.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(tmp, "w") as f:
         encoded = f.create_dataset("frames", (len(stored),), dtype=h5py.vlen_dtype(np.uint8))
         for k, i in enumerate(stored):
-            encoded[k] = encode_frame(resize_frame(decoded[i], size), job.settings.codec, job.settings.jpeg_quality)
+            encoded[k] = encode_frame(resize_frame(decoded[i], size), settings.codec, settings.jpeg_quality)
         f.create_dataset("frame_numbers", data=np.asarray([i + 1 for i in stored], dtype=np.int32))
-        for frame in used_frames:
+        distinct_groups = sorted({g for g in groups if g})
+        frame_ids: dict[int, list[int]] = {}
+        empty_at: dict[tuple[int, int], bool] = {}     # (instance, frame) -> its mask is empty
+        for frame in used_annotated:
             ids, masks = annotations[frame]
             masks = resize_masks(masks, size)
-            present = [i for i in ids.tolist() if i in shorts]
-            short_groups = sorted({tuple(groups[i]) for i in present})
-            short_masks = np.stack([merge_masks(ids, masks, list(g)) for g in short_groups])
+            frame_ids[frame] = ids.tolist()
+            short_masks = np.stack([merge_masks(ids, masks, list(g)) for g in distinct_groups])
             g = f.create_group(f"annotated/{frame:05d}")
             g.create_dataset("instance_ids", data=ids)
             g.create_dataset("masks", data=masks.astype(np.uint8), compression="gzip", compression_opts=4,
                              chunks=(1, *size))
             g.create_dataset("short_masks", data=short_masks.astype(np.uint8), compression="gzip",
                              compression_opts=4, chunks=(1, *size))
-            for iid, long, short, ff in wanted_samples:
-                if ff != frame:
-                    continue
-                group = tuple(groups[iid])
-                members_here = [m for m in group if m in ids.tolist()]
-                record = SampleRecord(
-                    sample_id=f"{vid}_{iid}_{frame:05d}", video_id=vid, instance_id=int(iid), frame=frame,
-                    split=job.split, long=long, short=short, shard=f"shards/{vid}.h5",
-                    window=[i + 1 for i in windows[frame]], referred_index=ids.tolist().index(iid),
-                    short_index=short_groups.index(group), short_instance_ids=members_here,
-                    size=list(size), orig_size=list(job.orig_size), video_frames=n_decoded)
-                records.append(record.to_dict())
-                counts["samples_empty_mask"] += not masks[record.referred_index].any()
-                counts["samples_window_past_end"] += frame > n_decoded
+            for index, iid in enumerate(frame_ids[frame]):
+                empty_at[(iid, frame)] = not masks[index].any()
+        for k, window, anchor, targets, target_frames in plans:
+            e = spec.expressions[k]
+            kind = "video" if spec.sampling == "whole_video" else "window"
+            if spec.sampling == "annotated_frames":
+                sample_id = f"{vid}_{e.instance_id}_{anchor:05d}"
+            elif kind == "window":
+                sample_id = f"{vid}_{e.expression_id}_{anchor:05d}"
+            else:
+                sample_id = f"{vid}_{e.expression_id}"
+            ids_here = frame_ids[target_frames[0]] if target_frames else []
+            record = SampleRecord(
+                sample_id=sample_id, video_id=vid, expression_id=e.expression_id, subset=e.subset,
+                instance_id=e.instance_id, frame=anchor, split=spec.split, kind=kind, long=e.long,
+                short=job.shorts[k], shard=f"shards/{vid}.h5", window=[i + 1 for i in window], targets=targets,
+                target_frames=target_frames,
+                referred_index=ids_here.index(e.instance_id) if target_frames else 0,
+                short_index=distinct_groups.index(groups[k]) if target_frames else 0,
+                short_instance_ids=[m for m in groups[k] if m in ids_here] if target_frames else [],
+                size=list(size), orig_size=list(orig_size), video_frames=n_frames)
+            records.append(record.to_dict())
+            if target_frames:
+                counts["samples_empty_mask"] += all(empty_at[(e.instance_id, t)] for t in target_frames)
+            counts["samples_window_past_end"] += kind == "window" and anchor > n_frames
         problem_dicts = [p.to_dict() for p in problems]
         f.attrs.update({"schema": PREPARED_SCHEMA, "version": PREPARED_VERSION, "video_id": vid,
-                        "settings_hash": digest, "codec": job.settings.codec,
-                        "decoder": job.settings.decoder, "records": json.dumps(records),
-                        "problems": json.dumps(problem_dicts), "counts": json.dumps(counts)})
+                        "settings_hash": digest, "codec": settings.codec,
+                        "decoder": settings.decoder if spec.video_file else "images",
+                        "records": json.dumps(records), "problems": json.dumps(problem_dicts),
+                        "counts": json.dumps(counts), "frame_names": json.dumps(frame_names)})
     os.replace(tmp, job.shard_path)  # the shard appears only when complete
     return VideoResult(vid, records, problem_dicts, counts)
 
@@ -198,80 +322,61 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def build_jobs(raw: A2DRaw, out: Path, shorts: dict[tuple[str, int], str],
-               settings: PrepareSettings) -> tuple[list[VideoJob], list[Problem], dict[str, int]]:
-    """Group expressions by video; skip missed videos; report rows that cannot become samples."""
-    problems: list[Problem] = []
-    per_video: dict[str, dict[int, tuple[int, str, str]]] = {}
-    counts = {"videos_missed_skipped": 0, "expressions": 0}
-    for e in raw.expressions:
-        if e.video_id in raw.missed:
-            continue
-        if e.video_id not in raw.videos:
-            problems.append(Problem(e.video_id, "video not listed in videoset.csv", e.instance_id))
-            continue
-        if not e.query:
-            problems.append(Problem(e.video_id, "empty expression", e.instance_id))
-            continue
-        rows = per_video.setdefault(e.video_id, {})
-        if e.instance_id in rows:
-            problems.append(Problem(e.video_id, "duplicate expression row for this instance (kept the first)",
-                                    e.instance_id))
-            continue
-        rows[e.instance_id] = (e.instance_id, e.query, shorts[(e.video_id, e.instance_id)])
-        counts["expressions"] += 1
-    counts["videos_missed_skipped"] = len(raw.missed & set(raw.videos))
-    jobs = []
-    for vid in sorted(per_video):
-        info = raw.videos[vid]
-        jobs.append(VideoJob(vid, info.split, str(raw.video_path(vid)), str(raw.annotation_dir(vid)),
-                             (info.height, info.width), info.annotated_frames, info.total_frames,
-                             tuple(per_video[vid][i] for i in sorted(per_video[vid])), settings,
-                             str(out / "shards" / f"{vid}.h5")))
-    return jobs, problems, counts
-
-
-def extract_shorts(raw: A2DRaw, short_source: str, tagger: str, rule: str) -> tuple[dict[tuple[str, int], str], dict]:
-    """Short expression of every row: the manual `short_query`, or the tagger's."""
+def extract_shorts(plan: DatasetPlan, short_source: str, tagger: str, rule: str
+                   ) -> tuple[dict[str, tuple[str, ...]], dict]:
+    """The short text of every expression, per video: the data set's manual short text, or the tagger's."""
     if short_source not in SHORT_SOURCES:
         raise ValueError(f"short text source must be one of {SHORT_SOURCES}")
-    rows = [e for e in raw.expressions if e.query]
+    expressions = [e for v in plan.videos for e in v.expressions]
     info: dict = {"source": short_source, "tagger": None, "rule": None, "fallback_to_long": 0}
     if short_source == "manual":
-        if not raw.has_short_query:
-            raise DatasetRootError("manual short text asked for, but a2d_annotation.txt has no short_query column;"
-                                   " use --short-text machine")
-        shorts = [e.short_query or "" for e in rows]
+        if not plan.has_manual_short:
+            raise DatasetRootError(f"manual short text asked for, but this {plan.dataset} root has none (A2D: a "
+                                   "short_query column in a2d_annotation.txt); use --short-text machine")
+        shorts = [e.manual_short or "" for e in expressions]
     else:
         from pipeline.shorten import Shortener, spacy_model_name
         shortener = Shortener(tagger=tagger, rule=rule)
-        shorts = shortener.shorten_many([e.query for e in rows])
+        shorts = shortener.shorten_many([e.long for e in expressions])
         info.update(tagger=tagger, rule=rule, model=spacy_model_name() if tagger == "spacy" else "nltk")
-    result = {}
-    for e, s in zip(rows, shorts):
-        if not s.strip():  # e.g. an expression that starts with its verb: the whole text is the subject
-            s = e.query
-            info["fallback_to_long"] += 1
-        result[(e.video_id, e.instance_id)] = s.strip()
+    result: dict[str, tuple[str, ...]] = {}
+    position = 0
+    for video in plan.videos:
+        texts = []
+        for e in video.expressions:
+            short = shorts[position].strip()
+            position += 1
+            if not short:  # e.g. an expression that starts with its verb: the whole text is the subject
+                short = e.long
+                info["fallback_to_long"] += 1
+            texts.append(short)
+        result[video.video_id] = tuple(texts)
     return result, info
 
 
-def prepare_a2d(root: Path, out: Path, *, short_source: str = "machine", tagger: str = "spacy",
-                rule: str = "subject", settings: PrepareSettings = PrepareSettings(), workers: int | None = None,
-                progress: bool = True) -> dict:
-    """Prepare an A2D-Sentences root into `out`; returns the manifest (with counts)."""
+def settings_for(dataset: str, **overrides) -> PrepareSettings:
+    """The data set's default window and sizes (MTTR's recipe for it), with `overrides` (None: keep)."""
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown data set {dataset!r}; one of {', '.join(DATASETS)}")
+    values = {**DATASETS[dataset][1], **{k: v for k, v in overrides.items() if v is not None}}
+    return PrepareSettings(**values)
+
+
+def prepare_dataset(dataset: str, root: Path, out: Path, *, short_source: str = "machine", tagger: str = "spacy",
+                    rule: str = "subject", settings: PrepareSettings | None = None, workers: int | None = None,
+                    progress: bool = True, **reader_options) -> dict:
+    """Prepare a raw root of `dataset` into `out`; returns the manifest (with counts). `reader_options`
+    go to the data set's reader (Refer-YouTube-VOS: holdout_videos, seed; Refer-DAVIS17: split)."""
     root, out = Path(root), Path(out)
+    settings = settings or settings_for(dataset)
     if settings.decoder not in DECODERS:
         raise ValueError(f"decoder must be one of {DECODERS}, got {settings.decoder!r}")
-    raw = read_a2d(root)
-    if not raw.videos:
-        raise DatasetRootError(f"{root}: videoset.csv lists no video")
-    shorts, short_info = extract_shorts(raw, short_source, tagger, rule)
+    plan = plan_dataset(dataset, root, **reader_options)
+    shorts, short_info = extract_shorts(plan, short_source, tagger, rule)
     (out / "shards").mkdir(parents=True, exist_ok=True)
     for stale in (out / "shards").glob(".*.tmp-*"):
         stale.unlink()  # leftovers of a killed run
-    jobs, problems, counts = build_jobs(raw, out, shorts, settings)
-    problems = list(raw.problems) + problems
+    jobs = [VideoJob(v, shorts[v.video_id], settings, str(out / "shards" / f"{v.video_id}.h5")) for v in plan.videos]
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) or 1))
     results: list[VideoResult] = []
     bar = tqdm(total=len(jobs), desc="prepare-data", unit="video", disable=not progress)
@@ -290,7 +395,7 @@ def prepare_a2d(root: Path, out: Path, *, short_source: str = "machine", tagger:
 
     results.sort(key=lambda r: r.video_id)
     records = sorted((r for res in results for r in res.records), key=lambda r: r["sample_id"])
-    problem_dicts = [p.to_dict() for p in problems] + [p for res in results for p in res.problems]
+    problem_dicts = [p.to_dict() for p in plan.problems] + [p for res in results for p in res.problems]
     if not records:
         raise DatasetRootError(f"nothing could be prepared from {root}: {len(problem_dicts)} problems, "
                                f"first: {problem_dicts[0]['reason'] if problem_dicts else 'no expressions'}")
@@ -298,25 +403,37 @@ def prepare_a2d(root: Path, out: Path, *, short_source: str = "machine", tagger:
     _atomic_write_text(out / "report.json", json.dumps({"problems": problem_dicts}, indent=1))
     shards = [{"video_id": r.video_id, "file": f"shards/{r.video_id}.h5", "samples": len(r.records)}
               for r in results if r.records]
+    counts = dict(plan.counts)
     counts.update({
         "videos": len(shards), "samples": len(records),
-        "samples_train": sum(r["split"] == "train" for r in records),
-        "samples_test": sum(r["split"] == "test" for r in records),
-        "annotated_frames": len({(r["video_id"], r["frame"]) for r in records}),
+        **{f"samples_{split}": sum(r["split"] == split for r in records) for split in plan.splits},
+        "annotated_frames": len({(r["video_id"], f) for r in records for f in r["target_frames"]}),
         "merged_short_masks": sum(len(r["short_instance_ids"]) > 1 for r in records),
         "short_fallback_to_long": short_info.pop("fallback_to_long"),
         "broken": len(problem_dicts), "videos_resumed": sum(r.resumed for r in results),
     })
     for key in ("samples_empty_mask", "samples_window_past_end", "videos_frame_count_mismatch"):
         counts[key] = sum(r.counts.get(key, 0) for r in results)
+    splits = {name: {**info, "samples": counts[f"samples_{name}"]} for name, info in plan.splits.items()
+              if counts[f"samples_{name}"]}
+    eval_split = plan.eval_split if plan.eval_split in splits else next(iter(splits))
     manifest = {
-        "schema": PREPARED_SCHEMA, "version": PREPARED_VERSION, "dataset": "a2d", "source": str(root.resolve()),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "schema": PREPARED_SCHEMA, "version": PREPARED_VERSION, "dataset": plan.dataset,
+        "source": str(root.resolve()), "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "short_text": short_info, "window": settings.window,
         "resolution": {"short_side": settings.short_side, "max_long_side": settings.max_long_side},
         "codec": {"format": settings.codec, "quality": settings.jpeg_quality}, "decoder": settings.decoder,
         "settings_hash": hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()[:16],
         "counts": counts, "shards": shards, "records_file": "samples.jsonl", "report_file": "report.json",
+        "splits": splits, "eval_split": eval_split, "dataset_info": plan.info,
     }
     _atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1))
     return manifest
+
+
+def prepare_a2d(root: Path, out: Path, *, short_source: str = "machine", tagger: str = "spacy",
+                rule: str = "subject", settings: PrepareSettings = PrepareSettings(), workers: int | None = None,
+                progress: bool = True) -> dict:
+    """Prepare an A2D-Sentences root into `out` (see prepare_dataset)."""
+    return prepare_dataset("a2d", root, out, short_source=short_source, tagger=tagger, rule=rule, settings=settings,
+                           workers=workers, progress=progress)

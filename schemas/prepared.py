@@ -1,16 +1,27 @@
 """Contract of a prepared data set (PREP): manifest.json, samples.jsonl and per-video HDF5 shards.
 
-PREP/manifest.json   written last: schema name + version, source, short-text settings, counts
+Every data set (A2D-Sentences, Refer-YouTube-VOS, Refer-DAVIS17, ...) is prepared into this one layout;
+the trainer and the evaluator never know which data set they read.
+
+PREP/manifest.json   written last: schema name + version, data set, source, short-text settings, counts,
+                     the splits (their kind, whether they hold masks) and the split evaluated by default
 PREP/samples.jsonl   one SampleRecord per line, sorted by sample_id
 PREP/report.json     broken input, by id and reason
 PREP/shards/<video_id>.h5
-    attrs: schema, version, video_id, settings_hash, decoder, records (JSON), problems (JSON), counts (JSON)
+    attrs: schema, version, video_id, settings_hash, decoder, records (JSON), problems (JSON), counts (JSON),
+           frame_names (JSON: the data set's name of frame number n at index n-1, e.g. "00005")
     frames          vlen uint8: encoded frames (BGR, `codec`), one per stored video frame
     frame_numbers   int32: 1-based video frame number of each entry of `frames`
     annotated/<frame:05d>/instance_ids  int64 (N,)  annotated instances of the frame
     annotated/<frame:05d>/masks         uint8 (N, h, w)  their masks at the stored resolution
     annotated/<frame:05d>/short_masks   uint8 (S, h, w)  merged masks of the short-expression groups
 A shard exists only once complete (written under a temporary name, then renamed).
+
+Two kinds of sample:
+  "window"  a window of frames the model sees at once (training; A2D's evaluation): `targets` are the
+            window positions with masks (A2D: the annotated frame at w//2; Refer-YouTube-VOS: every frame)
+  "video"   an expression over its whole video (window = every frame), predicted by sliding windows and
+            scored per expression (J&F) on its annotated frames (`targets`; none where masks are private)
 """
 from __future__ import annotations
 
@@ -20,8 +31,11 @@ from pathlib import Path
 from typing import Any
 
 PREPARED_SCHEMA = "losh.prepared"
-PREPARED_VERSION = 2   # 2: video_frames, MTTR's sample list (empty masks, windows past the end kept)
-SPLITS = ("train", "test")
+PREPARED_VERSION = 3   # 2: video_frames, MTTR's sample list; 3: any data set (kinds, targets, expression ids)
+# train/test: A2D-Sentences, JHMDB; holdout: train videos held out with masks, valid: the Refer-YouTube-VOS
+# server's split (no masks); val: Refer-DAVIS17's
+SPLITS = ("train", "test", "holdout", "valid", "val")
+KINDS = ("window", "video")
 
 
 class SchemaError(ValueError):
@@ -46,21 +60,26 @@ def check_version(obj: dict, what: str, schema: str = PREPARED_SCHEMA, version: 
 
 @dataclass(frozen=True)
 class SampleRecord:
-    """One training/evaluation sample: an expression at one annotated frame of its video."""
+    """One sample: an expression with the frames the model sees and the masks of its annotated frames."""
 
     sample_id: str
     video_id: str
-    instance_id: int
-    frame: int                  # 1-based annotated frame number
+    expression_id: str          # the data set's id of the expression (the submission's folder name)
+    subset: str                 # "" or the expression set it belongs to (Refer-DAVIS17: annot1, ...)
+    instance_id: int            # the referred object's id in the annotations; -1 where masks are private
+    frame: int                  # 1-based anchor frame: L_fbc's annotated frame k (A2D: the annotated frame)
     split: str
+    kind: str                   # "window" or "video" (module docstring)
     long: str
     short: str
     shard: str                  # path relative to PREP
-    window: list[int]           # 1-based frame numbers of the w frames around `frame`, clamped to the
-                                # decoded video; position w//2 is the annotated frame's (its last frame
-                                # when `frame` lies past the decoded end, as MTTR does)
-    referred_index: int         # index of the instance in annotated/<frame>/instance_ids
-    short_index: int            # index in annotated/<frame>/short_masks
+    window: list[int]           # 1-based frame numbers the model sees, clamped to the decoded video;
+                                # kind "window": position w//2 shows `frame` (its last frame when `frame`
+                                # lies past the decoded end, as MTTR does)
+    targets: list[int]          # window positions with masks (loss / metrics)
+    target_frames: list[int]    # their annotated/<frame> groups (A2D past the end: the annotated frame)
+    referred_index: int         # index of the instance in the instance_ids of each target frame
+    short_index: int            # index in the short_masks of each target frame
     short_instance_ids: list[int]  # instances merged into the short mask (>1: merged)
     size: list[int]             # stored [h, w]
     orig_size: list[int]        # raw video [H, W]
@@ -100,26 +119,35 @@ class SampleRecord:
         def bad(msg: str) -> SchemaError:
             return SchemaError(f"{where} ({self.sample_id!r}): {msg}")
 
-        for name in ("sample_id", "video_id", "long", "short", "shard"):
+        for name in ("sample_id", "video_id", "expression_id", "long", "short", "shard"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise bad(f"{name} must be a non-empty string")
-        for name in ("instance_id", "frame", "referred_index", "short_index", "video_frames"):
+        for name in ("frame", "referred_index", "short_index", "video_frames"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise bad(f"{name} must be a non-negative integer")
+        if not isinstance(self.instance_id, int) or self.instance_id < -1:
+            raise bad("instance_id must be an object id, or -1 where the masks are private")
         if self.frame < 1:
             raise bad("frame numbers are 1-based")
         if self.split not in SPLITS:
             raise bad(f"split must be one of {SPLITS}, got {self.split!r}")
-        if not self.window or not all(isinstance(f, int) and f >= 1 for f in self.window):
-            raise bad("window must be a non-empty list of 1-based frame numbers")
+        if self.kind not in KINDS:
+            raise bad(f"kind must be one of {KINDS}, got {self.kind!r}")
         if self.video_frames < 1:
             raise bad("video_frames must be >= 1")
-        w, centre = len(self.window), self.frame - 1
-        expected = [min(max(i, 0), self.video_frames - 1) + 1 for i in range(centre - w // 2, centre + (w + 1) // 2)]
-        if self.window != expected:
-            raise bad(f"window {self.window} is not MTTR's window of {w} around frame {self.frame} clamped to "
-                      f"{self.video_frames} frames ({expected})")
-        if self.instance_id not in self.short_instance_ids:
+        if not self.window or not all(isinstance(f, int) and 1 <= f <= self.video_frames for f in self.window):
+            raise bad(f"window must be a non-empty list of frame numbers 1..{self.video_frames}")
+        if self.kind == "window" and self.window[len(self.window) // 2] != min(self.frame, self.video_frames):
+            raise bad(f"window {self.window} does not show frame {self.frame} at position {len(self.window) // 2}")
+        if len(self.targets) != len(self.target_frames) or len(set(self.targets)) != len(self.targets):
+            raise bad("targets and target_frames must be equally long, targets without repeats")
+        if not all(isinstance(p, int) and 0 <= p < len(self.window) for p in self.targets):
+            raise bad(f"targets must be positions of the window (0..{len(self.window) - 1})")
+        if self.kind == "window" and not self.targets:
+            raise bad("a window sample needs at least one target")
+        if self.targets and self.instance_id < 0:
+            raise bad("a sample with targets needs the referred instance_id")
+        if self.targets and self.instance_id not in self.short_instance_ids:
             raise bad("short_instance_ids must contain the referred instance")
         for name in ("size", "orig_size"):
             v = getattr(self, name)
@@ -130,7 +158,7 @@ class SampleRecord:
 MANIFEST_FIELDS = {
     "schema": str, "version": int, "dataset": str, "source": str, "created": str,
     "short_text": dict, "window": int, "resolution": dict, "codec": dict, "decoder": str, "settings_hash": str,
-    "counts": dict, "shards": list, "records_file": str, "report_file": str,
+    "counts": dict, "shards": list, "records_file": str, "report_file": str, "splits": dict, "eval_split": str,
 }
 
 
@@ -148,4 +176,10 @@ def validate_manifest(manifest: dict, where: str = "manifest.json") -> dict:
                 "videos_frame_count_mismatch"):
         if key not in manifest["counts"]:
             raise SchemaError(f"{where}: counts lacks {key!r}")
+    for name, info in manifest["splits"].items():
+        if name not in SPLITS or not isinstance(info, dict) or info.get("kind") not in KINDS \
+                or not isinstance(info.get("masks"), bool):
+            raise SchemaError(f"{where}: splits[{name!r}] must be a split of {SPLITS} with its kind and masks")
+    if manifest["eval_split"] not in manifest["splits"]:
+        raise SchemaError(f"{where}: eval_split {manifest['eval_split']!r} is not one of its splits")
     return manifest

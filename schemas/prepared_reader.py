@@ -25,16 +25,25 @@ class PreparedDataMissing(FileNotFoundError):
 @dataclass
 class PreparedSample:
     record: SampleRecord
-    frames: np.ndarray          # (T, h, w, 3) uint8 RGB, the window around the annotated frame
-    long_mask: np.ndarray       # (h, w) bool, the referred instance
-    short_mask: np.ndarray      # (h, w) bool, all instances sharing the short expression
-    instance_masks: np.ndarray  # (N, h, w) bool, every annotated instance of the frame
+    frames: np.ndarray          # (T, h, w, 3) uint8 RGB, the window
+    long_masks: np.ndarray      # (A, h, w) bool, the referred instance at each target of the record
+    short_masks: np.ndarray     # (A, h, w) bool, all instances sharing the short expression
+    instance_masks: np.ndarray  # (A, N, h, w) bool, every annotated instance of each target frame
     instance_ids: np.ndarray    # (N,)
 
     @property
     def annotated_index(self) -> int:
         # MTTR's window puts the annotated frame at w//2, also when clamping repeats it at a video end
         return len(self.record.window) // 2
+
+    @property
+    def long_mask(self) -> np.ndarray:
+        """(h, w): the first target's (A2D: the annotated frame's) referred mask."""
+        return self.long_masks[0]
+
+    @property
+    def short_mask(self) -> np.ndarray:
+        return self.short_masks[0]
 
 
 def load_manifest(prep: Path) -> dict:
@@ -104,21 +113,38 @@ class PreparedDataset:
     def read(self, record: SampleRecord) -> PreparedSample:
         return self.read_clip([record])[0]
 
-    def read_clip(self, records: list[SampleRecord]) -> list[PreparedSample]:
-        """Samples of one clip (the same video, annotated frame and window: several expressions of it),
-        with the frames and the frame's masks read once and shared."""
+    def read_clip(self, records: list[SampleRecord], with_frames: bool = True) -> list[PreparedSample]:
+        """Samples of one clip (the same video, window and targets: several expressions of it), with the
+        frames and the target frames' masks read once and shared."""
         first = records[0]
         for r in records[1:]:
-            if (r.shard, r.frame, r.window) != (first.shard, first.frame, first.window):
+            if (r.shard, r.window, r.target_frames) != (first.shard, first.window, first.target_frames):
                 raise ValueError(f"read_clip: {r.sample_id} and {first.sample_id} are not of the same clip")
         f, _ = self._shard(first.shard)
-        g = f[f"annotated/{first.frame:05d}"]
-        masks = g["masks"][()].astype(bool)
-        instance_ids = g["instance_ids"][()]
-        frames = self.read_frames(first)
-        return [PreparedSample(record=r, frames=frames, long_mask=masks[r.referred_index],
-                               short_mask=g["short_masks"][r.short_index].astype(bool), instance_masks=masks,
-                               instance_ids=instance_ids) for r in records]
+        h, w = first.size
+        groups = [f[f"annotated/{frame:05d}"] for frame in first.target_frames]
+        masks = (np.stack([g["masks"][()] for g in groups]).astype(bool) if groups
+                 else np.zeros((0, 0, h, w), dtype=bool))                      # (A, N, h, w)
+        instance_ids = groups[0]["instance_ids"][()] if groups else np.zeros(0, dtype=np.int64)
+        for frame, g in zip(first.target_frames[1:], groups[1:]):
+            if not np.array_equal(g["instance_ids"][()], instance_ids):
+                raise SchemaError(f"{first.shard}: the target frames of {first.sample_id} list other instances "
+                                  f"(frame {frame}); a sample's targets must share their instance list")
+        frames = self.read_frames(first) if with_frames else np.zeros((0, h, w, 3), dtype=np.uint8)
+        samples = []
+        for r in records:
+            short = (np.stack([g["short_masks"][r.short_index] for g in groups]).astype(bool) if groups
+                     else np.zeros((0, h, w), dtype=bool))
+            samples.append(PreparedSample(record=r, frames=frames, long_masks=masks[:, r.referred_index] if groups
+                                          else np.zeros((0, h, w), dtype=bool), short_masks=short,
+                                          instance_masks=masks, instance_ids=instance_ids))
+        return samples
+
+    def frame_names(self, record: SampleRecord) -> list[str]:
+        """The data set's names of the video's frames (index n-1: frame n), e.g. "00005" (for submissions)."""
+        f, _ = self._shard(record.shard)
+        names = f.attrs.get("frame_names")
+        return json.loads(names) if names is not None else [f"{n:05d}" for n in range(1, record.video_frames + 1)]
 
     def close(self) -> None:
         self.files.close()

@@ -14,7 +14,7 @@ from losh.ground_truth import GroundTruth
 from losh.predictions import score_predictions
 from losh.size_batches import size_grouped_batches
 from losh.train import train
-from pipeline.a2d import read_frame_annotation
+from pipeline.datasets.a2d import read_frame_annotation
 from pipeline.prepare import PrepareSettings, prepare_a2d
 from schemas.prepared_reader import PreparedDataset
 from pipeline.synth import write_synthetic_a2d

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from pipeline.a2d import list_annotated_frames, read_a2d, read_frame_annotation
+from pipeline.datasets.a2d import list_annotated_frames, read_a2d, read_frame_annotation
 from pipeline.prepare import PrepareSettings, prepare_a2d
 from schemas.prepared_reader import PreparedDataset
 from pipeline.video import decode_frames, resize_masks

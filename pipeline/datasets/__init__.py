@@ -1,1 +1,37 @@
-"""Readers of the raw layouts of the RVOS data sets, one file each (A2D-Sentences is `pipeline/a2d.py`)."""
+"""Readers of the raw layouts of the RVOS data sets, one file each, behind one interface (`base.py`):
+each turns its raw root into a `DatasetPlan` that `losh prepare-data` prepares the same way."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from pipeline.datasets.base import DatasetPlan
+
+
+def _a2d(root: Path, **_: object) -> DatasetPlan:
+    from pipeline.datasets.a2d import plan_a2d
+    return plan_a2d(root)
+
+
+def _refer_youtube_vos(root: Path, *, holdout_videos: int = 0, seed: int = 0, **_: object) -> DatasetPlan:
+    from pipeline.datasets.refer_youtube_vos import plan_refer_youtube_vos
+    return plan_refer_youtube_vos(root, holdout_videos=holdout_videos, seed=seed)
+
+
+def _refer_davis(root: Path, *, split: str | None = None, **_: object) -> DatasetPlan:
+    from pipeline.datasets.refer_davis import plan_refer_davis
+    return plan_refer_davis(root, split or "val")
+
+
+# data set -> (plan reader, default prepare settings: window, short side, max long side)
+DATASETS: dict[str, tuple[Callable[..., DatasetPlan], dict]] = {
+    "a2d": (_a2d, {"window": 8, "short_side": 320, "max_long_side": 576}),
+    "refer-youtube-vos": (_refer_youtube_vos, {"window": 12, "short_side": 360, "max_long_side": 640}),
+    "refer-davis": (_refer_davis, {"window": 12, "short_side": 360, "max_long_side": 640}),
+}
+
+
+def plan_dataset(dataset: str, root: Path, **options: object) -> DatasetPlan:
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown data set {dataset!r}; one of {', '.join(DATASETS)}")
+    return DATASETS[dataset][0](Path(root), **options)

@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.datasets.base import DatasetPlan, DatasetRootError, ExpressionSpec, Problem as PlanProblem, VideoSpec
+
 EXPRESSION_SETS = {
     "annot1": ("Davis17_annot1.txt", "utf-8"),
     "annot1_full_video": ("Davis17_annot1_full_video.txt", "utf-8"),
@@ -26,10 +28,6 @@ EXPRESSION_SETS = {
 # names in the text files that differ from the DAVIS sequence names
 NAME_FIXES = {"clasic-car": "classic-car", "dog-scale": "dogs-scale", "motor-bike": "motorbike"}
 _LINE = re.compile(r'^(\S+)\s+(\d+)\s+"(.*)"\s*$')
-
-
-class DatasetRootError(RuntimeError):
-    """The root is not a Refer-DAVIS17 root (a missing index or text file)."""
 
 
 @dataclass(frozen=True)
@@ -110,3 +108,48 @@ def read_refer_davis(root: Path, split: str = "val") -> ReferDavisRaw:
             if e.sequence in wanted:
                 expressions.append(e)
     return ReferDavisRaw(root, split, sequences, expressions, problems)
+
+
+def plan_refer_davis(root: Path, split: str = "val") -> DatasetPlan:
+    """Every sequence of `split` with its frames and masks; one whole-video sample per expression of each
+    of the four sets (`subset` = the set), as the field scores Refer-DAVIS17 with a Refer-YouTube-VOS model.
+    A train split is drawn in consecutive windows (for fine-tuning)."""
+    raw = read_refer_davis(root, split)
+    problems = [PlanProblem(p.sequence, p.reason, details={"expression_set": p.expression_set, "line": p.line})
+                for p in raw.problems]
+    by_sequence: dict[str, list[Expression]] = {}
+    for e in raw.expressions:
+        by_sequence.setdefault(e.sequence, []).append(e)
+    videos = []
+    for sequence in raw.sequences:
+        frames = sorted(raw.frames_dir(sequence).glob("*.jpg"))
+        if not frames:
+            problems.append(PlanProblem(sequence, "no frames (DAVIS/JPEGImages/480p/<sequence>/*.jpg)"))
+            continue
+        if sequence not in by_sequence:
+            problems.append(PlanProblem(sequence, "no expression in any of the four sets"))
+            continue
+        masks_dir = raw.masks_dir(sequence)
+        masks = tuple(str(masks_dir / f"{f.stem}.png") if (masks_dir / f"{f.stem}.png").is_file() else ""
+                      for f in frames)
+        expressions = tuple(ExpressionSpec(f"{e.expression_set}-{e.object_id}", e.object_id, e.text, subset=e.expression_set)
+                            for e in by_sequence[sequence])
+        seen: set[str] = set()
+        unique = []
+        for e in expressions:   # a repeated (set, object) line: the first one is kept
+            if e.expression_id in seen:
+                problems.append(PlanProblem(sequence, "duplicate expression for this object in this set (kept the first)",
+                                            e.instance_id, details={"expression_set": e.subset}))
+                continue
+            seen.add(e.expression_id)
+            unique.append(e)
+        videos.append(VideoSpec(sequence, split, "whole_video" if split != "train" else "consecutive", tuple(unique),
+                                frame_files=tuple(str(f) for f in frames), frame_names=tuple(f.stem for f in frames),
+                                annotation_format="palette_png", annotation_files=masks))
+    if not videos:
+        raise DatasetRootError(f"{root}: no {split} sequence with frames and expressions")
+    kind = "window" if split == "train" else "video"
+    counts = {"expressions": sum(len(v.expressions) for v in videos)}
+    info = {"expression_sets": list(EXPRESSION_SETS), "davis_split": split,
+            "masks": "DAVIS/Annotations_unsupervised/480p"}
+    return DatasetPlan("refer-davis", videos, problems, counts, {split: {"kind": kind, "masks": True}}, split, info)

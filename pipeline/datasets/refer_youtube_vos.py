@@ -13,14 +13,13 @@ holds only some splits (train alone, as people often unpack it) is read for what
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.datasets.base import DatasetPlan, DatasetRootError, ExpressionSpec, Problem as PlanProblem, VideoSpec
+
 SPLITS = ("train", "valid")
-
-
-class DatasetRootError(RuntimeError):
-    """The root holds no readable split, or a split's index file is not what the data set ships."""
 
 
 @dataclass(frozen=True)
@@ -140,3 +139,52 @@ def read_refer_youtube_vos(root: Path) -> ReferYouTubeVOSRaw:
         test_path = meta_expressions_path(root, "test")
         competition = frozenset(valid - set(_load(test_path)) if test_path.is_file() else valid)
     return ReferYouTubeVOSRaw(root, videos, tuple(present), competition, problems)
+
+
+def plan_refer_youtube_vos(root: Path, *, holdout_videos: int = 0, seed: int = 0) -> DatasetPlan:
+    """Train videos as MTTR trains on them (consecutive windows, every frame supervised); `holdout_videos`
+    train videos drawn with `seed` held out with their masks (split "holdout", whole-video samples), so
+    that J&F can be measured without the server; the competition's valid videos (split "valid", no masks)
+    for the submission."""
+    raw = read_refer_youtube_vos(root)
+    problems = [PlanProblem(p.video_id, p.reason, details={"expression_id": p.expression_id}) for p in raw.problems]
+    train = sorted(v for v, video in raw.videos.items() if video.split == "train" and video.expressions)
+    if holdout_videos < 0 or holdout_videos > len(train):
+        raise DatasetRootError(f"--holdout-videos {holdout_videos}: the root has {len(train)} train videos with "
+                               "expressions")
+    held = set(random.Random(seed).sample(train, holdout_videos)) if holdout_videos else set()
+    videos = []
+    for vid in sorted(raw.videos):
+        video = raw.videos[vid]
+        if video.split == "valid" and vid not in raw.competition_valid:
+            continue   # a test-server video: not part of the valid submission
+        if not video.expressions:
+            problems.append(PlanProblem(vid, "no usable expression"))
+            continue
+        frame_files = tuple(str(raw.frame_path(video, f)) for f in video.frames)
+        if video.split == "train":
+            masks = tuple(str(p) if p.is_file() else "" for p in (raw.mask_path(video, f) for f in video.frames))
+            split, sampling = ("holdout", "whole_video") if vid in held else ("train", "consecutive")
+            expressions = tuple(ExpressionSpec(e.expression_id, int(e.object_id), e.text) for e in video.expressions)
+            videos.append(VideoSpec(vid, split, sampling, expressions, frame_files=frame_files,
+                                    frame_names=video.frames, annotation_format="palette_png",
+                                    annotation_files=masks, object_ids=tuple(sorted(video.categories))))
+        else:
+            expressions = tuple(ExpressionSpec(e.expression_id, -1, e.text) for e in video.expressions)
+            videos.append(VideoSpec(vid, "valid", "whole_video", expressions, frame_files=frame_files,
+                                    frame_names=video.frames))
+    splits = {}
+    if any(v.split == "train" for v in videos):
+        splits["train"] = {"kind": "window", "masks": True}
+    if held:
+        splits["holdout"] = {"kind": "video", "masks": True}
+    if any(v.split == "valid" for v in videos):
+        splits["valid"] = {"kind": "video", "masks": False}
+    if not splits:
+        raise DatasetRootError(f"{root}: no video with a usable expression")
+    eval_split = "holdout" if held else ("valid" if "valid" in splits else "train")
+    info = {"splits_present": list(raw.splits), "competition_valid_videos": len(raw.competition_valid),
+            "holdout": {"videos": len(held), "seed": seed, "video_ids": sorted(held),
+                        "note": "train videos held out with their masks for local J&F; not the server's valid"}}
+    counts = {"expressions": sum(len(v.expressions) for v in videos)}
+    return DatasetPlan("refer-youtube-vos", videos, problems, counts, splits, eval_split, info)

@@ -1,5 +1,7 @@
 """Reader of the A2D-Sentences raw layout (SPEC.md); `losh synth` writes the same layout.
 
+Samples follow MTTR: a window of 8 frames around each annotated frame; train/test from videoset.csv.
+
 ROOT/Release/clips320H/<vid>.mp4, ROOT/Release/videoset.csv (no header, 9 columns),
 ROOT/text_annotations/a2d_annotation.txt (video_id,instance_id,query[,short_query]),
 ROOT/text_annotations/a2d_missed_videos.txt,
@@ -14,11 +16,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from pipeline.datasets.base import DatasetPlan, DatasetRootError, ExpressionSpec, Problem, VideoSpec
+
 SPLITS = {0: "train", 1: "test"}
-
-
-class DatasetRootError(RuntimeError):
-    """The raw root cannot be used at all (missing index files, unreadable CSV)."""
 
 
 class CorruptMaskFile(RuntimeError):
@@ -42,23 +42,6 @@ class Expression:
     instance_id: int
     query: str
     short_query: str | None
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One broken piece of input, reported by id and reason; the rest is processed."""
-
-    video_id: str
-    reason: str
-    instance_id: int | str | None = None
-    frame: int | None = None
-    details: dict | None = None   # the numbers behind the reason, for programs reading report.json
-
-    def to_dict(self) -> dict:
-        d = {"video_id": self.video_id, "instance_id": self.instance_id, "frame": self.frame, "reason": self.reason}
-        if self.details:
-            d.update(self.details)
-        return d
 
 
 @dataclass
@@ -166,3 +149,42 @@ def read_frame_annotation(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if masks.ndim != 3 or masks.shape[0] != len(ids):
         raise CorruptMaskFile(f"mask file {path.name}: {len(ids)} instances but reMask shape {masks.shape}")
     return ids, masks.transpose(0, 2, 1) > 0
+
+
+def plan_a2d(root: Path) -> DatasetPlan:
+    """The videos to prepare: expressions grouped by video; missed videos skipped; rows that cannot become
+    samples (unknown video, empty text, duplicate instance) reported."""
+    raw = read_a2d(root)
+    if not raw.videos:
+        raise DatasetRootError(f"{root}: videoset.csv lists no video")
+    problems: list[Problem] = list(raw.problems)
+    per_video: dict[str, dict[int, Expression]] = {}
+    counts = {"videos_missed_skipped": len(raw.missed & set(raw.videos)), "expressions": 0}
+    for e in raw.expressions:
+        if e.video_id in raw.missed:
+            continue
+        if e.video_id not in raw.videos:
+            problems.append(Problem(e.video_id, "video not listed in videoset.csv", e.instance_id))
+            continue
+        if not e.query:
+            problems.append(Problem(e.video_id, "empty expression", e.instance_id))
+            continue
+        rows = per_video.setdefault(e.video_id, {})
+        if e.instance_id in rows:
+            problems.append(Problem(e.video_id, "duplicate expression row for this instance (kept the first)",
+                                    e.instance_id))
+            continue
+        rows[e.instance_id] = e
+        counts["expressions"] += 1
+    videos = []
+    for vid in sorted(per_video):
+        info = raw.videos[vid]
+        expressions = tuple(ExpressionSpec(str(i), i, e.query, e.short_query if raw.has_short_query else None)
+                            for i, e in sorted(per_video[vid].items()))
+        videos.append(VideoSpec(vid, info.split, "annotated_frames", expressions, video_file=str(raw.video_path(vid)),
+                                annotation_format="a2d_h5", annotation_dir=str(raw.annotation_dir(vid)),
+                                orig_size=(info.height, info.width), expected_annotated=info.annotated_frames,
+                                listed_frames=info.total_frames))
+    return DatasetPlan("a2d", videos, problems, counts,
+                       splits={"train": {"kind": "window", "masks": True}, "test": {"kind": "window", "masks": True}},
+                       eval_split="test", has_manual_short=raw.has_short_query)
