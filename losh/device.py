@@ -52,6 +52,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+AMP_CHOICES = ("off", "bf16")   # inference precision: float32, or bf16 autocast on CUDA
+
+
 def autocast_for(device: torch.device, amp: str):
     """bf16 autocast on CUDA (no loss scaling needed), fp16 with a GradScaler, float32 on the CPU."""
     if device.type != "cuda" or amp == "off":

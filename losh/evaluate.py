@@ -8,18 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from losh.checkpoint import load_checkpoint
 from losh.data import ClipDataset, RVOSDataset, collate_clips, normalise_frames
-from losh.device import Dist, autocast_for, padding_mask_of, select_device, to_device
+from losh.device import AMP_CHOICES, Dist, autocast_for, padding_mask_of, select_device, to_device
 from losh.ground_truth import GroundTruth
 from losh.losh import build_model
 from losh.metrics import MetricAccumulator, mask_iou
 from losh.predictions import mask_path, write_mask, write_scores
 from losh.size_batches import size_grouped_batches
+from losh.video_inference import query_masks
 from losh.visualize import comparison_picture, save_picture
 from schemas.config import ModelConfig, with_overrides
 
@@ -43,21 +43,6 @@ def write_json(path: Path, obj: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=1, allow_nan=False))
     os.replace(tmp, path)
-
-
-def _query_masks(logits: torch.Tensor, padded: tuple[int, int], valid: tuple[int, int],
-                 size: tuple[int, int] | None = None) -> torch.Tensor:
-    """(Q, h, w) stride-4 logits -> (Q, H, W) bool, as MTTR's A2D post-processing: bilinear to the padded
-    input size, threshold at 0.5, crop the padding, then (when `size` differs from the input's `valid`
-    size) nearest-neighbour resize of the binary masks to `size`, the original video size."""
-    up = F.interpolate(logits[None].float(), size=padded, mode="bilinear", align_corners=False)[0]
-    masks = up[:, :valid[0], :valid[1]].sigmoid() > 0.5
-    if size is not None and tuple(size) != tuple(valid):
-        masks = F.interpolate(masks[None].float(), size=tuple(size), mode="nearest")[0] > 0.5
-    return masks
-
-
-AMP_CHOICES = ("off", "bf16")
 
 
 @torch.no_grad()
@@ -131,7 +116,7 @@ def evaluate_model(model: torch.nn.Module, data: Path, *, split: str = "test", s
             clip = int(batch["clip_index"][b])
             valid = tuple(int(v) for v in batch["valid_size"][clip])
             logits = result["pred_masks"][b, position]
-            masks = _query_masks(logits, padded, valid, truth.size(record)).cpu().numpy()
+            masks = query_masks(logits, padded, valid, truth.size(record)).cpu().numpy()
             scores = result["scores"][b].float().cpu().numpy()
             gt = truth.long_mask(record, batch["long_mask"][b, 0, :valid[0], :valid[1]].cpu().numpy())
             iou = acc.add(gt, masks, scores)
@@ -141,7 +126,7 @@ def evaluate_model(model: torch.nn.Module, data: Path, *, split: str = "test", s
                 write_mask(mask_path(save_predictions, record), masks[best])
             if pictures_left > 0:
                 pictures_left -= 1
-                pred_long = _query_masks(logits[best:best + 1], padded, valid)[0].cpu().numpy()   # at the frame size
+                pred_long = query_masks(logits[best:best + 1], padded, valid)[0].cpu().numpy()   # at the frame size
                 _picture(model, batch, b, clip, annotated, padded, valid, best, pred_long, iou, dev, amp,
                          Path(visualize_dir) / f"{sample_id}.png")
     if save_predictions is not None:
@@ -179,7 +164,7 @@ def _picture(model, batch, b, clip, annotated, padded, valid, best, pred_long, i
                         padding_mask=padding)
         if "short" in out:
             position = out["frame_indices"].index(annotated)
-            pred_short = _query_masks(out["short"]["pred_masks"][0, position, best:best + 1], padded, valid)[0]
+            pred_short = query_masks(out["short"]["pred_masks"][0, position, best:best + 1], padded, valid)[0]
             pred_short = pred_short.cpu().numpy()
             gt_short = batch["short_mask"][b, 0, :valid[0], :valid[1]].cpu().numpy()
     frame = batch["frames"][clip, annotated, :, :valid[0], :valid[1]].permute(1, 2, 0).cpu().numpy()

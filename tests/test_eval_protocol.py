@@ -9,11 +9,12 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from losh.evaluate import _query_masks, evaluate_checkpoint
+from losh.evaluate import evaluate_checkpoint
 from losh.ground_truth import GroundTruth
 from losh.predictions import score_predictions
 from losh.size_batches import size_grouped_batches
 from losh.train import train
+from losh.video_inference import query_masks
 from pipeline.datasets.a2d import read_frame_annotation
 from pipeline.prepare import PrepareSettings, prepare_a2d
 from schemas.prepared_reader import PreparedDataset
@@ -144,13 +145,13 @@ def half_prep(synth_root, tmp_path_factory):
 def test_query_masks_threshold_at_the_input_size_then_resize_to_the_original_as_mttr():
     logits = torch.full((1, 2, 2), -5.0)
     logits[0, 0, 0] = 5.0                                    # stride 4: an 8 x 8 input, top-left quarter on
-    at_input = _query_masks(logits, (8, 8), (8, 8))
+    at_input = query_masks(logits, (8, 8), (8, 8))
     # bilinear (half-pixel centres): rows/columns 0..3 sample the on logit with weight >= 0.625; at (3, 3)
     # 0.625^2 = 0.39 of 5 against 0.61 of -5 is negative, so 15 pixels are on
     assert at_input.shape == (1, 8, 8) and int(at_input.sum()) == 15 and int(at_input[0, :4, :4].sum()) == 15
-    cropped = _query_masks(logits, (8, 8), (6, 7))           # padding cropped
+    cropped = query_masks(logits, (8, 8), (6, 7))           # padding cropped
     assert torch.equal(cropped, at_input[:, :6, :7])
-    original = _query_masks(logits, (8, 8), (8, 8), (16, 16))  # nearest x2 of the binary mask
+    original = query_masks(logits, (8, 8), (8, 8), (16, 16))  # nearest x2 of the binary mask
     assert torch.equal(original[0], torch.from_numpy(np.kron(at_input[0].numpy(), np.ones((2, 2)))).bool())
 
 
