@@ -49,8 +49,9 @@ def frame_j_f(
     """(J, F) of one frame's binary HxW masks, void pixels excluded as the DAVIS toolkit does."""
     if np.shape(pred) != np.shape(gt) or np.ndim(gt) != 2:
         raise ValueError(f"masks must be HxW of the same shape, got {np.shape(pred)} and {np.shape(gt)}")
-    j, f = _pairwise_j_f(_as_bool(pred)[None, None], _as_bool(gt)[None, None], _frames_void(void, gt, 2), bound_th)
-    return float(j[0, 0, 0]), float(f[0, 0, 0])
+    void = None if void is None else _frames_void(void, gt, 2)[0]
+    j, f = _frame_pairs(_as_bool(pred)[None], _as_bool(gt)[None], void, _kernel(np.shape(gt), bound_th))
+    return float(j[0, 0]), float(f[0, 0])
 
 
 def expression_j_f(
@@ -61,8 +62,10 @@ def expression_j_f(
     pred, gt = _as_bool(pred), _as_bool(gt)
     if pred.shape != gt.shape or gt.ndim != 3 or gt.shape[0] == 0:
         raise ValueError(f"pred and gt must be (T, H, W) with T >= 1 and the same shape, got {pred.shape} and {gt.shape}")
-    j, f = _pairwise_j_f(pred[None], gt[None], _frames_void(void, gt, 3), bound_th)
-    return float(j[0, 0].mean()), float(f[0, 0].mean())
+    void = _frames_void(void, gt, 3)
+    kernel = _kernel(gt.shape[1:], bound_th)
+    per_frame = [_frame_pairs(pred[t][None], gt[t][None], None if void is None else void[t], kernel) for t in range(len(gt))]
+    return float(np.mean([j[0, 0] for j, _ in per_frame])), float(np.mean([f[0, 0] for _, f in per_frame]))
 
 
 def compose_label_maps(object_masks: Mapping[int, np.ndarray], threshold: float = 0.5) -> np.ndarray:
@@ -114,11 +117,14 @@ def davis_unsupervised_sequence(
         raise ValueError(f"prediction holds label {num_pred}, above the {max_proposals} proposals the toolkit allows")
     if num_gt == 0:
         return []
-    gt_objects = gt_clean[None] == np.arange(1, num_gt + 1)[:, None, None, None]
+    gt_ids = np.arange(1, num_gt + 1)[:, None, None]
     # padding: with fewer predictions than objects, the missing ones are empty masks
-    num_slots = max(num_pred, num_gt)
-    pred_objects = pred_labels[None] == np.arange(1, num_slots + 1)[:, None, None, None]
-    j, f = _pairwise_j_f(pred_objects, gt_objects, gt_void, bound_th)  # (pred, gt, T)
+    pred_ids = np.arange(1, max(num_pred, num_gt) + 1)[:, None, None]
+    kernel = _kernel(gt_labels.shape[1:], bound_th)
+    j = np.zeros((len(pred_ids), num_gt, len(gt_labels)))  # (prediction, ground truth, frame)
+    f = np.zeros_like(j)
+    for t in range(len(gt_labels)):  # frame by frame: 20 proposals of a whole 480p sequence would not fit in memory
+        j[:, :, t], f[:, :, t] = _frame_pairs(pred_labels[t] == pred_ids, gt_clean[t] == gt_ids, gt_void[t], kernel)
     score = (j.mean(axis=2) + f.mean(axis=2)) / 2
     pred_rows, gt_cols = linear_sum_assignment(-score)
     matched = dict(zip(gt_cols.tolist(), pred_rows.tolist()))
@@ -183,23 +189,18 @@ def _summary(values: Iterable[tuple[float, float]]) -> dict:
     return {"J": j, "F": f, "J&F": (j + f) / 2, "expressions": len(pairs)}
 
 
-def _pairwise_j_f(
-    preds: np.ndarray, gts: np.ndarray, void: np.ndarray | None, bound_th: float
+def _kernel(shape: tuple[int, ...], bound_th: float) -> np.ndarray:
+    return disk(boundary_tolerance((int(shape[0]), int(shape[1])), bound_th))
+
+
+def _frame_pairs(
+    pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None, kernel: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """J and F of every (prediction, ground truth, frame): preds (P, T, H, W), gts (G, T, H, W) bool,
-    void (T, H, W) or None; returns two (P, G, T) arrays. Frame by frame (a 480p sequence of 20
-    proposals does not fit in memory at once); each mask's boundary is dilated once, not per pair."""
-    num_frames = gts.shape[1]
-    kernel = disk(boundary_tolerance(gts.shape[-2:], bound_th))
-    j = np.zeros((preds.shape[0], gts.shape[0], num_frames))
-    f = np.zeros_like(j)
-    for t in range(num_frames):
-        pred, gt = preds[:, t], gts[:, t]
-        if void is not None:
-            pred, gt = pred & ~void[t], gt & ~void[t]
-        j[:, :, t] = _pairwise_j(pred, gt)
-        f[:, :, t] = _pairwise_f(pred, gt, kernel)
-    return j, f
+    """(P, G) J and F of every (prediction, ground truth) pair of one frame: pred (P, H, W) and
+    gt (G, H, W) bool, void (H, W) or None. Each mask's boundary is dilated once, not once per pair."""
+    if void is not None:
+        pred, gt = pred & ~void, gt & ~void
+    return _pairwise_j(pred, gt), _pairwise_f(pred, gt, kernel)
 
 
 def _pairwise_j(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:

@@ -100,6 +100,17 @@ def test_compose_label_maps_thresholds_and_resolves_overlaps_by_probability():
     assert composed.dtype == np.uint8
 
 
+def test_compose_label_maps_matches_referformers_argmax_rule():
+    rng = np.random.default_rng(0)
+    probabilities = rng.random((3, 4, 9, 11)).astype(np.float32)  # 3 objects (ids 1..3), 4 frames
+    probabilities[1, :, :3] = probabilities[0, :, :3]  # exact ties on a strip
+    # ReferFormer inference_davis.py: scores < 0.5 zeroed, background 0.1 in front, argmax
+    zeroed = np.where(probabilities < 0.5, 0.0, probabilities)
+    expected = np.concatenate([np.full((1, 4, 9, 11), 0.1), zeroed]).argmax(axis=0)
+    composed = compose_label_maps({i + 1: p for i, p in enumerate(probabilities)})
+    np.testing.assert_array_equal(composed, expected)
+
+
 def test_compose_label_maps_binary_overlap_goes_to_the_smallest_id():
     a = box(0, 0, 4, 4)[None]
     b = box(2, 2, 4, 4)[None]
