@@ -99,45 +99,59 @@ def shorten(
 
 @app.command("prepare-data")
 def prepare_data(
-    root: Annotated[Path, typer.Option("--root", help="Raw data set root (A2D-Sentences layout).")],
+    root: Annotated[Path, typer.Option("--root", help="Raw data set root, in the layout the data set ships.")],
     out: Annotated[Path, typer.Option("--out", help="Prepared data set folder (PREP).")],
-    dataset: Annotated[str, typer.Option(help="Data set format; a2d reads A2D-Sentences.")] = "a2d",
-    short_text: Annotated[str, typer.Option(help="machine (tagger) or manual (the short_query column).")] = "machine",
+    dataset: Annotated[str, typer.Option(help="a2d (A2D-Sentences), refer-youtube-vos or refer-davis.")] = "a2d",
+    short_text: Annotated[str, typer.Option(help="machine (tagger) or manual (A2D's short_query column).")] = "machine",
     tagger: Annotated[str, typer.Option(help="Tagger for machine short text: spacy or nltk.")] = "spacy",
     rule: Annotated[str, typer.Option(help="Short-text rule: subject or first-verb.")] = "subject",
-    window: Annotated[int, typer.Option(min=1, help="Frames around each annotated frame (w).")] = 8,
-    short_side: Annotated[int, typer.Option(min=16, help="Short side of stored frames.")] = 320,
-    max_long_side: Annotated[int, typer.Option(min=16, help="Cap on the long side of stored frames.")] = 576,
+    window: Annotated[Optional[int], typer.Option(min=1, help="Frames a sample's window holds (default: the data "
+                                                          "set's, MTTR's: a2d 8, refer-youtube-vos/davis 12).")] = None,
+    short_side: Annotated[Optional[int], typer.Option(min=16, help="Short side of stored frames (a2d 320, "
+                                                                "refer-* 360).")] = None,
+    max_long_side: Annotated[Optional[int], typer.Option(min=16, help="Cap on the long side of stored frames "
+                                                                   "(a2d 576, refer-* 640).")] = None,
     codec: Annotated[str, typer.Option(help="Frame storage: jpeg or png.")] = "jpeg",
     jpeg_quality: Annotated[int, typer.Option(min=10, max=100)] = 90,
-    decoder: Annotated[str, typer.Option(help="Video decoder: pyav (MTTR's torchvision read_video frame indexing) "
-                                              "or opencv.")] = "pyav",
+    decoder: Annotated[str, typer.Option(help="Video decoder (a2d): pyav (MTTR's torchvision read_video frame "
+                                              "indexing) or opencv.")] = "pyav",
+    holdout_videos: Annotated[int, typer.Option(min=0, help="refer-youtube-vos: train videos held out with their "
+                                                         "masks (split holdout) for local J&F.")] = 0,
+    seed: Annotated[int, typer.Option(help="refer-youtube-vos: seed of the held-out videos.")] = 0,
+    split: Annotated[str, typer.Option(help="refer-davis: the DAVIS split to prepare (val or train).")] = "val",
     workers: Annotated[Optional[int], typer.Option(min=1, help="Parallel processes (default: all cores).",
                                                    envvar="LOSH_WORKERS")] = None,
 ) -> None:
     """Raw data set -> prepared data set: short expressions, merged masks, manifest, HDF5 shards."""
-    from pipeline.datasets.a2d import DatasetRootError
-    from pipeline.prepare import PrepareSettings, prepare_a2d
+    from pipeline.datasets import DATASETS
+    from pipeline.datasets.base import DatasetRootError
+    from pipeline.prepare import prepare_dataset, settings_for
     from pipeline.shorten import TaggerUnavailable
 
-    if dataset != "a2d":
-        fail(f"dataset {dataset!r} is not supported yet (supported: a2d)", 2)
-    settings = PrepareSettings(window=window, short_side=short_side, max_long_side=max_long_side, codec=codec,
-                               jpeg_quality=jpeg_quality, decoder=decoder)
+    if dataset not in DATASETS:
+        fail(f"--dataset must be one of {', '.join(DATASETS)}, got {dataset!r}", 2)
+    if holdout_videos and dataset != "refer-youtube-vos":
+        fail("--holdout-videos is for --dataset refer-youtube-vos", 2)
+    settings = settings_for(dataset, window=window, short_side=short_side, max_long_side=max_long_side, codec=codec,
+                            jpeg_quality=jpeg_quality, decoder=decoder)
+    options = {"holdout_videos": holdout_videos, "seed": seed} if dataset == "refer-youtube-vos" else (
+        {"split": split} if dataset == "refer-davis" else {})
     try:
-        manifest = prepare_a2d(root, out, short_source=short_text, tagger=tagger, rule=rule, settings=settings,
-                               workers=workers)
+        manifest = prepare_dataset(dataset, root, out, short_source=short_text, tagger=tagger, rule=rule,
+                                   settings=settings, workers=workers, **options)
     except (DatasetRootError, TaggerUnavailable, ValueError) as e:
         fail(str(e))
     c = manifest["counts"]
-    typer.echo(f"prepared {c['samples']} samples ({c['samples_train']} train, {c['samples_test']} test) from "
-               f"{c['videos']} videos, {c['annotated_frames']} annotated frames; "
-               f"{c['merged_short_masks']} samples with a merged short mask; "
-               f"{c['samples_empty_mask']} with an empty mask, {c['samples_window_past_end']} with the annotated "
-               f"frame past the decoded end (kept, as MTTR); {c['videos_frame_count_mismatch']} videos whose "
-               f"decoded length differs from videoset.csv; "
-               f"{c['videos_missed_skipped']} missed videos skipped; {c['broken']} problems reported "
-               f"(see {out / 'report.json'})")
+    per_split = ", ".join(f"{info['samples']} {name} ({info['kind']}{'' if info['masks'] else ', no masks'})"
+                          for name, info in manifest["splits"].items())
+    typer.echo(f"prepared {c['samples']} samples ({per_split}) from {c['videos']} videos, "
+               f"{c['annotated_frames']} annotated frames; {c['merged_short_masks']} samples with a merged short "
+               f"mask; {c['samples_empty_mask']} with an empty mask; evaluated split: {manifest['eval_split']}")
+    if dataset == "a2d":
+        typer.echo(f"{c['samples_window_past_end']} samples with the annotated frame past the decoded end (kept, "
+                   f"as MTTR); {c['videos_frame_count_mismatch']} videos whose decoded length differs from "
+                   f"videoset.csv; {c['videos_missed_skipped']} missed videos skipped")
+    typer.echo(f"{c['broken']} problems reported (see {out / 'report.json'})")
 
 
 def torch_load_config(checkpoint: Path) -> dict:
@@ -176,13 +190,11 @@ def compute_flows(
 ) -> None:
     """Farneback flows of the annotated frames of a split into HDF5 shards, in parallel with Dask."""
     from pipeline.flow_verify import verify_flows
-    from pipeline.flows import SPLIT_CHOICES, FlowComputeError, compute_flows as run_compute_flows
-    from schemas.prepared_reader import PreparedDataMissing
+    from pipeline.flows import FlowComputeError, compute_flows as run_compute_flows, parse_split
+    from schemas.prepared_reader import PreparedDataMissing, load_manifest
     from schemas.flows import FarnebackParams, FlowParams
     from schemas.prepared import SchemaError
 
-    if split not in SPLIT_CHOICES:
-        fail(f"--split must be one of {', '.join(SPLIT_CHOICES)}, got {split!r}", 2)
     if verify:
         report = verify_flows(prep, samples=verify_samples)
         for problem in report.problems[:20]:
@@ -193,6 +205,12 @@ def compute_flows(
         typer.echo(f"flows of {prep} verified: {report.shards} shards, {report.frames} annotated frames, "
                    f"{report.recomputed} recomputed (max difference {report.max_error:.2g} grid pixels)")
         return
+    try:
+        parse_split(split, load_manifest(prep))
+    except ValueError as e:
+        fail(f"--{e}", 2)
+    except (PreparedDataMissing, SchemaError) as e:
+        fail(str(e))
     try:
         params = FlowParams(offsets=tuple(int(o) for o in offsets.split(",")),
                             farneback=FarnebackParams(pyr_scale, levels, winsize, iterations, poly_n, poly_sigma),
@@ -302,8 +320,12 @@ def evaluate(
     data: Annotated[Path, typer.Option("--data", help="Prepared data set (PREP).")],
     checkpoint: Annotated[Optional[Path], typer.Option(help="Checkpoint to evaluate (RUN/checkpoints/last.pt).")] = None,
     predictions: Annotated[Optional[Path], typer.Option(help="Score a predictions folder instead of a model.")] = None,
-    split: Annotated[str, typer.Option(help="train or test.")] = "test",
+    split: Annotated[Optional[str], typer.Option(help="Split to score (default: the data set's: a2d test, "
+                                                     "refer-youtube-vos holdout (else valid), refer-davis val).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Write the metrics as JSON here.")] = None,
+    submission: Annotated[Optional[Path], typer.Option(help="Whole-video splits: also write the Refer-YouTube-VOS "
+                                                            "server's zip (Annotations/<video>/<exp>/<frame>.png) "
+                                                            "here.")] = None,
     save_predictions: Annotated[Optional[Path], typer.Option(help="Write predicted masks (PNG) here.")] = None,
     visualize: Annotated[int, typer.Option(min=0, help="Write this many GT-vs-prediction pictures.")] = 0,
     visualize_dir: Annotated[Optional[Path], typer.Option(help="Folder of the pictures.")] = None,
@@ -342,6 +364,8 @@ def evaluate(
         if predictions is not None:
             from losh.evaluate import write_json
             from losh.predictions import score_predictions
+            from schemas.prepared_reader import load_manifest
+            split = split or load_manifest(data)["eval_split"]
             metrics, missing = score_predictions(data, predictions, split, resolution=resolution, raw=raw)
             report = {**metrics, "split": split, "predictions": str(predictions), "missing_predictions": len(missing)}
             if missing:
@@ -355,7 +379,8 @@ def evaluate(
                                          visualize=visualize, visualize_dir=visualize_dir, batch_size=batch_size,
                                          num_workers=workers, device=device, use_ema=ema, amp=amp,
                                          resolution=resolution, raw=raw,
-                                         inference_short_pathway=inference_short_pathway)
+                                         inference_short_pathway=inference_short_pathway, submission=submission)
+            split = report["split"]
             if baselines:
                 from losh.evaluate import trivial_baselines, untrained_model_mean_iou, write_json
                 from schemas.config import ModelConfig
@@ -366,7 +391,14 @@ def evaluate(
                     write_json(out, report)
     except (SchemaError, PreparedDataMissing, FileNotFoundError, AssetMissing, ValueError) as e:
         fail(str(e))
-    typer.echo(format_table({k: report[k] for k in (*METRIC_KEYS, "map_single_mask") if k in report}))
+    if "J&F" in report:   # a whole-video split
+        typer.echo(format_video_metrics(report))
+    elif "overall_iou" in report or "map_single_mask" in report:
+        typer.echo(format_table({k: report[k] for k in (*METRIC_KEYS, "map_single_mask") if k in report}))
+    if report.get("expressions_without_masks"):
+        typer.echo(f"{report['expressions_without_masks']} expressions have no public masks (scored by the server)")
+    if report.get("submission"):
+        typer.echo(f"submission written to {report['submission']}")
     for name, value in report.get("baselines", {}).items():
         typer.echo(f"baseline {name.replace('_mean_iou', '')}: mean IoU {100 * value:.2f}%")
     if report.get("weights") == "ema":
@@ -375,6 +407,21 @@ def evaluate(
         typer.echo(f"metrics written to {out}")
     if visualize and checkpoint is not None:
         typer.echo(f"pictures in {visualize_dir or (out.parent / 'pictures' if out else Path('pictures'))}")
+
+
+def format_video_metrics(report: dict) -> str:
+    """J, F and J&F (percent), per expression set and their mean where there are sets."""
+    lines = [f"{'':24s}{'J':>8s}{'F':>8s}{'J&F':>8s}{'count':>8s}"]
+
+    def row(name: str, m: dict, count_key: str = "expressions") -> str:
+        return f"{name:24s}{100 * m['J']:8.2f}{100 * m['F']:8.2f}{100 * m['J&F']:8.2f}{m.get(count_key, ''):>8}"
+
+    if "davis_unsupervised" in report:
+        for name, m in report["davis_unsupervised"].get("subsets", {}).items():
+            lines.append(row(f"DAVIS-unsup. {name}", m))
+        lines.append(row("DAVIS-unsup. mean of sets", report["davis_unsupervised"]))
+    lines.append(row("per expression", report["per_expression"]))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from losh.predictions import mask_path, write_mask, write_scores
 from losh.size_batches import size_grouped_batches
 from losh.video_inference import query_masks
 from losh.visualize import comparison_picture, save_picture
+from schemas.prepared_reader import PreparedDataset, load_manifest
 from schemas.config import ModelConfig, with_overrides
 
 
@@ -46,15 +47,17 @@ def write_json(path: Path, obj: dict) -> None:
 
 
 @torch.no_grad()
-def evaluate_checkpoint(data: Path, checkpoint: Path, *, split: str = "test", out: Path | None = None,
+def evaluate_checkpoint(data: Path, checkpoint: Path, *, split: str | None = None, out: Path | None = None,
                         save_predictions: Path | None = None, visualize: int = 0, visualize_dir: Path | None = None,
                         batch_size: int = 2, num_workers: int = 0, device: str | None = None,
                         progress: bool = True, use_ema: bool = True, amp: str = "off",
                         resolution: str = "original", raw: Path | None = None, max_samples: int = 0,
-                        inference_short_pathway: str | None = None) -> dict:
-    """A checkpoint's metrics on `split` of `data`, in float32 unless `amp` is 'bf16' (MTTR evaluates in
-    float32, whatever the training used), scored at the original video size unless `resolution` is
-    'prepared'."""
+                        inference_short_pathway: str | None = None, submission: Path | None = None) -> dict:
+    """A checkpoint's metrics on `split` of `data` (default: the split the data set evaluates, e.g. A2D's
+    test), in float32 unless `amp` is 'bf16' (MTTR evaluates in float32, whatever the training used),
+    scored at the original video size unless `resolution` is 'prepared'. Whole-video splits
+    (Refer-YouTube-VOS, Refer-DAVIS17) give J&F, and with `submission` the server's zip."""
+    split = split or load_manifest(Path(data))["eval_split"]
     if amp not in AMP_CHOICES:
         raise ValueError(f"amp must be one of {AMP_CHOICES}, got {amp!r}")
     dev = select_device(Dist(local_rank=int(os.environ.get("LOCAL_RANK", "0"))), device)   # one process
@@ -62,7 +65,7 @@ def evaluate_checkpoint(data: Path, checkpoint: Path, *, split: str = "test", ou
     metrics = evaluate_model(model, data, split=split, save_predictions=save_predictions, visualize=visualize,
                              visualize_dir=visualize_dir or (Path(out).parent / "pictures" if out else Path("pictures")),
                              batch_size=batch_size, num_workers=num_workers, amp=amp, progress=progress,
-                             resolution=resolution, raw=raw, max_samples=max_samples)
+                             resolution=resolution, raw=raw, max_samples=max_samples, submission=submission)
     report = {**metrics, "split": split, "checkpoint": str(checkpoint), "data": str(data),
               "model": ckpt["model_config"]["name"],
               "weights": "ema" if use_ema and ckpt.get("model_ema") is not None else "trained",
@@ -81,12 +84,19 @@ EXPRESSIONS_PER_CLIP = 8
 def evaluate_model(model: torch.nn.Module, data: Path, *, split: str = "test", save_predictions: Path | None = None,
                    visualize: int = 0, visualize_dir: Path = Path("pictures"), batch_size: int = 2,
                    num_workers: int = 0, amp: str = "off", progress: bool = True, resolution: str = "original",
-                   raw: Path | None = None, max_samples: int = 0) -> dict:
+                   raw: Path | None = None, max_samples: int = 0, submission: Path | None = None) -> dict:
     """MTTR's protocol: per sample, all queries' masks of the annotated frame with their mean reference
     scores (mAP), the best-scoring one for IoU, precision@k, J and F, at the original video size (or the
     prepared one). Batches hold clips of one frame size: nothing is padded, so the metrics do not depend
     on `batch_size` or `num_workers`. NaN metrics become None."""
     model.eval()
+    if load_manifest(Path(data))["splits"].get(split, {}).get("kind") == "video":
+        from losh.evaluate_videos import evaluate_videos
+        shorts, source = inference_short_texts(PreparedDataset(data, split), model.config)
+        return {**evaluate_videos(model, data, split=split, inference_shorts=shorts, submission=submission, amp=amp,
+                                  progress=progress, max_samples=max_samples), "inference_short_text": source}
+    if submission is not None:
+        raise ValueError(f"--submission is for whole-video splits (Refer-YouTube-VOS valid); {split} is not one")
     dev = next(model.parameters()).device
     # batches of clips: the expressions of one annotated frame share one backbone pass (same results)
     dataset = ClipDataset(data, split, max_expressions=EXPRESSIONS_PER_CLIP, max_samples=max_samples)

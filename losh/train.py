@@ -76,6 +76,19 @@ def dataset_manifest(data: Path) -> dict:
     return load_manifest(Path(data))
 
 
+def validation_for_data(settings: TrainSettings, manifest: dict) -> TrainSettings:
+    """The validation split and metric this data set can give: a split it lacks (A2D's default "test" on
+    Refer-YouTube-VOS) becomes the data set's own evaluation split, and a whole-video split ranks best.pt by
+    J&F (it has no mean IoU)."""
+    split = settings.eval_split if settings.eval_split in manifest["splits"] else manifest["eval_split"]
+    metric = settings.best_metric
+    if manifest["splits"][split]["kind"] == "video" and metric not in ("jf", "j", "f"):
+        metric = "jf"
+    if (split, metric) == (settings.eval_split, settings.best_metric):
+        return settings
+    return TrainSettings.from_dict({**settings.to_dict(), "eval_split": split, "best_metric": metric})
+
+
 def check_data_matches_config(manifest: dict, config: ModelConfig) -> None:
     """Refuse a prepared set whose window or short-text source differs from what the config trains."""
     if manifest["window"] != config.window:
@@ -137,7 +150,9 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
         torch.use_deterministic_algorithms(True, warn_only=True)
 
     # ---- data: shards only, prepared the way this config expects
-    check_data_matches_config(dataset_manifest(data), config)
+    manifest = dataset_manifest(data)
+    check_data_matches_config(manifest, config)
+    settings = validation_for_data(settings, manifest)
     with_flows = config.loss.fbc > 0
     augment = Augment(settings.scales, settings.max_long_side, settings.flip_p)
     if settings.expressions_per_clip > 1:

@@ -38,7 +38,6 @@ from schemas.flows import FLOWS_DIR, FLOWS_SCHEMA, FLOWS_VERSION, INDEX_FILE, UN
     parse_compression
 from schemas.prepared import SPLITS, SchemaError, read_json
 
-SPLIT_CHOICES = (*SPLITS, "all")
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3   # glibc mallopt parameters
 
 
@@ -82,12 +81,17 @@ class FlowRun:
 
 
 
-def parse_split(split: str) -> tuple[str, ...]:
-    """The splits of a --split value: train, test or all."""
-    if split not in SPLIT_CHOICES:
-        raise ValueError(f"split must be one of {', '.join(SPLIT_CHOICES)}, got {split!r}")
-    return SPLITS if split == "all" else (split,)
+def window_splits(manifest: dict) -> tuple[str, ...]:
+    """The splits of PREP whose samples are windows (those L_fbc can train on); whole-video splits have none."""
+    return tuple(s for s in SPLITS if manifest["splits"].get(s, {}).get("kind") == "window")
 
+
+def parse_split(split: str, manifest: dict | None = None) -> tuple[str, ...]:
+    """The splits of a --split value: a window split of PREP (A2D: train, test), or all of them."""
+    choices = window_splits(manifest) if manifest is not None else ("train", "test")
+    if split not in (*choices, "all"):
+        raise ValueError(f"split must be one of {', '.join((*choices, 'all'))}, got {split!r}")
+    return choices if split == "all" else (split,)
 
 
 def offset_targets(window: list[int], frame: int, offsets: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[bool, ...]]:
@@ -342,8 +346,8 @@ def compute_flows(prep: Path, params: FlowParams = FlowParams(), *, split: str =
     clock = time.perf_counter()
     prep = Path(prep).resolve()
     params = params.validate()
-    asked = parse_split(split)
     manifest = load_manifest(prep)
+    asked = parse_split(split, manifest)
     splits = tuple(s for s in SPLITS if s in set(asked) | set(previous_splits(prep, params, manifest)))
     jobs, _ = build_flow_jobs(prep, params, splits, manifest)
     if not jobs:

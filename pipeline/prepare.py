@@ -116,9 +116,10 @@ def read_a2d_annotations(spec: VideoSpec, problems: list[Problem]) -> Annotation
     return annotations
 
 
-def read_palette_annotations(spec: VideoSpec, problems: list[Problem]) -> Annotations:
+def read_palette_annotations(spec: VideoSpec, problems: list[Problem]) -> tuple[Annotations, dict[int, np.ndarray]]:
     """Palette PNGs (pixel value = object id, 0 background, 255 void) -> masks of the video's objects (its
-    listed ones, those found in the masks, and every referred one) in every frame that has a PNG."""
+    listed ones, those found in the masks, and every referred one) in every frame that has a PNG, and the
+    label maps themselves (frame number -> (H, W) uint8)."""
     labels: dict[int, np.ndarray] = {}
     for number, path in enumerate(spec.annotation_files, start=1):
         if not path:
@@ -133,7 +134,7 @@ def read_palette_annotations(spec: VideoSpec, problems: list[Problem]) -> Annota
     found = {int(v) for arr in labels.values() for v in np.unique(arr)} - {0, 255}
     ids = np.asarray(sorted(set(spec.object_ids) | found | {e.instance_id for e in spec.expressions
                                                             if e.instance_id >= 0}), dtype=np.int64)
-    return {n: (ids, arr[None] == ids[:, None, None]) for n, arr in labels.items()}
+    return {n: (ids, arr[None] == ids[:, None, None]) for n, arr in labels.items()}, labels
 
 
 def read_image_frames(spec: VideoSpec, wanted: set[int]) -> dict[int, np.ndarray]:
@@ -190,9 +191,10 @@ def prepare_video(job: VideoJob) -> VideoResult:
             return fail_all("missing mask folder (a2d_annotation_with_instances/<video_id>)")
         if not annotations:
             return fail_all("no readable annotated frame")
-    elif spec.annotation_format == "palette_png":
-        annotations = read_palette_annotations(spec, problems)
-    else:
+    labels: dict[int, np.ndarray] = {}
+    if spec.annotation_format == "palette_png":
+        annotations, labels = read_palette_annotations(spec, problems)
+    elif spec.annotation_format != "a2d_h5":
         annotations = {}
     if spec.sampling != "whole_video" and not annotations:
         return fail_all("no readable annotated frame")
@@ -283,6 +285,9 @@ def prepare_video(job: VideoJob) -> VideoResult:
                              compression_opts=4, chunks=(1, *size))
             for index, iid in enumerate(frame_ids[frame]):
                 empty_at[(iid, frame)] = not masks[index].any()
+            if spec.sampling == "whole_video" and frame in labels:
+                # whole videos are scored at the original size, on the data set's own label maps (DAVIS)
+                g.create_dataset("labels", data=labels[frame], compression="gzip", compression_opts=4)
         for k, window, anchor, targets, target_frames in plans:
             e = spec.expressions[k]
             kind = "video" if spec.sampling == "whole_video" else "window"

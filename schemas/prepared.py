@@ -15,6 +15,9 @@ PREP/shards/<video_id>.h5
     annotated/<frame:05d>/instance_ids  int64 (N,)  annotated instances of the frame
     annotated/<frame:05d>/masks         uint8 (N, h, w)  their masks at the stored resolution
     annotated/<frame:05d>/short_masks   uint8 (S, h, w)  merged masks of the short-expression groups
+    annotated/<frame:05d>/labels        uint8 (H, W)  whole-video splits of palette data sets: the raw label
+                                        map at the original size (object id, 0 background, 255 void),
+                                        what J&F is scored on
 A shard exists only once complete (written under a temporary name, then renamed).
 
 Two kinds of sample:
@@ -139,6 +142,14 @@ class SampleRecord:
             raise bad(f"window must be a non-empty list of frame numbers 1..{self.video_frames}")
         if self.kind == "window" and self.window[len(self.window) // 2] != min(self.frame, self.video_frames):
             raise bad(f"window {self.window} does not show frame {self.frame} at position {len(self.window) // 2}")
+        w = len(self.window)
+        if self.kind == "window" and self.targets == [w // 2]:
+            # one annotated frame (A2D, JHMDB): MTTR's window around it, clamped to the decoded video
+            centre = self.frame - 1
+            expected = [min(max(i, 0), self.video_frames - 1) + 1 for i in range(centre - w // 2, centre + (w + 1) // 2)]
+            if self.window != expected:
+                raise bad(f"window {self.window} is not MTTR's window of {w} around frame {self.frame} clamped to "
+                          f"{self.video_frames} frames ({expected})")
         if len(self.targets) != len(self.target_frames) or len(set(self.targets)) != len(self.targets):
             raise bad("targets and target_frames must be equally long, targets without repeats")
         if not all(isinstance(p, int) and 0 <= p < len(self.window) for p in self.targets):

@@ -140,6 +140,12 @@ class PreparedDataset:
                                           instance_masks=masks, instance_ids=instance_ids))
         return samples
 
+    def original_labels(self, record: SampleRecord, frame: int) -> np.ndarray | None:
+        """The raw (H, W) label map of an annotated frame of a whole-video sample, where the shard keeps it."""
+        f, _ = self._shard(record.shard)
+        dataset = f.get(f"annotated/{frame:05d}/labels")
+        return None if dataset is None else dataset[()]
+
     def frame_names(self, record: SampleRecord) -> list[str]:
         """The data set's names of the video's frames (index n-1: frame n), e.g. "00005" (for submissions)."""
         f, _ = self._shard(record.shard)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from schemas.prepared import SPLITS
+
 TRAIN_SCHEMA = "losh.train"
 TRAIN_VERSION = 1
 AMP_MODES = ("bf16", "fp16", "off")
@@ -72,8 +74,8 @@ class TrainSettings:
             raise bad("ema_decay must be in [0, 1) (0 turns the weight average off)")
         if min(self.num_workers, self.checkpoint_every_steps, self.max_steps, self.eval_every, self.eval_samples) < 0:
             raise bad("num_workers, checkpoint_every_steps, max_steps, eval_every and eval_samples must be >= 0")
-        if self.eval_split not in ("train", "test"):
-            raise bad("eval_split must be train or test")
+        if self.eval_split not in SPLITS:
+            raise bad(f"eval_split must be one of {SPLITS}")
         if self.best_metric not in BEST_METRICS:
             raise bad(f"best_metric must be one of {BEST_METRICS}")
         return self

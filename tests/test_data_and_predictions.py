@@ -36,12 +36,12 @@ def test_random_resize_and_collate_pad(prep):
     ds = RVOSDataset(prep, "train", augment=Augment(scales=(48,), flip_p=0.0))
     item = ds[0]
     assert item["frames"].shape[-2:] == (48, 66)
-    assert item["long_mask"].shape == (48, 66) and item["long_mask"].dtype == torch.bool
+    assert item["long_mask"].shape == (1, 48, 66) and item["long_mask"].dtype == torch.bool   # one supervised frame
     plain = RVOSDataset(prep, "train")[1]
     batch = collate([item, plain])
     assert batch["frames"].shape == (2, 8, 3, 64, 88)
     assert batch["valid_size"].tolist() == [[48, 66], [64, 88]]
-    assert not batch["long_mask"][0, 48:].any()
+    assert not batch["long_mask"][0, :, 48:].any()
     x = normalise_frames(batch["frames"])
     raw = float(batch["frames"][0, 0, 1, 0, 0])
     assert x.dtype == torch.float32 and abs(float(x[0, 0, 1, 0, 0]) - (raw / 255 - 0.456) / 0.224) < 1e-5

@@ -77,7 +77,7 @@ def test_cli_defaults_to_the_train_split(prep):
 
 
 def test_python_api_refuses_an_unknown_split(prep):
-    with pytest.raises(ValueError, match="split must be one of train, test, all, got 'val'"):
+    with pytest.raises(ValueError, match="split must be one of train, test, all, got 'val'"):   # A2D's splits
         compute_flows(prep, split="val", workers=0, progress=False)
 
 

@@ -43,10 +43,10 @@ def test_short_groups_merge_masks_of_instances_sharing_the_short_expression():
 
 
 def _record(**over):
-    d = dict(sample_id="v_1_00005", video_id="v", instance_id=1, frame=5, split="train", long="a dog running",
-             short="a dog", shard="shards/v.h5", window=[3, 4, 5, 6], referred_index=0, short_index=0,
-             short_instance_ids=[1], size=[32, 48], orig_size=[64, 96],
-             video_frames=10)
+    d = dict(sample_id="v_1_00005", video_id="v", expression_id="1", subset="", instance_id=1, frame=5, split="train",
+             kind="window", long="a dog running", short="a dog", shard="shards/v.h5", window=[3, 4, 5, 6],
+             targets=[2], target_frames=[5], referred_index=0, short_index=0, short_instance_ids=[1], size=[32, 48],
+             orig_size=[64, 96], video_frames=10)
     d.update(over)
     return d
 
@@ -55,14 +55,24 @@ def test_record_validation_gives_clear_errors():
     assert SampleRecord.from_dict(_record()).short_merged is False
     assert SampleRecord.from_dict(_record(short_instance_ids=[1, 2])).short_merged is True
     with pytest.raises(SchemaError, match="split"):
-        SampleRecord.from_dict(_record(split="val"))
+        SampleRecord.from_dict(_record(split="validation"))
     with pytest.raises(SchemaError, match="missing fields"):
         d = _record()
         del d["window"]
         SampleRecord.from_dict(d)
-    with pytest.raises(SchemaError, match="not MTTR's window of 2 around frame 5 clamped to 10 frames"):
+    with pytest.raises(SchemaError, match="not MTTR's window of 4 around frame 5 clamped to 10 frames"):
+        SampleRecord.from_dict(_record(window=[2, 3, 5, 6]))
+    with pytest.raises(SchemaError, match="does not show frame 5 at position 1"):
         SampleRecord.from_dict(_record(window=[1, 2]))
-    with pytest.raises(SchemaError, match=r"\[3, 4, 5, 6\]"):   # clamped to 5 frames it would be [3, 4, 5, 5]
+    with pytest.raises(SchemaError, match="targets must be positions"):
+        SampleRecord.from_dict(_record(targets=[7], target_frames=[5]))
+    with pytest.raises(SchemaError, match="kind"):
+        SampleRecord.from_dict(_record(kind="clip"))
+    # a whole-video sample of a split whose masks are private: no targets, no instance
+    video = SampleRecord.from_dict(_record(kind="video", window=list(range(1, 11)), targets=[], target_frames=[],
+                                           instance_id=-1, short_instance_ids=[], frame=1, split="valid"))
+    assert video.kind == "video" and not video.targets
+    with pytest.raises(SchemaError, match=r"frame numbers 1..5"):   # frame 6 of a 5-frame video
         SampleRecord.from_dict(_record(video_frames=5))
     with pytest.raises(SchemaError, match="video_frames"):
         SampleRecord.from_dict(_record(video_frames=0))
@@ -80,7 +90,8 @@ def test_manifest_version_mismatch_is_refused():
 def test_record_past_the_decoded_end_keeps_mttr_clamped_window():
     # annotated frame 11 of a video that decodes to 10 frames: MTTR shows the last frame everywhere
     # from the annotated position on; the record is valid and says so
-    r = SampleRecord.from_dict(_record(frame=11, sample_id="v_1_00011", window=[9, 10, 10, 10], video_frames=10))
+    r = SampleRecord.from_dict(_record(frame=11, sample_id="v_1_00011", window=[9, 10, 10, 10], video_frames=10,
+                                       target_frames=[11]))
     assert r.past_end and r.annotated_position == 2 and r.window[r.annotated_position] == 10
     assert [i + 1 for i in window_indices(11, 10, 4)] == r.window
     assert not SampleRecord.from_dict(_record()).past_end
