@@ -236,6 +236,9 @@ def train(
     out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints, metrics.jsonl, config.")],
     config: Annotated[str, typer.Option(help="Preset (losh-m, mttr, tiny), preset:ablation (losh-m:wo-fbc) "
                                              "or a JSON config file.")] = "losh-m",
+    window: Annotated[Optional[int], typer.Option(min=1, help="Frames per sample, the config's `window` "
+                                                           "(must equal the prepared data's: 8 for A2D, 12 for "
+                                                           "Refer-YouTube-VOS).")] = None,
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs (default 70, MTTR on A2D).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Batch per process (default 3); clips with "
                                                                    "--expressions-per-clip above 1.")] = None,
@@ -258,7 +261,8 @@ def train(
     eval_every: Annotated[Optional[int], typer.Option(
         min=0, help="Evaluate every N epochs (and after the last) on --eval-split, log the metrics and keep "
                     "RUN/checkpoints/best.pt (default 0: never).")] = None,
-    eval_split: Annotated[Optional[str], typer.Option(help="Split evaluated during training (default test).")] = None,
+    eval_split: Annotated[Optional[str], typer.Option(help="Split evaluated during training (default: test, or the "
+                                                           "data set's own, e.g. holdout).")] = None,
     eval_samples: Annotated[Optional[int], typer.Option(
         min=0, help="Evaluate a fixed subset of this many samples, spread over the split (default 0: all).")] = None,
     best_metric: Annotated[Optional[str], typer.Option(
@@ -275,12 +279,14 @@ def train(
     from losh.errors import AssetMissing
     from losh.train import NonFiniteLoss, RunExists, run_settings, train as run_training
     from schemas.prepared_reader import PreparedDataMissing
-    from schemas.config import ConfigError, resolve_config
+    from schemas.config import ConfigError, resolve_config, with_overrides
     from schemas.prepared import SchemaError
     from schemas.train import TrainConfigError, TrainSettings
 
     try:
         model_config = resolve_config(config)
+        if window is not None:
+            model_config = with_overrides(model_config, {"window": window})
         checkpoint = out / "checkpoints" / "last.pt"
         # resuming: the run's own settings are the base, so that only what is given here changes
         settings = run_settings(out) if resume and checkpoint.exists() else TrainSettings()

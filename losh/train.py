@@ -93,7 +93,8 @@ def check_data_matches_config(manifest: dict, config: ModelConfig) -> None:
     """Refuse a prepared set whose window or short-text source differs from what the config trains."""
     if manifest["window"] != config.window:
         raise ValueError(f"the config trains on windows of {config.window} frames but the data was prepared with "
-                         f"--window {manifest['window']}")
+                         f"--window {manifest['window']} ({manifest['dataset']}); pass `losh train --window "
+                         f"{manifest['window']}` or prepare again with --window {config.window}")
     source = manifest["short_text"]["source"]
     if config.use_short_text and source != config.short_text_source:
         hint = ("append ':msh' to the preset (machine short text, the paper's LoSh-M w/ MSh)"
