@@ -417,10 +417,10 @@ def evaluate(
 
 def format_video_metrics(report: dict) -> str:
     """J, F and J&F (percent), per expression set and their mean where there are sets."""
-    lines = [f"{'':24s}{'J':>8s}{'F':>8s}{'J&F':>8s}{'count':>8s}"]
+    lines = [f"{'':34s}{'J':>8s}{'F':>8s}{'J&F':>8s}{'count':>8s}"]
 
     def row(name: str, m: dict, count_key: str = "expressions") -> str:
-        return f"{name:24s}{100 * m['J']:8.2f}{100 * m['F']:8.2f}{100 * m['J&F']:8.2f}{m.get(count_key, ''):>8}"
+        return f"{name:34s}{100 * m['J']:8.2f}{100 * m['F']:8.2f}{100 * m['J&F']:8.2f}{m.get(count_key, ''):>8}"
 
     if "davis_unsupervised" in report:
         for name, m in report["davis_unsupervised"].get("subsets", {}).items():

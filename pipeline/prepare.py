@@ -242,9 +242,14 @@ def prepare_video(job: VideoJob) -> VideoResult:
                 plans.append((k, window, 1, targets, [p + 1 for p in targets]))
                 continue
             for window in consecutive_windows(n_frames, w):
-                targets = [p for p, i in enumerate(window) if i + 1 in annotations]
-                if targets:
-                    plans.append((k, window, window[w // 2] + 1, targets, [window[p] + 1 for p in targets]))
+                missing = sorted({i + 1 for i in window if i + 1 not in annotations})
+                if missing:
+                    # every frame of a training window is supervised (and a batch shares its positions)
+                    if k == 0:
+                        problems.append(Problem(vid, f"window of frames {window[0] + 1}-{window[-1] + 1} skipped: "
+                                                     f"no mask for frame(s) {missing}", None, missing[0]))
+                    continue
+                plans.append((k, window, window[w // 2] + 1, list(range(len(window))), [i + 1 for i in window]))
         try:
             decoded = read_image_frames(spec, {i for _, window, *_ in plans for i in window})
         except VideoUnreadable as e:

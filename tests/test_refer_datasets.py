@@ -178,3 +178,25 @@ def test_prepare_cli_reads_each_layout_and_refuses_bad_options(tmp_path):
     unknown = CliRunner().invoke(app, ["prepare-data", "--dataset", "mevis", "--root", str(root), "--out",
                                        str(tmp_path / "y")])
     assert unknown.exit_code == 2 and "a2d, refer-youtube-vos, refer-davis" in unknown.output
+
+
+def test_broken_files_are_reported_by_id_and_the_rest_prepared(tmp_path):
+    root = tmp_path / "raw"
+    write_synthetic_refer_youtube_vos(root, videos=6, seed=3, height=48, width=64, frames=40, progress=False)
+    train_videos = sorted(json.loads((root / "train/meta.json").read_text())["videos"])
+    no_frame, no_mask = train_videos[0], train_videos[1]
+    (root / f"train/JPEGImages/{no_frame}/00010.jpg").unlink()
+    (root / f"train/Annotations/{no_mask}/00035.png").unlink()    # the last released frame's mask
+    prep = tmp_path / "prep"
+    manifest = prepare_dataset("refer-youtube-vos", root, prep, short_source="machine",
+                               settings=PrepareSettings(window=4, short_side=48, max_long_side=64), workers=1,
+                               progress=False)
+    problems = json.loads((prep / "report.json").read_text())["problems"]
+    assert any(p["video_id"] == no_frame and "unreadable frames" in p["reason"] and "00010.jpg" in p["reason"]
+               for p in problems)
+    assert any(p["video_id"] == no_mask and "skipped: no mask for frame(s) [8]" in p["reason"] for p in problems)
+    records = PreparedDataset(prep).records
+    assert no_frame not in {r.video_id for r in records}
+    # frames 5-8 lose their window; the others of that video are kept, every one fully supervised
+    kept = {tuple(r.window) for r in records if r.video_id == no_mask}
+    assert kept == {(1, 2, 3, 4)} and manifest["counts"]["broken"] == len(problems)
