@@ -12,6 +12,7 @@ sliding windows (losh/video_inference.py), one query per expression, then
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -68,11 +69,10 @@ def evaluate_videos(model: torch.nn.Module, data: Path, *, split: str, inference
     scored = JFAccumulator()
     with_sets = any(r.subset for r in records)
     davis = JFAccumulator() if with_sets else None
-    writer = SubmissionWriter(submission, overwrite=True) if submission is not None else None
     unscored = frames_predicted = 0
-    try:
-        if writer is not None:
-            writer.__enter__()
+    with ExitStack() as stack:
+        # the zip appears only when every video is done (SubmissionWriter renames it into place on exit)
+        writer = stack.enter_context(SubmissionWriter(submission, overwrite=True)) if submission is not None else None
         for video_id in tqdm(sorted(by_video), desc=f"evaluate {split}", unit="video", disable=not progress):
             group = by_video[video_id]
             first = group[0]
@@ -104,12 +104,6 @@ def evaluate_videos(model: torch.nn.Module, data: Path, *, split: str, inference
                 scored.add(record.sample_id, float(j), float(f), subset=record.subset)
             if davis is not None:
                 _score_sets(group, kept, labels, targets, davis)
-    except BaseException as error:
-        if writer is not None:
-            writer.__exit__(type(error), error, error.__traceback__)
-        raise
-    if writer is not None:
-        writer.__exit__(None, None, None)
     report: dict = {"samples": len(records), "videos": len(by_video), "frames": frames_predicted,
                     "expressions_without_masks": unscored}
     if len(scored):

@@ -171,6 +171,30 @@ def short_groups(expressions: tuple[ExpressionSpec, ...], shorts: tuple[str, ...
             for e, short in zip(expressions, shorts)]
 
 
+def image_video_plans(spec: VideoSpec, annotations: Annotations, n_frames: int, window: int,
+                      problems: list[Problem]) -> list[tuple[int, list[int], int, list[int], list[int]]]:
+    """The samples of a video given as frames: (expression index, window (0-based), anchor frame, target
+    positions, target frames) for the "consecutive" and "whole_video" samplings (base.py)."""
+    plans = []
+    for k, e in enumerate(spec.expressions):
+        if spec.sampling == "whole_video":
+            frames = list(range(n_frames))
+            targets = [p for p in frames if p + 1 in annotations] if e.instance_id >= 0 else []
+            plans.append((k, frames, 1, targets, [p + 1 for p in targets]))
+            continue
+        for frames in consecutive_windows(n_frames, window):
+            missing = sorted({i + 1 for i in frames if i + 1 not in annotations})
+            if missing:
+                # every frame of a training window is supervised (and a batch shares its positions)
+                if k == 0:
+                    problems.append(Problem(spec.video_id, f"window of frames {frames[0] + 1}-{frames[-1] + 1} "
+                                                           f"skipped: no mask for frame(s) {missing}", None,
+                                            missing[0]))
+                continue
+            plans.append((k, frames, frames[window // 2] + 1, list(range(len(frames))), [i + 1 for i in frames]))
+    return plans
+
+
 def prepare_video(job: VideoJob) -> VideoResult:
     """Prepare one video: read its masks, decode and resize the frames its samples need, write its shard."""
     digest = job.settings_hash()
@@ -234,22 +258,7 @@ def prepare_video(job: VideoJob) -> VideoResult:
         n_frames = len(spec.frame_files)
         if n_frames == 0:
             return fail_all("no frames")
-        plans = []
-        for k, e in enumerate(spec.expressions):
-            if spec.sampling == "whole_video":
-                window = list(range(n_frames))
-                targets = [p for p in window if p + 1 in annotations] if e.instance_id >= 0 else []
-                plans.append((k, window, 1, targets, [p + 1 for p in targets]))
-                continue
-            for window in consecutive_windows(n_frames, w):
-                missing = sorted({i + 1 for i in window if i + 1 not in annotations})
-                if missing:
-                    # every frame of a training window is supervised (and a batch shares its positions)
-                    if k == 0:
-                        problems.append(Problem(vid, f"window of frames {window[0] + 1}-{window[-1] + 1} skipped: "
-                                                     f"no mask for frame(s) {missing}", None, missing[0]))
-                    continue
-                plans.append((k, window, window[w // 2] + 1, list(range(len(window))), [i + 1 for i in window]))
+        plans = image_video_plans(spec, annotations, n_frames, w, problems)
         try:
             decoded = read_image_frames(spec, {i for _, window, *_ in plans for i in window})
         except VideoUnreadable as e:
