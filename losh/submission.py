@@ -21,7 +21,7 @@ import re
 import tempfile
 import time
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -109,10 +109,7 @@ def read_submission(path: str | os.PathLike) -> dict[tuple[str, str, str], np.nd
     """{(video_id, expression_id, frame_name): HxW uint8 mask as stored (0 / 255)}."""
     masks = {}
     with zipfile.ZipFile(path) as archive:
-        for info in archive.infolist():
-            if info.is_dir():
-                continue
-            match = _ENTRY.match(info.filename)
+        for info, match in _files(archive):
             if match is None:
                 raise ValueError(f"{path}: unexpected entry {info.filename!r} (not {ROOT}/<video>/<expression>/<frame>.png)")
             with Image.open(io.BytesIO(archive.read(info))) as image:
@@ -127,10 +124,7 @@ def check_submission(path: str | os.PathLike, expected: Mapping[str, Mapping[str
     problems = []
     present: dict[str, dict[str, set[str]]] = {}
     with zipfile.ZipFile(path) as archive:
-        for info in archive.infolist():
-            if info.is_dir():
-                continue
-            match = _ENTRY.match(info.filename)
+        for info, match in _files(archive):
             if match is None:
                 problems.append(f"unexpected entry {info.filename!r}")
                 continue
@@ -155,6 +149,13 @@ def check_submission(path: str | os.PathLike, expected: Mapping[str, Mapping[str
                 if frame not in present[video][expression]
             ]
     return problems
+
+
+def _files(archive: zipfile.ZipFile) -> Iterator[tuple[zipfile.ZipInfo, re.Match | None]]:
+    """The zip's files (not folders), each with its match of Annotations/<video>/<expression>/<frame>.png."""
+    for info in archive.infolist():
+        if not info.is_dir():
+            yield info, _ENTRY.match(info.filename)
 
 
 def _entry_name(video_id: str, expression_id: str, frame_name: str) -> str:
