@@ -101,7 +101,8 @@ def shorten(
 def prepare_data(
     root: Annotated[Path, typer.Option("--root", help="Raw data set root, in the layout the data set ships.")],
     out: Annotated[Path, typer.Option("--out", help="Prepared data set folder (PREP).")],
-    dataset: Annotated[str, typer.Option(help="a2d (A2D-Sentences), refer-youtube-vos or refer-davis.")] = "a2d",
+    dataset: Annotated[str, typer.Option(help="a2d (A2D-Sentences), jhmdb (JHMDB-Sentences), refer-youtube-vos or "
+                                              "refer-davis.")] = "a2d",
     short_text: Annotated[str, typer.Option(help="machine (tagger) or manual (A2D's short_query column).")] = "machine",
     tagger: Annotated[str, typer.Option(help="Tagger for machine short text: spacy or nltk.")] = "spacy",
     rule: Annotated[str, typer.Option(help="Short-text rule: subject or first-verb.")] = "subject",
@@ -117,7 +118,10 @@ def prepare_data(
                                               "indexing) or opencv.")] = "pyav",
     holdout_videos: Annotated[int, typer.Option(min=0, help="refer-youtube-vos: train videos held out with their "
                                                          "masks (split holdout) for local J&F.")] = 0,
-    seed: Annotated[int, typer.Option(help="refer-youtube-vos: seed of the held-out videos.")] = 0,
+    seed: Annotated[int, typer.Option(help="refer-youtube-vos: seed of the held-out videos; jhmdb: seed of the 3 "
+                                           "frames a video when no --samples-metadata is given.")] = 0,
+    samples_metadata: Annotated[Optional[Path], typer.Option(
+        help="jhmdb: MTTR's jhmdb_sentences_samples_metadata.json, the published protocol's frames.")] = None,
     split: Annotated[str, typer.Option(help="refer-davis: the DAVIS split to prepare (val or train).")] = "val",
     workers: Annotated[Optional[int], typer.Option(min=1, help="Parallel processes (default: all cores).",
                                                    envvar="LOSH_WORKERS")] = None,
@@ -134,8 +138,10 @@ def prepare_data(
         fail("--holdout-videos is for --dataset refer-youtube-vos", 2)
     settings = settings_for(dataset, window=window, short_side=short_side, max_long_side=max_long_side, codec=codec,
                             jpeg_quality=jpeg_quality, decoder=decoder)
-    options = {"holdout_videos": holdout_videos, "seed": seed} if dataset == "refer-youtube-vos" else (
-        {"split": split} if dataset == "refer-davis" else {})
+    if samples_metadata is not None and dataset != "jhmdb":
+        fail("--samples-metadata is for --dataset jhmdb", 2)
+    options = {"refer-youtube-vos": {"holdout_videos": holdout_videos, "seed": seed}, "refer-davis": {"split": split},
+               "jhmdb": {"samples_metadata": samples_metadata, "seed": seed}}.get(dataset, {})
     try:
         manifest = prepare_dataset(dataset, root, out, short_source=short_text, tagger=tagger, rule=rule,
                                    settings=settings, workers=workers, **options)

@@ -2,9 +2,9 @@
 
 MTTR scores A2D/JHMDB at the original video size (`orig_size`: its post-processing resizes the
 thresholded masks back to it). Where a sample was prepared at its original size, the stored mask is
-the original one; where prepare-data resized it, the original mask is read from the raw data set
-(the manifest's `source`, or the `raw` folder given), as the stored one was resized with nearest
-neighbours and is not the ground truth MTTR scores against.
+the original one; where prepare-data resized it, the shard keeps the original masks too (the resized
+one, nearest neighbour, is not the ground truth MTTR scores against). A2D data prepared without them
+(or a `raw` folder given) reads the original mask from the raw data set.
 """
 from __future__ import annotations
 
@@ -25,7 +25,9 @@ class GroundTruth:
         if resolution not in RESOLUTIONS:
             raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
         self.resolution = resolution
+        self.data = data
         self.dataset = data.manifest["dataset"]
+        self.raw_given = raw
         self.raw = Path(raw) if raw is not None else Path(data.manifest["source"])
 
     def size(self, record: SampleRecord) -> tuple[int, int]:
@@ -36,6 +38,10 @@ class GroundTruth:
         size = self.size(record)
         if tuple(prepared_mask.shape) == size:
             return prepared_mask
+        if self.raw_given is None:
+            kept = self.data.original_mask(record)
+            if kept is not None and kept.shape == size:
+                return kept
         if self.dataset != "a2d":
             raise SchemaError(f"original-resolution scoring of {self.dataset!r} samples prepared at another size "
                               "is not supported: use --resolution prepared")

@@ -62,7 +62,7 @@ class VideoJob:
         spec = self.spec
         key = {"version": PREPARED_VERSION, "split": spec.split, "sampling": spec.sampling,
                "expressions": [asdict(e) for e in spec.expressions], "shorts": self.shorts,
-               "frames": len(spec.frame_files), "frame_names": spec.frame_names, "objects": spec.object_ids,
+               "frames": len(spec.frame_files), "frame_names": spec.frame_names, "objects": spec.object_ids, "annotated": spec.annotated,
                "annotations": spec.annotation_format, "settings": asdict(self.settings)}
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -137,6 +137,17 @@ def read_palette_annotations(spec: VideoSpec, problems: list[Problem]) -> tuple[
     return {n: (ids, arr[None] == ids[:, None, None]) for n, arr in labels.items()}, labels
 
 
+def read_jhmdb_annotations(spec: VideoSpec) -> Annotations:
+    """The protocol frames' puppet masks (one instance, id 1) from puppet_mask.mat (H x W x T, frame i at i-1)."""
+    from scipy.io import loadmat
+
+    masks = loadmat(spec.annotation_files[0])["part_mask"]
+    if masks.ndim == 2:
+        masks = masks[:, :, None]
+    ids = np.asarray([1], dtype=np.int64)
+    return {f: (ids, masks[None, :, :, f - 1] > 0) for f in spec.annotated if f <= masks.shape[2]}
+
+
 def read_image_frames(spec: VideoSpec, wanted: set[int]) -> dict[int, np.ndarray]:
     """BGR frames at the wanted 0-based indices from the video's image files."""
     frames = {}
@@ -174,9 +185,13 @@ def short_groups(expressions: tuple[ExpressionSpec, ...], shorts: tuple[str, ...
 def image_video_plans(spec: VideoSpec, annotations: Annotations, n_frames: int, window: int,
                       problems: list[Problem]) -> list[tuple[int, list[int], int, list[int], list[int]]]:
     """The samples of a video given as frames: (expression index, window (0-based), anchor frame, target
-    positions, target frames) for the "consecutive" and "whole_video" samplings (base.py)."""
+    positions, target frames), for each sampling (base.py)."""
     plans = []
     for k, e in enumerate(spec.expressions):
+        if spec.sampling == "annotated_frames":   # JHMDB: MTTR's window around each annotated frame
+            plans += [(k, window_indices(f, n_frames, window), f, [window // 2], [f])
+                      for f, (ids, _) in sorted(annotations.items()) if e.instance_id in ids]
+            continue
         if spec.sampling == "whole_video":
             frames = list(range(n_frames))
             targets = [p for p in frames if p + 1 in annotations] if e.instance_id >= 0 else []
@@ -218,6 +233,11 @@ def prepare_video(job: VideoJob) -> VideoResult:
     labels: dict[int, np.ndarray] = {}
     if spec.annotation_format == "palette_png":
         annotations, labels = read_palette_annotations(spec, problems)
+    elif spec.annotation_format == "jhmdb_mat":
+        try:
+            annotations = read_jhmdb_annotations(spec)
+        except (OSError, ValueError, NotImplementedError) as e:
+            return fail_all(f"unreadable puppet_mask.mat: {e}")
     elif spec.annotation_format != "a2d_h5":
         annotations = {}
     if spec.sampling != "whole_video" and not annotations:
@@ -287,8 +307,8 @@ def prepare_video(job: VideoJob) -> VideoResult:
         frame_ids: dict[int, list[int]] = {}
         empty_at: dict[tuple[int, int], bool] = {}     # (instance, frame) -> its mask is empty
         for frame in used_annotated:
-            ids, masks = annotations[frame]
-            masks = resize_masks(masks, size)
+            ids, masks_orig = annotations[frame]
+            masks = resize_masks(masks_orig, size)
             frame_ids[frame] = ids.tolist()
             short_masks = np.stack([merge_masks(ids, masks, list(g)) for g in distinct_groups])
             g = f.create_group(f"annotated/{frame:05d}")
@@ -299,6 +319,10 @@ def prepare_video(job: VideoJob) -> VideoResult:
                              compression_opts=4, chunks=(1, *size))
             for index, iid in enumerate(frame_ids[frame]):
                 empty_at[(iid, frame)] = not masks[index].any()
+            if spec.sampling != "whole_video" and tuple(size) != tuple(orig_size) and masks_orig.shape[1:] == orig_size:
+                # scored at the original size (MTTR): the masks before resizing, for the evaluator
+                g.create_dataset("original_masks", data=masks_orig.astype(np.uint8), compression="gzip",
+                                 compression_opts=4, chunks=(1, *orig_size))
             if spec.sampling == "whole_video" and frame in labels:
                 # whole videos are scored at the original size, on the data set's own label maps (DAVIS)
                 g.create_dataset("labels", data=labels[frame], compression="gzip", compression_opts=4)
@@ -418,6 +442,8 @@ def prepare_dataset(dataset: str, root: Path, out: Path, *, short_source: str = 
     if not records:
         raise DatasetRootError(f"nothing could be prepared from {root}: {len(problem_dicts)} problems, "
                                f"first: {problem_dicts[0]['reason'] if problem_dicts else 'no expressions'}")
+    for name, content in plan.files.items():   # e.g. the JHMDB protocol this set used
+        _atomic_write_text(out / name, json.dumps(content, indent=1))
     _atomic_write_text(out / "samples.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
     _atomic_write_text(out / "report.json", json.dumps({"problems": problem_dicts}, indent=1))
     shards = [{"video_id": r.video_id, "file": f"shards/{r.video_id}.h5", "samples": len(r.records)}

@@ -15,6 +15,8 @@ PREP/shards/<video_id>.h5
     annotated/<frame:05d>/instance_ids  int64 (N,)  annotated instances of the frame
     annotated/<frame:05d>/masks         uint8 (N, h, w)  their masks at the stored resolution
     annotated/<frame:05d>/short_masks   uint8 (S, h, w)  merged masks of the short-expression groups
+    annotated/<frame:05d>/original_masks uint8 (N, H, W)  window samples stored at another size: the masks at
+                                        the original size (MTTR scores there)
     annotated/<frame:05d>/labels        uint8 (H, W)  whole-video splits of palette data sets: the raw label
                                         map at the original size (object id, 0 background, 255 void),
                                         what J&F is scored on

@@ -140,6 +140,13 @@ class PreparedDataset:
                                           instance_masks=masks, instance_ids=instance_ids))
         return samples
 
+    def original_mask(self, record: SampleRecord) -> np.ndarray | None:
+        """The referred (H, W) mask at the original size of a window sample's first target, where the shard
+        keeps one (samples stored at another size)."""
+        f, _ = self._shard(record.shard)
+        dataset = f.get(f"annotated/{record.target_frames[0]:05d}/original_masks")
+        return None if dataset is None else dataset[record.referred_index].astype(bool)
+
     def original_labels(self, record: SampleRecord, frame: int) -> np.ndarray | None:
         """The raw (H, W) label map of an annotated frame of a whole-video sample, where the shard keeps it."""
         f, _ = self._shard(record.shard)

@@ -135,7 +135,7 @@ def test_the_checkpoint_and_its_saved_predictions_score_the_same(mixed_prep, che
 
 @pytest.fixture(scope="module")
 def half_prep(synth_root, tmp_path_factory):
-    """The 64 x 88 synthetic videos prepared at 32 x 44: scoring at the original size reads the raw masks."""
+    """The 64 x 88 synthetic videos prepared at 32 x 44: scored at the original size on the original masks."""
     out = tmp_path_factory.mktemp("half_prep") / "prep"
     prepare_a2d(synth_root, out, short_source="manual", settings=PrepareSettings(window=8, short_side=32,
                 max_long_side=44), workers=1, progress=False)
@@ -167,6 +167,10 @@ def test_ground_truth_at_the_original_size_is_the_raw_mask(half_prep, synth_root
         assert prepared.long_mask(record, stored) is stored
     with pytest.raises(FileNotFoundError, match="--raw ROOT"):
         GroundTruth(data, "original", raw=tmp_path / "nowhere").long_mask(data.records[0], stored)
+    # the shard keeps the original masks: the raw data set is not needed to score at the original size
+    data.manifest["source"] = str(tmp_path / "moved-away")
+    record = data.records[0]
+    assert GroundTruth(data, "original").long_mask(record, data.read(record).long_mask).shape == (64, 88)
 
 
 def test_scoring_at_the_original_size_by_default(half_prep, checkpoint, tmp_path):

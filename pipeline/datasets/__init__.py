@@ -18,6 +18,11 @@ def _refer_youtube_vos(root: Path, *, holdout_videos: int = 0, seed: int = 0, **
     return plan_refer_youtube_vos(root, holdout_videos=holdout_videos, seed=seed)
 
 
+def _jhmdb(root: Path, *, samples_metadata: Path | None = None, seed: int = 0, **_: object) -> DatasetPlan:
+    from pipeline.datasets.jhmdb import plan_jhmdb
+    return plan_jhmdb(root, samples_metadata=samples_metadata, seed=seed)
+
+
 def _refer_davis(root: Path, *, split: str | None = None, **_: object) -> DatasetPlan:
     from pipeline.datasets.refer_davis import plan_refer_davis
     return plan_refer_davis(root, split or "val")
@@ -26,6 +31,7 @@ def _refer_davis(root: Path, *, split: str | None = None, **_: object) -> Datase
 # data set -> (plan reader, default prepare settings: window, short side, max long side)
 DATASETS: dict[str, tuple[Callable[..., DatasetPlan], dict]] = {
     "a2d": (_a2d, {"window": 8, "short_side": 320, "max_long_side": 576}),
+    "jhmdb": (_jhmdb, {"window": 8, "short_side": 320, "max_long_side": 576}),
     "refer-youtube-vos": (_refer_youtube_vos, {"window": 12, "short_side": 360, "max_long_side": 640}),
     "refer-davis": (_refer_davis, {"window": 12, "short_side": 360, "max_long_side": 640}),
 }

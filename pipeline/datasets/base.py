@@ -7,7 +7,7 @@ does the rest the same way for every data set (short texts, decoding, resizing, 
 
 Sampling (how a video's records are drawn, `VideoSpec.sampling`):
   "annotated_frames"  MTTR's A2D/JHMDB rule: one "window" sample per expression and annotated frame
-                      listing the instance, the window of w frames around that frame
+                      listing the instance, the window of w frames around that frame (clamped to the video)
   "consecutive"       MTTR's Refer-YouTube-VOS training rule: the video cut into consecutive windows of
                       w frames (the last one moved back to end at the last frame, or the last frame
                       repeated when the video is shorter than w), one "window" sample per expression and
@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 SAMPLINGS = ("annotated_frames", "consecutive", "whole_video")
-ANNOTATION_FORMATS = ("a2d_h5", "palette_png", "none")
+ANNOTATION_FORMATS = ("a2d_h5", "palette_png", "jhmdb_mat", "none")
 
 
 class DatasetRootError(RuntimeError):
@@ -66,6 +66,7 @@ class VideoSpec:
     annotation_dir: str = ""                 # a2d_h5: the folder of <frame:05d>.h5 files
     annotation_files: tuple[str, ...] = ()   # palette_png: one file per frame, "" where it has none
     object_ids: tuple[int, ...] = ()         # palette_png: the video's objects (pixel value = id)
+    annotated: tuple[int, ...] = ()          # jhmdb_mat: the frames of the protocol (1-based)
     orig_size: tuple[int, int] | None = None  # (H, W) when the index lists it (else read from the frames)
     expected_annotated: int = -1             # annotated frames the index lists (checked when >= 0)
     listed_frames: int = -1                  # frames the index lists (checked when >= 0)
@@ -81,3 +82,4 @@ class DatasetPlan:
     eval_split: str = "test"
     info: dict = field(default_factory=dict)                  # data-set facts for the manifest
     has_manual_short: bool = False
+    files: dict[str, object] = field(default_factory=dict)    # JSON files written into PREP (e.g. a protocol)
