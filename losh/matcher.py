@@ -23,10 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from losh.errors import NonFiniteOutputs
-from losh.hungarian import linear_sum_assignment
 from losh.losses import dice_coefficient, lsi_loss
 
 
@@ -91,13 +91,18 @@ class LongShortMatcher:
             short_probs = upsampled_probs(short["pred_masks"][b], target.size) if short is not None else None
             cost = self.cost_matrix(layer["long"]["pred_is_referred"][b], long_probs, target,
                                     short["pred_is_referred"][b] if short is not None else None, short_probs)
-            cost_np = cost.float().cpu().numpy()
-            if not np.isfinite(cost_np).all():   # NaN predictions: no assignment exists (the criterion reports it)
-                raise NonFiniteOutputs(f"the matching cost of sample {b} holds NaN/inf", {})
-            rows, cols = linear_sum_assignment(cost_np)
-            device = cost.device
-            indices.append((torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device)))
+            indices.append(assign(cost, f"sample {b}"))
         return indices
+
+
+def assign(cost: Tensor, what: str = "the sample") -> tuple[Tensor, Tensor]:
+    """Minimum-cost one-to-one assignment of a (Q, N) cost, Q >= N: (query indices sorted, instance indices),
+    on the cost's device. scipy's solver, as in MTTR and DETR: deterministic, ties always resolve the same way."""
+    cost_np = cost.float().cpu().numpy()
+    if not np.isfinite(cost_np).all():   # NaN predictions: no assignment exists (the criterion reports it)
+        raise NonFiniteOutputs(f"the matching cost of {what} holds NaN/inf", {})
+    rows, cols = linear_sum_assignment(cost_np)
+    return torch.as_tensor(rows, device=cost.device), torch.as_tensor(cols, device=cost.device)
 
 
 def upsampled_probs(mask_logits: Tensor, size: tuple[int, int]) -> Tensor:

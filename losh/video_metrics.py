@@ -35,8 +35,8 @@ from collections.abc import Iterable, Mapping
 
 import cv2
 import numpy as np
+from scipy.optimize import linear_sum_assignment  # the toolkit's own solver
 
-from losh.hungarian import linear_sum_assignment
 from losh.metrics import boundary_tolerance, disk, seg2bmap
 
 VOID_LABEL = 255

@@ -5,38 +5,51 @@ import numpy as np
 import pytest
 import torch
 
-from losh.hungarian import linear_sum_assignment
-from losh.matcher import FrameTargets, LongShortMatcher
+from losh.errors import NonFiniteOutputs
+from losh.matcher import FrameTargets, LongShortMatcher, assign
 
 LN3, LN9 = math.log(3.0), math.log(9.0)
 
 
 def _brute_force(cost):
-    n, m = cost.shape
-    if n <= m:
-        return min(sum(cost[i, p[i]] for i in range(n)) for p in itertools.permutations(range(m), n))
-    return min(sum(cost[p[j], j] for j in range(m)) for p in itertools.permutations(range(n), m))
+    """Minimum over the one-to-one maps of the N instances to the Q >= N queries."""
+    q, n = cost.shape
+    return min(sum(cost[p[j], j] for j in range(n)) for p in itertools.permutations(range(q), n))
 
 
 def test_assignment_is_optimal_against_brute_force():
     rng = np.random.default_rng(0)
     for _ in range(150):
-        n, m = int(rng.integers(1, 6)), int(rng.integers(1, 6))
-        cost = rng.normal(size=(n, m)).round(1)  # rounding makes ties
-        rows, cols = linear_sum_assignment(cost)
-        assert len(rows) == min(n, m) and len(set(rows)) == len(rows) and len(set(cols)) == len(cols)
-        assert list(rows) == sorted(rows)
-        assert cost[rows, cols].sum() == pytest.approx(_brute_force(cost))
+        n = int(rng.integers(1, 5))
+        q = n + int(rng.integers(0, 3))  # more queries than instances, as in the model
+        cost = rng.normal(size=(q, n)).round(1)  # rounding makes ties
+        rows, cols = assign(torch.from_numpy(cost))
+        assert sorted(cols.tolist()) == list(range(n))  # every instance gets a query...
+        assert len(set(rows.tolist())) == n and rows.tolist() == sorted(rows.tolist())  # ...its own one
+        assert cost[rows.numpy(), cols.numpy()].sum() == pytest.approx(_brute_force(cost))
 
 
-def test_assignment_known_case_and_empty():
-    cost = np.array([[4.0, 1.0, 3.0], [2.0, 0.0, 5.0], [3.0, 2.0, 2.0]])
-    rows, cols = linear_sum_assignment(cost)
+def test_assignment_known_case_and_ties_are_deterministic():
+    cost = torch.tensor([[4.0, 1.0, 3.0], [2.0, 0.0, 5.0], [3.0, 2.0, 2.0], [9.0, 9.0, 9.0]])
+    rows, cols = assign(cost)
     assert rows.tolist() == [0, 1, 2] and cols.tolist() == [1, 0, 2]
-    rows, cols = linear_sum_assignment(np.zeros((3, 0)))
-    assert len(rows) == len(cols) == 0
-    with pytest.raises(ValueError):
-        linear_sum_assignment(np.array([[np.nan]]))
+    # all queries tie: the same pairs on every call (no randomness in the solver)
+    tied = torch.zeros(5, 2)
+    first = assign(tied)
+    assert all(torch.equal(a, b) for _ in range(3) for a, b in zip(assign(tied), first))
+
+
+def test_non_finite_cost_raises_non_finite_outputs():
+    with pytest.raises(NonFiniteOutputs, match="sample 3"):
+        assign(torch.tensor([[0.0, 1.0], [float("nan"), 0.0], [1.0, 1.0]]), "sample 3")
+    with pytest.raises(NonFiniteOutputs):
+        assign(torch.tensor([[float("inf")], [0.0]]))
+    # NaN mask predictions reach the matcher through its cost
+    masks = torch.eye(2)
+    target = FrameTargets(masks, masks.clone(), referred_index=0, size=(1, 2))
+    layer = {"long": {"pred_is_referred": torch.zeros(1, 3, 2), "pred_masks": torch.full((1, 3, 1, 2), float("nan"))}}
+    with pytest.raises(NonFiniteOutputs, match="sample 0"):
+        LongShortMatcher()(layer, [target])
 
 
 def _example():
