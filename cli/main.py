@@ -23,7 +23,7 @@ def fail(message: str, code: int = 1) -> None:
 
 @app.command()
 def synth(
-    out: Annotated[Path, typer.Argument(help="Folder to write the A2D-Sentences-layout data set into.")],
+    out: Annotated[Path, typer.Argument(help="Folder to write the data set into (in the --layout layout).")],
     videos: Annotated[int, typer.Option(min=3, help="Number of videos.")] = 12,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed writes the same data set.")] = 0,
     height: Annotated[int, typer.Option(min=32, help="Frame height of the clips.")] = 128,
@@ -31,18 +31,23 @@ def synth(
     frames: Annotated[int, typer.Option(min=8, help="Frames per clip.")] = 24,
     annotated: Annotated[int, typer.Option(min=1, help="Annotated frames per video (a2d).")] = 3,
     layout: Annotated[str, typer.Option(help="On-disk layout: a2d, refer-youtube-vos (every 5th frame released, "
-                                              "masks for train) or refer-davis (the four expression sets).")] = "a2d",
+                                              "masks for train), refer-davis (the four expression sets) or jhmdb "
+                                              "(JHMDB-Sentences: PNG frames, one actor's puppet_mask.mat per video, "
+                                              "the last video 2 masks short).")] = "a2d",
 ) -> None:
     """Write a small synthetic RVOS data set in a real data set's on-disk layout (A2D-Sentences by default)."""
     from pipeline.synth import write_synthetic_a2d
-    from pipeline.synth_layouts import write_synthetic_refer_davis, write_synthetic_refer_youtube_vos
+    from pipeline.synth_layouts import (write_synthetic_jhmdb, write_synthetic_refer_davis,
+                                        write_synthetic_refer_youtube_vos)
 
     writers = {"a2d": lambda: write_synthetic_a2d(out, videos=videos, seed=seed, height=height, width=width,
                                                   frames=frames, annotated_per_video=annotated),
                "refer-youtube-vos": lambda: write_synthetic_refer_youtube_vos(out, videos=videos, seed=seed,
                                                                               height=height, width=width, frames=frames),
                "refer-davis": lambda: write_synthetic_refer_davis(out, videos=videos, seed=seed, height=height,
-                                                                  width=width, frames=frames)}
+                                                                  width=width, frames=frames),
+               "jhmdb": lambda: write_synthetic_jhmdb(out, videos=videos, seed=seed, height=height, width=width,
+                                                      frames=frames)}
     if layout not in writers:
         fail(f"--layout must be one of {', '.join(writers)}", 2)
     summary = writers[layout]()

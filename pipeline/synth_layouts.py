@@ -1,21 +1,26 @@
-"""The synthetic scenes of `pipeline.synth` written in the Refer-YouTube-VOS and Refer-DAVIS17 layouts
-(see pipeline/datasets/), so that tests and demos read every data set's reader on real-layout files.
+"""The synthetic scenes of `pipeline.synth` written in the Refer-YouTube-VOS, Refer-DAVIS17 and JHMDB-Sentences
+layouts (see pipeline/datasets/), so that tests and demos read every data set's reader on real-layout files.
 
 Refer-YouTube-VOS: every 5th frame of a source video is released as JPEG (00000, 00005, ...); train has a
 palette PNG per released frame (pixel = object id, 1-based; 0 background), meta.json and expressions with
 obj_id; valid has frames and expressions only. Refer-DAVIS17: 480p-named folders with every frame, palette
-PNG masks, ImageSets/2017/{train,val}.txt and the four expression files (annot2 in latin-1).
+PNG masks, ImageSets/2017/{train,val}.txt and the four expression files (annot2 in latin-1). JHMDB-Sentences:
+Rename_Images/<class>/<video>/%05d.png (every frame, 1-based), puppet_mask/<class>/<video>/puppet_mask.mat (key
+part_mask, uint8 H x W x T, one actor per video; in some videos T < frames) and jhmdb_annotation.txt (video_id,query).
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.synth import _plan_video, _render, _video_ids
+from pipeline.synth import _plan_video, _render, _temporary, _video_ids, _write_text
 
 RELEASE_STEP = 5       # Refer-YouTube-VOS releases every 5th frame
 _PALETTE = [0, 0, 0] + [v for i in range(1, 256) for v in ((i * 97) % 256, (i * 57) % 256, (i * 151) % 256)]
@@ -116,3 +121,106 @@ def write_synthetic_refer_davis(out: Path, videos: int = 4, seed: int = 0, *, he
         encoding = "latin-1" if name.startswith("annot2") else "utf-8"
         (texts / f"Davis17_{name}.txt").write_bytes(("\n".join(rows) + "\n").encode(encoding))
     return {"videos": videos, "val_sequences": n_val, "expressions_per_set": len(lines["annot1"])}
+
+
+# JHMDB action class folder per synthetic action: lower case, letters and underscores (the real set's
+# classes read like brush_hair, climb_stairs, jump, pullup, walk).
+JHMDB_CLASSES = {"left": "move_left", "right": "move_right", "up": "move_up", "down": "move_down",
+                 "jump": "jump", "still": "stand", "rotate": "rotate"}
+JHMDB_SHORT_MASKS = 2  # the last video has this many fewer masks than frames, as some real videos do
+
+
+def jhmdb_puppet(labels: list[np.ndarray], instance_ids: list[int]) -> int:
+    """The annotated actor of a JHMDB video: the instance visible in the most of `labels`' frames (ties: the
+    lowest id), so that its masks are seldom empty. The other instances stay in the frames, unannotated."""
+    visible = {i: sum(bool(np.any(frame == i)) for frame in labels) for i in instance_ids}
+    return max(sorted(visible), key=lambda i: visible[i])
+
+
+def _save_png(path: Path, rgb: np.ndarray) -> None:
+    tmp = _temporary(path)
+    Image.fromarray(rgb).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def _save_puppet_mask(path: Path, masks: np.ndarray) -> None:
+    """masks (H, W, T) uint8 0/1 -> MATLAB v5 file with key part_mask."""
+    from scipy.io import savemat
+
+    tmp = _temporary(path)  # keeps the .mat suffix, so savemat does not append one
+    savemat(tmp, {"part_mask": masks}, do_compression=True)
+    os.replace(tmp, path)
+
+
+def _remove_stale_jhmdb(root: Path, keep: set[tuple[str, str]], pattern: str) -> None:
+    """Video folders of a previous run (root/<class>/<video>) that this run does not write: their files of
+    this layout go, then the folder and its class folder when empty; other files are left alone."""
+    if not root.is_dir():
+        return
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for video_dir in sorted(p for p in class_dir.iterdir() if p.is_dir()):
+            if (class_dir.name, video_dir.name) in keep:
+                continue
+            for path in sorted(video_dir.glob(pattern)):
+                if path.is_file():
+                    path.unlink()
+            if not any(video_dir.iterdir()):
+                video_dir.rmdir()
+        if not any(class_dir.iterdir()):
+            class_dir.rmdir()
+
+
+def write_synthetic_jhmdb(out: Path, videos: int = 6, seed: int = 0, *, height: int = 96, width: int = 128,
+                          frames: int = 24, progress: bool = True) -> dict:
+    """JHMDB-Sentences: one annotated actor (the "puppet", `jhmdb_puppet`) per scene, its long expression the
+    video's query, the scene's other instances unannotated distractors (as the real set's background people);
+    the class folder is the puppet's action (`JHMDB_CLASSES`). The last video has `JHMDB_SHORT_MASKS` fewer
+    masks than frames, so that a reader must drop the frames past the mask count (as MTTR does).
+
+    Deterministic for a seed: the same CSV and PNG bytes and the same mask arrays (the .mat header holds a
+    creation time). Returns a summary.
+    """
+    if videos < 1:
+        raise ValueError(f"videos must be >= 1, got {videos}")
+    if frames < JHMDB_SHORT_MASKS + 3:
+        # MTTR samples 3 masked frames per video, the short-mask video included
+        raise ValueError(f"frames must be >= {JHMDB_SHORT_MASKS + 3}, got {frames}")
+    out = Path(out)
+    images_root, masks_root = out / "Rename_Images", out / "puppet_mask"
+    rows, written, puppets, classes = [], set(), {}, {}
+    short_video, masked_total = None, 0
+    for index, video in tqdm(_scenes(videos, seed, height, width, frames), total=videos, desc="synth videos",
+                             disable=not progress):
+        rendered = [_render(video, t, height, width)[:2] for t in range(frames)]
+        n_masks = frames - JHMDB_SHORT_MASKS if index == videos - 1 else frames
+        all_ids = [i.instance_id for i in video.instances]
+        puppet = jhmdb_puppet([labels for _, labels in rendered[:n_masks]], all_ids)
+        action_class = JHMDB_CLASSES[video.instances[all_ids.index(puppet)].action]
+        frames_dir = images_root / action_class / video.video_id
+        frames_dir.mkdir(parents=True, exist_ok=True)
+        names = {f"{t + 1:05d}.png" for t in range(frames)}
+        for path in sorted(frames_dir.glob("*.png")):  # a previous run's extra frames
+            if path.name not in names:
+                path.unlink()
+        for t, (image, _) in enumerate(rendered):
+            _save_png(frames_dir / f"{t + 1:05d}.png", image)
+        masks = np.stack([(labels == puppet).astype(np.uint8) for _, labels in rendered[:n_masks]], axis=-1)
+        mask_dir = masks_root / action_class / video.video_id
+        mask_dir.mkdir(parents=True, exist_ok=True)
+        _save_puppet_mask(mask_dir / "puppet_mask.mat", masks)
+        rows.append([video.video_id, video.expressions[[e[0] for e in video.expressions].index(puppet)][1]])
+        written.add((action_class, video.video_id))
+        puppets[video.video_id], classes[video.video_id] = puppet, action_class
+        masked_total += n_masks
+        if n_masks < frames:
+            short_video = video.video_id
+    _remove_stale_jhmdb(images_root, written, "*.png")
+    _remove_stale_jhmdb(masks_root, written, "puppet_mask.mat")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["video_id", "query"])
+    writer.writerows(rows)
+    _write_text(out / "jhmdb_annotation.txt", buffer.getvalue())
+    return {"videos": videos, "frames": frames, "masked_frames": masked_total,
+            "short_mask_video": short_video, "short_mask_frames": frames - JHMDB_SHORT_MASKS,
+            "classes": classes, "puppets": puppets}
