@@ -190,8 +190,10 @@ def untrained_model_mean_iou(data: Path, config: ModelConfig, seed: int = 42, sp
     torch.manual_seed(seed)
     model = build_model(config)
     if model.text_encoder.trained_tokenizer:
-        records = RVOSDataset(data, "train").data.records
-        model.text_encoder.fit_tokenizer(sorted({t for r in records for t in (r.long, r.short)}))
+        records = PreparedDataset(data).records
+        # fitted as training would (on the train texts); a set that is only scored (JHMDB) on its own texts
+        train_records = [r for r in records if r.split == "train"] or records
+        model.text_encoder.fit_tokenizer(sorted({t for r in train_records for t in (r.long, r.short)}))
     return evaluate_model(model, data, split=split, progress=False)["mean_iou"]
 
 

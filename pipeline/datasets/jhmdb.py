@@ -171,7 +171,7 @@ def plan_jhmdb(root: Path, *, samples_metadata: Path | None = None, seed: int = 
                                 annotation_format="jhmdb_mat", annotation_files=(str(video.mask_file),),
                                 object_ids=(1,), annotated=tuple(frames)))
     if protocol is not None:
-        for vid in sorted(set(protocol) - set(raw.videos)):
+        for vid in sorted(set(protocol) - set(raw.videos) - {p.video_id for p in raw.problems}):
             problems.append(Problem(vid, "in the samples metadata file but not a readable video of this root"))
     if not videos:
         raise DatasetRootError(f"{root}: no JHMDB-Sentences video with frames, masks and an expression")
