@@ -215,6 +215,9 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
             "train_settings": settings.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch_,
             "step_in_epoch": step_in_epoch_, "global_step": global_step, "data": str(Path(data).resolve()),
+            # how the training frames were prepared: `losh predict` resizes a user's video the same way
+            "data_preparation": {"dataset": manifest["dataset"], "window": manifest["window"],
+                                 "resolution": manifest["resolution"]},
             "model_ema": ema.state_dict() if ema is not None else None, "best": best,
             "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
         }, ckpt_path)
