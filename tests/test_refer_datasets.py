@@ -177,7 +177,7 @@ def test_prepare_cli_reads_each_layout_and_refuses_bad_options(tmp_path):
     assert bad.exit_code == 2 and "--holdout-videos is for --dataset refer-youtube-vos" in bad.output
     unknown = CliRunner().invoke(app, ["prepare-data", "--dataset", "mevis", "--root", str(root), "--out",
                                        str(tmp_path / "y")])
-    assert unknown.exit_code == 2 and "a2d, refer-youtube-vos, refer-davis" in unknown.output
+    assert unknown.exit_code == 2 and "a2d, jhmdb, refer-youtube-vos, refer-davis" in unknown.output
 
 
 def test_broken_files_are_reported_by_id_and_the_rest_prepared(tmp_path):
