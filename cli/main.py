@@ -431,10 +431,10 @@ def predict(
     checkpoint: Annotated[Path, typer.Option(help="Checkpoint (RUN/checkpoints/last.pt or best.pt).")],
     video: Annotated[Path, typer.Option(help="Video file (.mp4, .avi, ...) or a folder of frames (.jpg/.jpeg/.png, "
                                              "sorted naturally: 2.png before 10.png).")],
+    out: Annotated[Path, typer.Option(help="Output folder: <expression-slug>/<frame:05d>.png, predictions.json, "
+                                           "overlay.mp4, overlay.gif (written atomically).")],
     text: Annotated[Optional[list[str]], typer.Option("--text", help="A referring expression; repeat for more "
                                                                      "(each gets its masks and colour).")] = None,
-    out: Annotated[Path, typer.Option(help="Output folder: <expression-slug>/<frame:05d>.png, predictions.json, "
-                                           "overlay.mp4, overlay.gif (written atomically).")] = Path("predictions"),
     fps: Annotated[Optional[float], typer.Option(help="Sample the video at this many frames per second (by "
                                                       "timestamps; default: every frame).")] = None,
     no_video: Annotated[bool, typer.Option("--no-video", help="Skip the overlay video (MP4, H.264) and its GIF "
@@ -450,6 +450,9 @@ def predict(
         help="encoder or none (default: the checkpoint's config).")] = None,
     device: Annotated[Optional[str], typer.Option(help="Force a device (cpu, cuda:0); default: CUDA when "
                                                        "available.")] = None,
+    spill_dir: Annotated[Optional[Path], typer.Option(
+        help="Folder for the per-query mask logits kept until every frame is scored (float16, on disk beyond "
+             "1 GiB; default: the system's temporary folder).")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Masks of every frame of a video for each expression, with an overlay video (paper 3.8 inference)."""
@@ -461,7 +464,8 @@ def predict(
     try:
         report = run_predict(checkpoint, video, text, out, fps=fps, device=device, overlay=not no_video,
                              overwrite=overwrite, short_side=short_side, max_long_side=max_long_side, amp=amp,
-                             use_ema=ema, inference_short_pathway=inference_short_pathway, progress=progress)
+                             use_ema=ema, inference_short_pathway=inference_short_pathway, progress=progress,
+                             spill_dir=spill_dir)
     except PredictUsageError as e:
         fail(str(e), 2)
     except (PredictError, AssetMissing, FileNotFoundError, ValueError, OSError) as e:

@@ -530,7 +530,9 @@ def predict(checkpoint: Path, video: Path, texts: Sequence[str], out: Path, *, f
     source = open_frames(video, **resolution, fps=fps, history=window, progress=progress)
     timings["count_s"] = time.perf_counter() - t0
     try:
+        t0 = time.perf_counter()
         shorts = short_texts_for(texts, required=bool(model.config.inference_uses_short_text))
+        timings["short_text_s"] = time.perf_counter() - t0
         stage = _prepare_out(out, overwrite)
         try:
             report = _run(model, ckpt, source, texts, shorts, stage, dev=dev, amp=amp, window=window,
