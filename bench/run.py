@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["prepare_storage", "shorten_agreement", "flops", "flows", "train_step", "loader_scale", "video_inference"]
+BENCHMARKS = ["prepare_storage", "shorten_agreement", "flops", "flows", "train_step", "loader_scale", "video_inference", "predict"]
 
 
 def main(argv: list[str]) -> int:

@@ -11,7 +11,7 @@ import typer
 
 app = typer.Typer(
     help="LoSh (CVPR 2024) toolkit for referring video object segmentation: "
-         "synth -> prepare-data -> compute-flows -> train -> evaluate.",
+         "synth -> prepare-data -> compute-flows -> train -> evaluate -> predict.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 
@@ -424,6 +424,62 @@ def evaluate(
         typer.echo(f"metrics written to {out}")
     if visualize and checkpoint is not None:
         typer.echo(f"pictures in {visualize_dir or (out.parent / 'pictures' if out else Path('pictures'))}")
+
+
+@app.command()
+def predict(
+    checkpoint: Annotated[Path, typer.Option(help="Checkpoint (RUN/checkpoints/last.pt or best.pt).")],
+    video: Annotated[Path, typer.Option(help="Video file (.mp4, .avi, ...) or a folder of frames (.jpg/.jpeg/.png, "
+                                             "sorted naturally: 2.png before 10.png).")],
+    out: Annotated[Path, typer.Option(help="Output folder: <expression-slug>/<frame:05d>.png, predictions.json, "
+                                           "overlay.mp4, overlay.gif (written atomically).")],
+    text: Annotated[Optional[list[str]], typer.Option("--text", help="A referring expression; repeat for more "
+                                                                     "(each gets its masks and colour).")] = None,
+    fps: Annotated[Optional[float], typer.Option(help="Sample the video at this many frames per second (by "
+                                                      "timestamps; default: every frame).")] = None,
+    no_video: Annotated[bool, typer.Option("--no-video", help="Skip the overlay video (MP4, H.264) and its GIF "
+                                                             "preview: masks and predictions.json only.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False,
+    short_side: Annotated[Optional[int], typer.Option(min=16, help="Resize frames to this short side (default: as "
+                                                                "the checkpoint's training data, else 320).")] = None,
+    max_long_side: Annotated[Optional[int], typer.Option(min=16, help="Cap on the resized long side (default: as "
+                                                                   "the checkpoint's training data, else 576).")] = None,
+    amp: Annotated[str, typer.Option(help="off: float32 (default); bf16: autocast on CUDA.")] = "off",
+    ema: Annotated[bool, typer.Option(help="Use the checkpoint's weight average when it has one.")] = True,
+    inference_short_pathway: Annotated[Optional[str], typer.Option(
+        help="encoder or none (default: the checkpoint's config).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="Force a device (cpu, cuda:0); default: CUDA when "
+                                                       "available.")] = None,
+    spill_dir: Annotated[Optional[Path], typer.Option(
+        help="Folder for the per-query mask logits kept until every frame is scored (float16, on disk beyond "
+             "1 GiB; default: the system's temporary folder).")] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Masks of every frame of a video for each expression, with an overlay video (paper 3.8 inference)."""
+    from losh.errors import AssetMissing
+    from losh.predict import PredictError, PredictUsageError, predict as run_predict
+
+    if not text:
+        fail("give at least one expression: --text \"the man in red\"", 2)
+    try:
+        report = run_predict(checkpoint, video, text, out, fps=fps, device=device, overlay=not no_video,
+                             overwrite=overwrite, short_side=short_side, max_long_side=max_long_side, amp=amp,
+                             use_ema=ema, inference_short_pathway=inference_short_pathway, progress=progress,
+                             spill_dir=spill_dir)
+    except PredictUsageError as e:
+        fail(str(e), 2)
+    except (PredictError, AssetMissing, FileNotFoundError, ValueError, OSError) as e:
+        fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+    t = report["timings"]
+    typer.echo(f"{report['frames']} frames ({report['size'][0]}x{report['size'][1]}, model input "
+               f"{report['input_size'][0]}x{report['input_size'][1]}) x {len(report['expressions'])} expressions in "
+               f"{t['total_s']:.1f} s ({t['frames_per_s']:.1f} frames/s) on {report['device']}")
+    for e in report["expressions"]:
+        typer.echo(f"  {e['text']!r}: query {e['query']}, score {e['score']:.3f} -> {out / e['masks']}/")
+    if report["overlay"]:
+        typer.echo(f"overlay: {out / report['overlay']['video']} ({report['overlay']['codec']}), preview "
+                   f"{out / report['overlay']['preview']}")
+    typer.echo(f"predictions: {out / 'predictions.json'}")
 
 
 def format_video_metrics(report: dict) -> str:

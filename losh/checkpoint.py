@@ -27,7 +27,12 @@ def atomic_copy(source: Path, target: Path) -> None:
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
     if not Path(path).is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    if ckpt.get("schema") != CHECKPOINT_SCHEMA or ckpt.get("version") != CHECKPOINT_VERSION:
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:   # not a PyTorch file at all (a text file, a truncated download, ...)
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"{path}: not a {CHECKPOINT_SCHEMA} v{CHECKPOINT_VERSION} checkpoint "
+                         f"(cannot be read: {reason})") from e
+    if not isinstance(ckpt, dict) or ckpt.get("schema") != CHECKPOINT_SCHEMA or ckpt.get("version") != CHECKPOINT_VERSION:
         raise ValueError(f"{path}: not a {CHECKPOINT_SCHEMA} v{CHECKPOINT_VERSION} checkpoint")
     return ckpt

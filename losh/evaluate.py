@@ -30,13 +30,19 @@ def load_model(checkpoint: Path, device: torch.device, *, use_ema: bool = True,
     """The checkpoint's model, with its weight average (`ema_decay` runs) unless `use_ema` is False;
     `inference_short_pathway` overrides the config's (it changes inference only, not the weights)."""
     ckpt = load_checkpoint(checkpoint)
+    return model_from_checkpoint(ckpt, device, use_ema=use_ema, inference_short_pathway=inference_short_pathway), ckpt
+
+
+def model_from_checkpoint(ckpt: dict, device: torch.device, *, use_ema: bool = True,
+                          inference_short_pathway: str | None = None) -> torch.nn.Module:
+    """The model of a loaded checkpoint (`load_model` without the reading), in eval mode on `device`."""
     config = ModelConfig.from_dict(ckpt["model_config"])
     if inference_short_pathway is not None:
         config = with_overrides(config, {"inference_short_pathway": inference_short_pathway})
     model = build_model(config, load_pretrained=False)   # the checkpoint holds the trained backbone
     ema = ckpt.get("model_ema")
     model.load_state_dict(ema["weights"] if use_ema and ema is not None else ckpt["model"])
-    return model.to(device).eval(), ckpt
+    return model.to(device).eval()
 
 
 def write_json(path: Path, obj: dict) -> None:
