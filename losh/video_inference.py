@@ -23,6 +23,8 @@ group of texts).
 Memory: the selection needs every frame's scores before any mask is final, so each window's per-query
 stride-4 mask logits are kept as float16, (expressions, frames, queries, h/4, w/4): in memory, or in a
 numpy memmap under `spill_dir` (automatically in a temporary directory when they would pass `SPILL_BYTES`).
+Where every query's logits would pass `RECOMPUTE_BYTES` (a long video), the video runs twice: the first
+pass for the scores only, the second keeping only each expression's chosen query.
 Full-size masks are made one frame at a time (`query_masks`, MTTR's post-processing) when iterated.
 """
 from __future__ import annotations
@@ -46,6 +48,8 @@ from losh.data import normalise_frames
 from losh.device import AMP_CHOICES, autocast_for
 
 SPILL_BYTES = 1 << 30          # mask logits above this go to a memmap in a temporary directory
+RECOMPUTE_BYTES = 4 << 30      # every query's logits above this: two passes keep only the chosen query's
+KEEP_CHOICES = ("auto", "all", "chosen")
 
 
 # ------------------------------------------------------------------------------------------ frames
@@ -135,9 +139,11 @@ class VideoPrediction:
                  input_size: tuple[int, int], output_size: tuple[int, int], windows: list[tuple[int, int, int]],
                  spill_path: Path | None, spill_dir_owned: Path | None) -> None:
         self.expressions = expressions
-        self._logits = logits                                   # (N, T, Q, h/4, w/4) float16
+        self._logits = logits                                   # (N, T, Q or 1, h/4, w/4) float16
         self.query_scores = query_scores                        # (N, Q) float64
         self.chosen_query = query_scores.argmax(axis=1)         # (N,)
+        # where each expression's chosen query sits in the logits: all queries kept, or only the chosen one
+        self._stored = self.chosen_query if logits.shape[2] == query_scores.shape[1] else np.zeros_like(self.chosen_query)
         self.scores = [ExpressionScores(float(s[q]), s) for s, q in zip(query_scores, self.chosen_query)]
         self.frames = int(logits.shape[1])
         self.input_size = tuple(input_size)
@@ -151,13 +157,13 @@ class VideoPrediction:
 
     def logits(self, expression: int, frame: int) -> np.ndarray:
         """The chosen query's stride-4 mask logits (h/4, w/4) float16 of one expression on one frame."""
-        return np.asarray(self._store()[expression, frame, self.chosen_query[expression]])
+        return np.asarray(self._store()[expression, frame, self._stored[expression]])
 
     def masks(self, expression: int, frames: Sequence[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """(frame index, bool (H, W) mask at `output_size`) of one expression, frame by frame."""
         if not 0 <= expression < len(self.expressions):
             raise IndexError(f"expression {expression} of {len(self.expressions)}")
-        query = int(self.chosen_query[expression])
+        query = int(self._stored[expression])
         for t in range(self.frames) if frames is None else frames:
             logits = torch.from_numpy(np.asarray(self._store()[expression, t, query:query + 1]))
             yield t, self._post(logits)[0]
@@ -166,7 +172,7 @@ class VideoPrediction:
         """(frame index, [bool (H, W) mask of each expression]) frame by frame."""
         rows = np.arange(len(self.expressions))
         for t in range(self.frames) if frames is None else frames:
-            logits = torch.from_numpy(np.asarray(self._store()[rows, t, self.chosen_query]))   # (N, h, w)
+            logits = torch.from_numpy(np.asarray(self._store()[rows, t, self._stored]))   # (N, h, w)
             yield t, list(self._post(logits))
 
     def _store(self) -> np.ndarray:
@@ -200,7 +206,7 @@ def _remove_spill(path: Path | None, owned_dir: Path | None) -> None:
 def predict_video(model: torch.nn.Module, source: FrameSource, long_texts: list[str],
                   short_texts: list[str] | None, *, window: int, output_size: tuple[int, int] | None = None,
                   amp: str = "off", progress: bool = False, spill_dir: Path | None = None,
-                  max_expressions_per_pass: int = 8) -> VideoPrediction:
+                  max_expressions_per_pass: int = 8, keep: str = "auto") -> VideoPrediction:
     """Masks of every frame of `source` for each of `long_texts`.
 
     `short_texts`: one per long text; needed when the model runs the short text through its encoder at
@@ -209,10 +215,16 @@ def predict_video(model: torch.nn.Module, source: FrameSource, long_texts: list[
     MTTR's split; the last window is completed backwards to `window` frames). `output_size`: (H, W) of the
     masks, the original video size (default: the input size). `amp`: 'off' (float32) or 'bf16' (CUDA).
     `spill_dir`: keep the mask logits in a memmap there (otherwise in memory, or in a temporary directory
-    beyond `SPILL_BYTES`); the results are the same. The model runs on its own device, in eval mode.
+    beyond `SPILL_BYTES`); the results are the same. `keep`: "all" keeps every query's logits while the
+    video runs (one pass); "chosen" runs the video twice, the first pass for the scores only, the second
+    keeping only each expression's chosen query (twice the compute, 1/Q of the storage: what a long video
+    needs); "auto": "chosen" when every query's logits would pass `RECOMPUTE_BYTES`. The model runs on its
+    own device, in eval mode.
     """
     if amp not in AMP_CHOICES:
         raise ValueError(f"amp must be one of {AMP_CHOICES}, got {amp!r}")
+    if keep not in KEEP_CHOICES:
+        raise ValueError(f"keep must be one of {KEEP_CHOICES}, got {keep!r}")
     if not long_texts:
         raise ValueError("no expressions")
     if max_expressions_per_pass < 1:
@@ -234,11 +246,62 @@ def predict_video(model: torch.nn.Module, source: FrameSource, long_texts: list[
     device = _device_of(model)
     was_training = model.training
     model.eval()
-
     n = len(long_texts)
-    groups = [range(i, min(i + max_expressions_per_pass, n)) for i in range(0, n, max_expressions_per_pass)]
-    score_sums: np.ndarray | None = None
     store = spill_path = owned_dir = None
+
+    def allocate(shape: tuple[int, ...]) -> np.ndarray:
+        nonlocal spill_dir, spill_path, owned_dir
+        if spill_dir is None and int(np.prod(shape)) * 2 > SPILL_BYTES:
+            spill_dir = owned_dir = Path(tempfile.mkdtemp(prefix="losh-video-"))
+        if spill_dir is None:
+            return np.empty(shape, dtype=np.float16)
+        Path(spill_dir).mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="mask-logits-", suffix=".npy", dir=spill_dir)
+        spill_path = Path(name)
+        os.close(fd)
+        return np.lib.format.open_memmap(spill_path, mode="w+", dtype=np.float16, shape=shape)
+
+    score_sums: np.ndarray | None = None
+    mask_size: tuple[int, int] | None = None
+    chosen: np.ndarray | None = None        # the second pass of "chosen": each expression's query
+    try:
+        for pass_ in (1, 2):
+            for group, keep_from, stop, probs, masks in _window_outputs(
+                    model, source, long_texts, short_texts, windows, (height, width), device, amp,
+                    max_expressions_per_pass, progress, chosen):
+                if pass_ == 1:
+                    if score_sums is None:
+                        queries, mask_size = masks.shape[2], tuple(masks.shape[-2:])
+                        score_sums = np.zeros((n, queries), dtype=np.float64)
+                        every_query = n * total * queries * int(np.prod(mask_size)) * 2
+                        if keep == "all" or (keep == "auto" and every_query <= RECOMPUTE_BYTES):
+                            store = allocate((n, total, queries, *mask_size))
+                    score_sums[group.start:group.stop] += probs.sum(1).double().cpu().numpy()
+                if store is not None:
+                    store[group.start:group.stop, keep_from:stop] = masks
+            if store is not None:
+                break                          # every query was kept, or this was the second pass
+            chosen = (score_sums / total).argmax(axis=1)
+            store = allocate((n, total, 1, *mask_size))
+    except BaseException:
+        _remove_spill(spill_path, owned_dir)
+        raise
+    finally:
+        model.train(was_training)
+    if isinstance(store, np.memmap):
+        store.flush()
+    return VideoPrediction(list(long_texts), store, score_sums / total, (height, width), output_size, windows,
+                           spill_path, owned_dir)
+
+
+def _window_outputs(model, source: FrameSource, long_texts: list[str], short_texts: list[str] | None,
+                    windows: list[tuple[int, int, int]], size: tuple[int, int], device: torch.device, amp: str,
+                    per_pass: int, progress: bool, chosen: np.ndarray | None):
+    """Per window and group of expressions: (group, keep_from, stop, reference probabilities (g, kept, Q),
+    float16 mask logits (g, kept, Q, h/4, w/4), or only the `chosen` query's (g, kept, 1, h/4, w/4))."""
+    height, width = size
+    n = len(long_texts)
+    groups = [range(i, min(i + per_pass, n)) for i in range(0, n, per_pass)]
     reader = ThreadPoolExecutor(max_workers=1)   # reads (decodes) the next window while the model runs
     try:
         pending = reader.submit(source.read, list(range(*windows[0][:2])))
@@ -261,34 +324,13 @@ def predict_video(model: torch.nn.Module, source: FrameSource, long_texts: list[
                 if list(out["frame_indices"]) != list(range(stop - start)):
                     raise RuntimeError(f"the model decoded frames {out['frame_indices']}, not the whole window")
                 probs = out["pred_is_referred"][:, keep].float().softmax(-1)[..., 0]   # (g, kept, Q)
-                masks = out["pred_masks"][:, keep].to(torch.float16).cpu().numpy()   # (g, kept, Q, h4, w4)
-                if store is None:
-                    queries, mask_size = masks.shape[2], masks.shape[-2:]
-                    shape = (n, total, queries, *mask_size)
-                    need = int(np.prod(shape)) * 2
-                    if spill_dir is None and need > SPILL_BYTES:
-                        spill_dir = owned_dir = Path(tempfile.mkdtemp(prefix="losh-video-"))
-                    if spill_dir is None:
-                        store = np.empty(shape, dtype=np.float16)
-                    else:
-                        Path(spill_dir).mkdir(parents=True, exist_ok=True)
-                        fd, name = tempfile.mkstemp(prefix="mask-logits-", suffix=".npy", dir=spill_dir)
-                        spill_path = Path(name)
-                        os.close(fd)
-                        store = np.lib.format.open_memmap(spill_path, mode="w+", dtype=np.float16, shape=shape)
-                    score_sums = np.zeros((n, queries), dtype=np.float64)
-                store[group.start:group.stop, keep_from:stop] = masks
-                score_sums[group.start:group.stop] += probs.sum(1).double().cpu().numpy()
-    except BaseException:
-        _remove_spill(spill_path, owned_dir)
-        raise
+                masks = out["pred_masks"][:, keep]
+                if chosen is not None:
+                    index = torch.as_tensor(chosen[group.start:group.stop], device=masks.device)
+                    masks = masks[torch.arange(len(texts), device=masks.device), :, index][:, :, None]
+                yield group, keep_from, stop, probs, masks.to(torch.float16).cpu().numpy()
     finally:
         reader.shutdown(wait=True)
-        model.train(was_training)
-    if isinstance(store, np.memmap):
-        store.flush()
-    return VideoPrediction(list(long_texts), store, score_sums / total, (height, width), output_size, windows,
-                           spill_path, owned_dir)
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:

@@ -109,6 +109,25 @@ def test_automatic_spill_beyond_the_threshold(model, video, monkeypatch):
     assert not path.parent.exists()
 
 
+def test_two_passes_keep_only_the_chosen_queries_and_give_the_same_masks(model, video, monkeypatch):
+    import losh.video_inference as vi
+
+    source = ArrayFrames(video)
+    every = predict_video(model, source, LONG[:2], SHORT[:2], window=4, output_size=OUT, keep="all")
+    chosen = predict_video(model, source, LONG[:2], SHORT[:2], window=4, output_size=OUT, keep="chosen")
+    queries = every.query_scores.shape[1]
+    assert every._logits.shape[2] == queries > 1 and chosen._logits.shape[2] == 1   # 1/Q of the storage
+    assert np.array_equal(every.query_scores, chosen.query_scores)
+    assert np.array_equal(every.chosen_query, chosen.chosen_query)
+    for (t, a), (u, b) in zip(every.frame_masks(), chosen.frame_masks()):
+        assert t == u and all(np.array_equal(x, y) for x, y in zip(a, b))
+    # "auto" chooses two passes when every query's logits would pass the bound
+    monkeypatch.setattr(vi, "RECOMPUTE_BYTES", 1000)
+    assert predict_video(model, source, LONG[:1], SHORT[:1], window=4)._logits.shape[2] == 1
+    with pytest.raises(ValueError, match="keep must be one of"):
+        predict_video(model, source, LONG[:1], SHORT[:1], window=4, keep="some")
+
+
 def test_more_expressions_than_one_pass_hold_give_the_same_result(model, video):
     source = ArrayFrames(video)
     one = predict_video(model, source, LONG, SHORT, window=4, output_size=OUT)
