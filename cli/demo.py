@@ -56,6 +56,17 @@ def same_recipe(run_dir: Path, config, settings: TrainSettings) -> bool:
         return False
 
 
+def demo_video(raw: Path, expressions: int = 3) -> tuple[Path, list[str]]:
+    """The first test video of the synthetic A2D root with (up to) its first expressions."""
+    import csv
+
+    with open(raw / "Release" / "videoset.csv", newline="") as f:
+        test = [row[0] for row in csv.reader(f) if row and row[-1].strip() == "1"]
+    with open(raw / "text_annotations" / "a2d_annotation.txt", newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["video_id"] == test[0]]
+    return raw / "Release" / "clips320H" / f"{test[0]}.mp4", [r["query"] for r in rows[:expressions]]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("demo"))
@@ -103,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
              "--short-side", str(h), "--max-long-side", str(w), "--window", str(DEMO_WINDOW)])
         run(["evaluate", "--data", str(jhmdb_prep), "--checkpoint", str(run_dir / "checkpoints" / "last.pt"),
              "--out", str(out / "metrics-jhmdb.json"), "--baselines", "--inference-short-pathway", "encoder"])
+        # a user's view: the model on one whole test video, every frame, its expressions in colour
+        video, texts = demo_video(raw)
+        run(["predict", "--checkpoint", str(run_dir / "checkpoints" / "last.pt"), "--video", str(video),
+             "--out", str(out / "predict"), "--overwrite", *[a for t in texts for a in ("--text", t)]])
     except subprocess.CalledProcessError as e:
         print(f"demo stopped: `losh {shlex.join(e.cmd[3:])}` exited with {e.returncode}", file=sys.stderr)
         return e.returncode
@@ -124,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
           f"trained on): mean IoU {100 * jhmdb['mean_iou']:.1f}%, overall IoU {100 * jhmdb['overall_iou']:.1f}%, "
           f"mAP {100 * jhmdb['map']:.1f}% (empty mask {100 * jhmdb['baselines']['empty_mask_mean_iou']:.1f}%, full "
           f"frame {100 * jhmdb['baselines']['full_frame_mean_iou']:.1f}%; {out / 'metrics-jhmdb.json'}).")
+    print(f"Every frame of one test video with its expressions, each in its own colour: "
+          f"{out / 'predict' / 'overlay.mp4'} (preview {out / 'predict' / 'overlay.gif'}; masks and "
+          f"predictions.json in {out / 'predict'}).")
     b = metrics.get("baselines", {})
     if b:
         print(f"Baselines (test mean IoU): empty mask {100 * b['empty_mask_mean_iou']:.1f}%, full frame "
