@@ -329,7 +329,8 @@ def legend_patch(texts: Sequence[str], colours: Sequence[tuple[int, int, int]], 
 
 def render_overlay(frame: np.ndarray, masks: Sequence[np.ndarray], colours: Sequence[tuple[int, int, int]],
                    legend: np.ndarray | None = None, alpha: float = 0.5) -> np.ndarray:
-    """`frame` (RGB) with each mask tinted in its colour and outlined, and the legend at the top left."""
+    """`frame` (RGB) with each mask tinted in its colour and outlined, and the legend at the top left, or
+    below the frame (on a dark strip) where it would hide more than a quarter of a small frame's height."""
     out = frame.copy()
     for mask, colour in zip(masks, colours):
         if mask.any():
@@ -337,6 +338,12 @@ def render_overlay(frame: np.ndarray, masks: Sequence[np.ndarray], colours: Sequ
             out[mask] = (out[mask] * (1 - alpha) + tint * alpha).astype(np.uint8)
             contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
             cv2.drawContours(out, contours, -1, tuple(int(c) for c in colour), max(1, frame.shape[1] // 400))
+    if legend is not None and legend.shape[0] > out.shape[0] // 4:
+        strip = np.full((legend.shape[0], out.shape[1], 3), 24, dtype=np.uint8)
+        w = min(legend.shape[1], out.shape[1])
+        shown = legend[:, :w, 3:4] > 0
+        strip[:, :w] = np.where(shown, legend[:, :w, :3], strip[:, :w])
+        return np.concatenate([out, strip])
     if legend is not None:
         h, w = min(legend.shape[0], out.shape[0]), min(legend.shape[1], out.shape[1])
         a = legend[:h, :w, 3:4].astype(np.float32) / 255
@@ -596,7 +603,8 @@ def _run(model, ckpt: dict, source, texts: list[str], shorts: list[str] | None, 
                         raise RuntimeError(f"overlay frame {k} for masks of frame {t}")
                     if writer is None:
                         legend = legend_patch(texts, colours, frame.shape[1])
-                        writer = Mp4Writer(stage / "overlay.mp4", frame.shape[:2], source.fps)
+                        first = render_overlay(frame, masks, colours, legend)
+                        writer = Mp4Writer(stage / "overlay.mp4", first.shape[:2], source.fps)
                     picture = render_overlay(frame, masks, colours, legend)
                     writer.write(picture)
                     if t in keep_preview:

@@ -103,12 +103,15 @@ def test_video_through_predict(checkpoint, video, tmp_path):
     t = report["timings"]
     assert all(t[k] >= 0 for k in ("load_s", "count_s", "inference_s", "masks_s", "overlay_s", "total_s"))
     frames, codec, pix_fmt, size, fps = read_back(out / "overlay.mp4")
-    assert (frames, codec, pix_fmt, size, fps) == (24, "h264", "yuv420p", (H, W), 24.0)
+    # a small frame: the legend goes on a strip below it instead of hiding a quarter of it
+    legend_h = lp.legend_patch(TEXTS, [(255, 0, 0)] * 2, W).shape[0]
+    assert legend_h > H // 4 and (frames, codec, pix_fmt, fps) == (24, "h264", "yuv420p", 24.0)
+    assert size == (H + legend_h + (H + legend_h) % 2, W)
     data = (out / "overlay.mp4").read_bytes()
     assert data.find(b"moov") < data.find(b"mdat")                                   # faststart: streams in browsers
     from PIL import Image
     with Image.open(out / "overlay.gif") as gif:
-        assert gif.n_frames == report["overlay"]["preview_frames"] == 24 and gif.size == (W, H)
+        assert gif.n_frames == report["overlay"]["preview_frames"] == 24 and gif.size == (W, H + legend_h)
     assert not list(tmp_path.glob(".out.*"))                                         # no staging folder left
 
 
@@ -126,7 +129,9 @@ def test_folder_of_frames_sorted_naturally_odd_size(checkpoint, tmp_path):
     assert report["frame_files"] == [f"{t}.png" for t in range(1, 13)] and report["size"] == [45, 61]
     masks = sorted((tmp_path / "out" / report["expressions"][0]["masks"]).iterdir())
     assert len(masks) == 12 and cv2.imread(str(masks[0]), cv2.IMREAD_GRAYSCALE).shape == (45, 61)
-    assert read_back(tmp_path / "out" / "overlay.mp4")[:4] == (12, "h264", "yuv420p", (46, 62))
+    legend_h = lp.legend_patch(TEXTS[:1], [(255, 0, 0)], 61).shape[0]
+    height = 45 + (legend_h if legend_h > 45 // 4 else 0)
+    assert read_back(tmp_path / "out" / "overlay.mp4")[:4] == (12, "h264", "yuv420p", (height + height % 2, 62))
 
 
 def test_fps_halves_a_double_rate_video(checkpoint, video, tmp_path):
