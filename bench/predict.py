@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -26,6 +25,7 @@ from bench.video_inference import synthetic_video
 from losh.checkpoint import CHECKPOINT_SCHEMA, CHECKPOINT_VERSION, atomic_save
 from losh.losh import build_model
 from losh.predict import predict
+from pipeline.video import write_h264
 from schemas.config import get_config, with_overrides
 
 FRAMES, THREADS, FPS = 48, 2, 24
@@ -36,17 +36,7 @@ TEXTS = ["the brown dog is running on grass to the left", "a man in a red shirt 
 
 
 def write_video(path: Path, frames, fps: int = FPS) -> Path:
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps), options={"crf": "20", "preset": "veryfast"})
-        stream.height, stream.width, stream.pix_fmt = frames.shape[1], frames.shape[2], "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return path
+    return write_h264(path, frames, fps, crf=20)
 
 
 def save_checkpoint(spec: str, resolution: dict, path: Path) -> Path:

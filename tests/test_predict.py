@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -17,6 +16,7 @@ from cli.main import app
 from losh.checkpoint import CHECKPOINT_SCHEMA, CHECKPOINT_VERSION, atomic_save
 from losh.losh import build_model
 from losh.video_inference import video_windows
+from pipeline.video import write_h264
 from schemas.config import get_config
 
 H, W = 64, 88                     # the video's size
@@ -38,15 +38,7 @@ def moving_shapes(frames: int, h: int = H, w: int = W) -> np.ndarray:
 
 
 def write_video(path: Path, frames: np.ndarray, fps: int = 24) -> Path:
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps), options={"crf": "18", "preset": "ultrafast"})
-        stream.height, stream.width, stream.pix_fmt = frames.shape[1], frames.shape[2], "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return path
+    return write_h264(path, frames, fps)
 
 
 @pytest.fixture(scope="module")
