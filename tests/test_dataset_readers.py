@@ -33,6 +33,16 @@ def test_the_real_valid_meta_expressions_are_read_unchanged(tmp_path):
     test_file.parent.mkdir(parents=True)
     test_file.write_text(json.dumps({"videos": {v: shipped[v] for v in test_ids}}))
     assert len(ryv.read_refer_youtube_vos(tmp_path).competition_valid) == 202
+    # the plan prepare-data works from: the 202 videos, each expression a whole-video sample without masks,
+    # its frames where the data set puts them
+    plan = ryv.plan_refer_youtube_vos(tmp_path)
+    assert plan.splits == {"valid": {"kind": "video", "masks": False}} and plan.eval_split == "valid"
+    assert len(plan.videos) == 202 and {v.video_id for v in plan.videos} == set(shipped) - set(test_ids)
+    video = plan.videos[0]
+    assert video.sampling == "whole_video" and all(e.instance_id == -1 for e in video.expressions)
+    assert video.frame_files[0] == str(tmp_path / "valid" / "JPEGImages" / video.video_id /
+                                       f"{shipped[video.video_id]['frames'][0]}.jpg")
+    assert plan.counts["expressions"] == sum(len(shipped[v.video_id]["expressions"]) for v in plan.videos)
 
 
 def test_a_root_with_the_train_split_alone_is_read_with_its_problems(tmp_path):
