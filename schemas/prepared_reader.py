@@ -131,10 +131,12 @@ class PreparedDataset:
                 raise SchemaError(f"{first.shard}: the target frames of {first.sample_id} list other instances "
                                   f"(frame {frame}); a sample's targets must share their instance list")
         frames = self.read_frames(first) if with_frames else np.zeros((0, h, w, 3), dtype=np.uint8)
+        # every short mask of the target frames read once (S, small), then each record's picked
+        shorts = (np.stack([g["short_masks"][()] for g in groups]).astype(bool) if groups
+                  else np.zeros((0, 0, h, w), dtype=bool))                      # (A, S, h, w)
         samples = []
         for r in records:
-            short = (np.stack([g["short_masks"][r.short_index] for g in groups]).astype(bool) if groups
-                     else np.zeros((0, h, w), dtype=bool))
+            short = shorts[:, r.short_index] if groups else np.zeros((0, h, w), dtype=bool)
             samples.append(PreparedSample(record=r, frames=frames, long_masks=masks[:, r.referred_index] if groups
                                           else np.zeros((0, h, w), dtype=bool), short_masks=short,
                                           instance_masks=masks, instance_ids=instance_ids))
