@@ -98,9 +98,10 @@ def evaluate_model(model: torch.nn.Module, data: Path, *, split: str = "test", s
     model.eval()
     if load_manifest(Path(data))["splits"].get(split, {}).get("kind") == "video":
         from losh.evaluate_videos import evaluate_videos
-        shorts, source = inference_short_texts(PreparedDataset(data, split), model.config)
-        return {**evaluate_videos(model, data, split=split, inference_shorts=shorts, submission=submission, amp=amp,
-                                  progress=progress, max_samples=max_samples), "inference_short_text": source}
+        videos = PreparedDataset(data, split)
+        shorts, source = inference_short_texts(videos, model.config)
+        return {**evaluate_videos(model, videos, split=split, inference_shorts=shorts, submission=submission,
+                                  amp=amp, progress=progress, max_samples=max_samples), "inference_short_text": source}
     if submission is not None:
         raise ValueError(f"--submission is for whole-video splits (Refer-YouTube-VOS valid); {split} is not one")
     dev = next(model.parameters()).device

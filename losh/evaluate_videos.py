@@ -52,17 +52,19 @@ def select_records(records: list[SampleRecord], max_samples: int) -> list[Sample
 
 
 @torch.no_grad()
-def evaluate_videos(model: torch.nn.Module, data: Path, *, split: str, inference_shorts: dict[str, str] | None = None,
+def evaluate_videos(model: torch.nn.Module, data: Path | PreparedDataset, *, split: str,
+                    inference_shorts: dict[str, str] | None = None,
                     submission: Path | None = None, amp: str = "off", progress: bool = True,
                     max_samples: int = 0, spill_dir: Path | None = None) -> dict:
-    """Whole-video metrics of `split` of `data` (kind "video"); see the module docstring. `inference_shorts`:
-    {sample_id: short text} to run through the encoder instead of the prepared ones."""
-    dataset = PreparedDataset(data, split)
+    """Whole-video metrics of `split` of `data` (PREP, or its `split` already open; kind "video"); see the
+    module docstring. `inference_shorts`: {sample_id: short text} to run through the encoder instead of the
+    prepared ones."""
+    dataset = data if isinstance(data, PreparedDataset) else PreparedDataset(data, split)
     records = select_records(dataset.records, max_samples)
     if not records:
-        raise ValueError(f"{data} holds no {split} sample")
+        raise ValueError(f"{dataset.root} holds no {split} sample")
     if any(r.kind != "video" for r in records):
-        raise ValueError(f"the {split} split of {data} holds window samples: it is scored per annotated frame")
+        raise ValueError(f"the {split} split of {dataset.root} holds window samples: it is scored per annotated frame")
     by_video: dict[str, list[SampleRecord]] = defaultdict(list)
     for r in records:
         by_video[r.video_id].append(r)
