@@ -58,7 +58,9 @@ class SetCriterion(nn.Module):
                 ) -> dict[str, Tensor]:
         if self.use_short_text and "short" not in outputs:
             raise ValueError("this config trains the short pathway: call the model with short_texts")
-        frame_targets = prepare_targets(targets, tuple(outputs["input_size"]), outputs["long"]["pred_masks"].device)
+        grid = tuple(outputs["long"]["pred_masks"].shape[-2:]) if self.config.mask_resolution == "stride4" else None
+        frame_targets = prepare_targets(targets, tuple(outputs["input_size"]), outputs["long"]["pred_masks"].device,
+                                        grid)
         supervised = outputs.get("supervised") or [outputs["annotated_index"]]
         positions = [outputs["frame_indices"].index(p) for p in supervised]
         if any(t.long_masks.shape[1] != len(positions) * t.size[0] * t.size[1] for t in frame_targets):
@@ -150,8 +152,10 @@ def _at_frames(out: dict[str, Tensor], positions: list[int]) -> dict[str, Tensor
             "pred_masks": out["pred_masks"][:, positions].transpose(1, 2).float()}
 
 
-def prepare_targets(targets: list[dict], input_size: tuple[int, int], device: torch.device | None = None
-                    ) -> list[FrameTargets]:
+def prepare_targets(targets: list[dict], input_size: tuple[int, int], device: torch.device | None = None,
+                    grid: tuple[int, int] | None = None) -> list[FrameTargets]:
+    """FrameTargets at the input size, or, with `grid`, area-averaged onto that (coarser) grid and
+    thresholded at one half (loss.mask_resolution "stride4")."""
     prepared = []
     for index, target in enumerate(targets):
         instances = torch.as_tensor(target["instance_masks"], device=device).float()
@@ -173,10 +177,13 @@ def prepare_targets(targets: list[dict], input_size: tuple[int, int], device: to
             short_masks[:, referred] = torch.as_tensor(target["short_mask"], device=device).float().reshape(
                 frames, *instances.shape[-2:])
         visible = long_masks[:, referred].flatten(1).any(dim=1)
+        long_masks, short_masks = (_pad_to(m, input_size, index) for m in (long_masks, short_masks))
+        if grid is not None:
+            long_masks, short_masks = ((F.interpolate(m, size=grid, mode="area") > 0.5).float()
+                                       for m in (long_masks, short_masks))
         # (A, N, H, W) -> (N, A*H*W): an instance's masks over the frames as one sequence
-        long_masks, short_masks = (_pad_to(m, input_size, index).transpose(0, 1).flatten(1)
-                                   for m in (long_masks, short_masks))
-        prepared.append(FrameTargets(long_masks, short_masks, referred, input_size, visible))
+        long_masks, short_masks = (m.transpose(0, 1).flatten(1) for m in (long_masks, short_masks))
+        prepared.append(FrameTargets(long_masks, short_masks, referred, grid or input_size, visible))
     return prepared
 
 

@@ -34,6 +34,7 @@ FbcVariant = Literal["standard", "opposite", "mutual"]
 DecodeFrames = Literal["annotated", "all"]
 ShortTextSource = Literal["manual", "machine"]
 FbcReduction = Literal["mean", "pixel_mean", "sum"]
+MaskResolution = Literal["input", "stride4"]
 InferenceShortPathway = Literal["encoder", "none"]
 
 
@@ -174,6 +175,10 @@ class LossConfig:
     # "mean" also averages over the channels; "sum" sums over both (the norm of the whole map). See README.
     fbc_reduction: FbcReduction = "pixel_mean"
     aux_loss: bool = True
+    # where mask terms (matching, dice, focal, L_lsi) compare: "input" (MTTR): predictions upsampled bilinearly
+    # to the input size; "stride4": targets area-averaged onto the predictions' stride-4 grid (a cell is on when
+    # more than half of it is), 16x fewer pixels (a CPU recipe's lever; not the paper's)
+    mask_resolution: MaskResolution = "input"
     match_is_referred: float = 2.0
     match_dice: float = 5.0
     match_lsi: float = 5.0
@@ -193,6 +198,7 @@ class LossConfig:
             raise ConfigError(f"loss.fbc_level is a backbone stage 0, 1 or 2, got {self.fbc_level}")
         _check_choice("loss.fbc_variant", self.fbc_variant, FbcVariant)
         _check_choice("loss.fbc_reduction", self.fbc_reduction, FbcReduction)
+        _check_choice("loss.mask_resolution", self.mask_resolution, MaskResolution)
 
 
 @dataclass(frozen=True)

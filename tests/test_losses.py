@@ -179,3 +179,17 @@ def test_warp_convention_matches_opencv_farneback():
     error_unwarped = (source[0, 0] - torch.from_numpy(frame_k))[inner].abs().mean()
     assert valid[0, 0][inner].all()
     assert error_warped < 0.15 * error_unwarped
+
+
+def test_stride4_mask_resolution_averages_targets_onto_the_prediction_grid():
+    from losh.criterion import prepare_targets
+
+    masks = torch.zeros(2, 8, 12)
+    masks[0, :4, :4] = 1          # a whole 4 x 4 cell: on
+    masks[0, 4:, 8:10] = 1        # half a cell: not more than half, off
+    masks[1, 4:8, 4:7] = 1        # three quarters of a cell: on
+    full, = prepare_targets([{"instance_masks": masks, "referred_index": 0}], (8, 12))
+    coarse, = prepare_targets([{"instance_masks": masks, "referred_index": 0}], (8, 12), grid=(2, 3))
+    assert full.size == (8, 12) and coarse.size == (2, 3)
+    assert coarse.long_masks.tolist() == [[1, 0, 0, 0, 0, 0], [0, 0, 0, 0, 1, 0]]
+    assert bool(coarse.visible.all()) and torch.equal(full.visible, coarse.visible)   # judged at full size

@@ -180,3 +180,16 @@ def test_bf16_autocast_step_runs_and_stays_close_to_float32():
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     for key in ("loss", "loss_dice_long", "loss_is_referred_long", "loss_lsi", "loss_fbc"):
         assert half[key].item() == pytest.approx(full[key].item(), rel=0.05, abs=0.02), key
+
+
+def test_stride4_mask_resolution_gives_the_same_terms_on_their_scale(step):
+    model, config, outputs, losses = step
+    coarse = with_overrides(config, {"loss.mask_resolution": "stride4"})
+    detached = {k: v for k, v in outputs.items()}
+    again = build_criterion(coarse)(detached, _targets(), flows=torch.randn(B, 4, 2, H, W),
+                                    flow_valid=torch.ones(B, 4, dtype=torch.bool))
+    assert set(again) == set(losses) and all(torch.isfinite(v) for v in again.values())
+    # the same targets at 16x fewer pixels: the terms move but stay on their scale
+    assert abs(again["loss_dice_long"].item() - losses["loss_dice_long"].item()) < 0.2
+    with pytest.raises(Exception, match="mask_resolution"):
+        with_overrides(config, {"loss.mask_resolution": "stride8"})
