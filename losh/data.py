@@ -51,6 +51,15 @@ class Augment:
     flip_p: float = 0.5
 
 
+def evenly_spread(records: list[SampleRecord], max_samples: int) -> list[SampleRecord]:
+    """A fixed subset of `max_samples` records spread evenly over the (sample_id-sorted) list, the same one at
+    every evaluation; all of them when `max_samples` is 0 or not smaller."""
+    if not 0 < max_samples < len(records):
+        return records
+    keep = np.linspace(0, len(records) - 1, max_samples).round().astype(int)
+    return [records[i] for i in sorted(set(keep.tolist()))]
+
+
 class RVOSDataset(Dataset):
     """Samples of one split of PREP as tensors; flows from PREP/flows when asked for."""
 
@@ -62,10 +71,7 @@ class RVOSDataset(Dataset):
         if any(r.kind != "window" for r in self.data.records):
             raise ValueError(f"the {split} split of {prep} holds whole-video samples: they are predicted by "
                              "sliding windows in `losh evaluate`, not read as training windows")
-        if 0 < max_samples < len(self.data.records):
-            # a fixed subset spread evenly over the (sample_id-sorted) split: the same one at every evaluation
-            keep = np.linspace(0, len(self.data.records) - 1, max_samples).round().astype(int)
-            self.data.records = [self.data.records[i] for i in sorted(set(keep.tolist()))]
+        self.data.records = evenly_spread(self.data.records, max_samples)
         self.flows = None
         if with_flows:
             from schemas.flow_reader import FlowReader

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from losh.data import evenly_spread
 from losh.submission import SubmissionWriter
 from losh.video_inference import predict_video
 from losh.video_metrics import JFAccumulator, compose_label_maps, davis_unsupervised_sequence, frame_j_f
@@ -43,14 +44,6 @@ class ShardFrames:
         return self.data.read_frames(self.record, [self.record.window[i] for i in indices])
 
 
-def select_records(records: list[SampleRecord], max_samples: int) -> list[SampleRecord]:
-    """A fixed subset of expressions spread over the split (the same at every evaluation)."""
-    if not 0 < max_samples < len(records):
-        return records
-    keep = np.linspace(0, len(records) - 1, max_samples).round().astype(int)
-    return [records[i] for i in sorted(set(keep.tolist()))]
-
-
 @torch.no_grad()
 def evaluate_videos(model: torch.nn.Module, data: Path | PreparedDataset, *, split: str,
                     inference_shorts: dict[str, str] | None = None,
@@ -60,7 +53,7 @@ def evaluate_videos(model: torch.nn.Module, data: Path | PreparedDataset, *, spl
     module docstring. `inference_shorts`: {sample_id: short text} to run through the encoder instead of the
     prepared ones."""
     dataset = data if isinstance(data, PreparedDataset) else PreparedDataset(data, split)
-    records = select_records(dataset.records, max_samples)
+    records = evenly_spread(dataset.records, max_samples)
     if not records:
         raise ValueError(f"{dataset.root} holds no {split} sample")
     if any(r.kind != "video" for r in records):

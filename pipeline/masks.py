@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -12,12 +13,15 @@ def short_key(text: str) -> str:
     return re.sub(r"^(the|a|an) ", "", text)
 
 
-def group_by_short(shorts: dict[int, str]) -> dict[int, list[int]]:
-    """instance_id -> sorted ids of all instances of the video with the same short expression."""
-    by_key: dict[str, list[int]] = {}
-    for instance_id, text in shorts.items():
-        by_key.setdefault(short_key(text), []).append(instance_id)
-    return {i: sorted(by_key[short_key(t)]) for i, t in shorts.items()}
+def group_by_short(referred: Sequence[tuple[int, str]]) -> list[tuple[int, ...]]:
+    """For each (instance_id, short text) of a video's expressions, the sorted ids of every instance referred
+    by an expression with the same short text (its short mask merges them); () for an expression whose
+    instance is unknown (-1: masks private). An instance may have several expressions (Refer-YouTube-VOS)."""
+    by_key: dict[str, set[int]] = {}
+    for instance_id, text in referred:
+        if instance_id >= 0:
+            by_key.setdefault(short_key(text), set()).add(instance_id)
+    return [tuple(sorted(by_key[short_key(text)])) if instance_id >= 0 else () for instance_id, text in referred]
 
 
 def merge_masks(instance_ids: np.ndarray, masks: np.ndarray, members: list[int]) -> np.ndarray:

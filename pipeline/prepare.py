@@ -26,8 +26,8 @@ from PIL import Image
 
 from pipeline.datasets import DATASETS, plan_dataset
 from pipeline.datasets.a2d import CorruptMaskFile, list_annotated_frames, read_frame_annotation
-from pipeline.datasets.base import DatasetPlan, DatasetRootError, ExpressionSpec, Problem, VideoSpec
-from pipeline.masks import merge_masks, short_key
+from pipeline.datasets.base import DatasetPlan, DatasetRootError, Problem, VideoSpec
+from pipeline.masks import group_by_short, merge_masks
 from pipeline.video import DECODERS, VideoUnreadable, decode_frames, resize_frame, resize_masks, target_size, \
     window_indices
 from schemas.frame_codec import encode_frame
@@ -104,7 +104,7 @@ def read_a2d_annotations(spec: VideoSpec, problems: list[Problem]) -> Annotation
     if not folder.is_dir():
         return None
     frames = list_annotated_frames(folder)
-    if 0 <= len(frames) < spec.expected_annotated:
+    if len(frames) < spec.expected_annotated:
         problems.append(Problem(spec.video_id, f"missing mask files: videoset.csv lists {spec.expected_annotated} "
                                                f"annotated frames, found {len(frames)} .h5 files"))
     annotations: Annotations = {}
@@ -171,17 +171,6 @@ def consecutive_windows(num_frames: int, window: int) -> list[list[int]]:
     return windows
 
 
-def short_groups(expressions: tuple[ExpressionSpec, ...], shorts: tuple[str, ...]) -> list[tuple[int, ...]]:
-    """Per expression, the instances of the video referred by an expression with the same short text (its
-    short mask merges them), as for A2D's instances."""
-    by_key: dict[str, set[int]] = {}
-    for e, short in zip(expressions, shorts):
-        if e.instance_id >= 0:
-            by_key.setdefault(short_key(short), set()).add(e.instance_id)
-    return [tuple(sorted(by_key.get(short_key(short), {e.instance_id}))) if e.instance_id >= 0 else ()
-            for e, short in zip(expressions, shorts)]
-
-
 def image_video_plans(spec: VideoSpec, annotations: Annotations, n_frames: int, window: int,
                       problems: list[Problem]) -> list[tuple[int, list[int], int, list[int], list[int]]]:
     """The samples of a video given as frames: (expression index, window (0-based), anchor frame, target
@@ -243,7 +232,7 @@ def prepare_video(job: VideoJob) -> VideoResult:
     if spec.sampling != "whole_video" and not annotations:
         return fail_all("no readable annotated frame")
 
-    groups = short_groups(spec.expressions, job.shorts)
+    groups = group_by_short([(e.instance_id, short) for e, short in zip(spec.expressions, job.shorts)])
     w = settings.window
     # (expression index, window of 0-based indices (None: the whole video), anchor frame, target positions)
     if spec.video_file:

@@ -22,16 +22,18 @@ def test_target_size_short_side_and_long_cap():
 
 
 def test_short_groups_merge_masks_of_instances_sharing_the_short_expression():
-    shorts = {0: "The small green square", 1: "small green square", 2: "a red circle"}
+    shorts = [(0, "The small green square"), (1, "small green square"), (2, "a red circle")]
     groups = group_by_short(shorts)
-    assert groups == {0: [0, 1], 1: [0, 1], 2: [2]}
+    assert groups == [(0, 1), (0, 1), (2,)]
+    # several expressions of one instance (Refer-YouTube-VOS) and one whose instance is private
+    assert group_by_short([(3, "a dog"), (3, "the dog"), (4, "dog"), (-1, "a dog")]) == [(3, 4), (3, 4), (3, 4), ()]
     assert short_key("The Red  circle.") == "red circle"
     masks = np.zeros((3, 4, 5), dtype=bool)
     masks[0, 0, :2] = True   # instance 0: 2 pixels
     masks[1, 3, 3:] = True   # instance 1: 2 pixels
     masks[2, 1:3, 1:3] = True
     ids = np.array([0, 1, 2])
-    merged = merge_masks(ids, masks, groups[0])
+    merged = merge_masks(ids, masks, list(groups[0]))
     expected = np.zeros((4, 5), dtype=bool)
     expected[0, :2] = True
     expected[3, 3:] = True
