@@ -256,7 +256,6 @@ def test_transformer_iterative_box_refinement():
     assert ((out.inter_references > 0) & (out.inter_references < 1)).all()
     for layer in range(1, N_DECODER):
         assert (out.inter_references[layer] - out.inter_references[layer - 1]).abs().max().item() > 1e-3
-    assert not out.inter_references.requires_grad or out.inter_references.grad_fn is None
 
 
 def test_transformer_gradients_reach_the_inputs():
@@ -266,6 +265,7 @@ def test_transformer_gradients_reach_the_inputs():
     for tensor in (*srcs, query_embed, tgt):
         tensor.requires_grad_()
     out = model(srcs, masks, pos_embeds, query_embed, tgt)
+    assert not out.inter_references.requires_grad  # refined references are detached, layer by layer
     (out.hs.square().sum() + sum(m.square().sum() for m in out.memory) + out.init_reference.sum()).backward()
     for tensor in (*srcs, query_embed, tgt):
         assert tensor.grad is not None and tensor.grad.abs().sum().item() > 0
@@ -290,3 +290,21 @@ def test_transformer_ignores_padded_src_values():
         torch.testing.assert_close(level_after[kept], level_before[kept], atol=1e-5, rtol=0)
         assert (level_after[~kept] - level_before[~kept]).abs().max().item() > 1e-2  # padded memory does change
     torch.testing.assert_close(after.hs, before.hs, atol=1e-5, rtol=0)
+
+
+def test_decoder_cross_attention_references_are_scaled_by_the_valid_ratios():
+    model = _transformer().eval()
+    model.decoder.bbox_embed = torch.nn.ModuleList(MLP(D_MODEL, D_MODEL, 4, 3) for _ in range(N_DECODER))
+    srcs, masks, pos_embeds, query_embed, tgt = _transformer_inputs()
+    seen = []
+    for layer in model.decoder.layers:
+        layer.cross_attn.register_forward_pre_hook(lambda module, args: seen.append(args[1]))
+    with torch.no_grad():
+        out = model(srcs, masks, pos_embeds, query_embed, tgt)
+    # the second image covers ceil(2h/3) rows and ceil(w/2) columns of every level
+    valid = torch.stack([torch.ones(4, 2),
+                         torch.tensor([[math.ceil(w / 2) / w, math.ceil(h * 2 / 3) / h] for h, w in LEVEL_SIZES])])
+    assert [tuple(r.shape) for r in seen] == [(2, N_QUERIES, 4, 2)] + [(2, N_QUERIES, 4, 4)] * (N_DECODER - 1)
+    torch.testing.assert_close(seen[0], out.init_reference[:, :, None] * valid[:, None])
+    for layer in range(1, N_DECODER):
+        torch.testing.assert_close(seen[layer], out.inter_references[layer - 1][:, :, None] * valid.repeat(1, 1, 2)[:, None])
