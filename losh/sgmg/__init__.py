@@ -1,0 +1,1 @@
+"""SgMg's own parts (LoSh-S)."""
