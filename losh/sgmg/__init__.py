@@ -1,1 +1,1 @@
-"""SgMg's own parts (LoSh-S): the multi-scale deformable attention and transformer of Deformable DETR, in pure PyTorch."""
+"""SgMg's own parts (LoSh-S and its `sgmg` baseline): multi-scale deformable attention and transformer, spectrum-guided fusion, the dynamic mask head and multi-granularity refinement."""
