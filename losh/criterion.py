@@ -74,7 +74,7 @@ class SetCriterion(nn.Module):
                                             for p in pathways}))
         losses: dict[str, Tensor] = {}
         if self.weights["fbc"] > 0:
-            losses["loss_fbc"] = self.fbc_term(outputs, flows, flow_valid, flow_frame_size)
+            losses["loss_fbc"] = fbc_term(outputs, self.config, flows, flow_valid, flow_frame_size)
         for suffix, layer in layers:
             try:
                 indices = self.matcher(layer, frame_targets)
@@ -85,18 +85,6 @@ class SetCriterion(nn.Module):
             losses.update({k + suffix: v for k, v in self.layer_losses(layer, frame_targets, indices).items()})
         losses["loss"] = sum(self.weight_of(k) * v for k, v in losses.items())
         return losses
-
-    def fbc_term(self, outputs: dict, flows: Tensor | None, flow_valid: Tensor | None,
-                 flow_frame_size: tuple[int, int] | None) -> Tensor:
-        if flows is None:
-            raise ValueError(f"L_fbc is on (loss.fbc = {self.weights['fbc']}) but no flows were given: pass "
-                             "flows and flow_valid, or use the 'wo-fbc' ablation")
-        features = outputs["fbc_features"]
-        if flow_valid is None:
-            flow_valid = torch.ones(flows.shape[:2], dtype=torch.bool, device=flows.device)
-        return fbc_loss(features, flows.to(features.device), flow_valid.to(features.device),
-                        outputs["annotated_index"], self.config.fbc_variant, frame_size=flow_frame_size,
-                        padding_mask=outputs.get("fbc_padding_mask"), reduction=self.config.fbc_reduction)
 
     def layer_losses(self, layer: dict[str, dict[str, Tensor]], targets: list[FrameTargets],
                      indices: list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
@@ -125,6 +113,20 @@ class SetCriterion(nn.Module):
             losses["loss_lsi"] = lsi_loss(long_ref, short_ref, self.config.lsi_threshold,
                                           self.config.lsi_epsilon).mean()
         return losses
+
+
+def fbc_term(outputs: dict, config: LossConfig, flows: Tensor | None, flow_valid: Tensor | None,
+             flow_frame_size: tuple[int, int] | None) -> Tensor:
+    """L_fbc (eq. 6) on the model's `fbc_features` (both architectures)."""
+    if flows is None:
+        raise ValueError(f"L_fbc is on (loss.fbc = {config.fbc}) but no flows were given: pass "
+                         "flows and flow_valid, or use the 'wo-fbc' ablation")
+    features = outputs["fbc_features"]
+    if flow_valid is None:
+        flow_valid = torch.ones(flows.shape[:2], dtype=torch.bool, device=flows.device)
+    return fbc_loss(features, flows.to(features.device), flow_valid.to(features.device),
+                    outputs["annotated_index"], config.fbc_variant, frame_size=flow_frame_size,
+                    padding_mask=outputs.get("fbc_padding_mask"), reduction=config.fbc_reduction)
 
 
 def average_over_processes(count: int, device: torch.device) -> float:
@@ -194,5 +196,10 @@ def _pad_to(masks: Tensor, size: tuple[int, int], index: int) -> Tensor:
     return F.pad(masks, (0, size[1] - w, 0, size[0] - h))
 
 
-def build_criterion(config: ModelConfig) -> SetCriterion:
+def build_criterion(config: ModelConfig) -> nn.Module:
+    """LoSh-M's criterion (this file) or LoSh-S's (`losh.sgmg.criterion`), as the config's architecture."""
+    if config.architecture == "sgmg":
+        from losh.sgmg.criterion import SgmgCriterion
+
+        return SgmgCriterion(config.loss, use_short_text=config.use_short_text)
     return SetCriterion(config.loss, use_short_text=config.use_short_text)

@@ -23,7 +23,8 @@ Inputs
 `infer` decodes the long pathway only (the short head is off, paper 3.8); with the config's
 `inference_short_pathway = "encoder"` (default) the short text still runs through the multimodal encoder
 to feed the long pathway's cross-attention, with "none" it is not encoded at all. It adds the paper's
-selection: "scores" (B, Q) reference probability averaged over the decoded frames, "best_query" (B,),
+selection: "frame_scores" (B, T', Q) each query's reference probability in each decoded frame, "scores" (B, Q)
+their mean over the decoded frames, "best_query" (B,),
 "mask_logits" (B, T', H, W) the best query's mask logits upsampled to the input size.
 """
 from __future__ import annotations
@@ -109,13 +110,14 @@ class LoSh(nn.Module):
         out = self._run(frames, long_texts, short, annotated_index, padding_mask, keep_fbc_features=False,
                         clip_index=clip_index, decode_short=False)
         long = out["long"]
-        scores = long["pred_is_referred"].softmax(-1)[..., 0].mean(dim=1)  # (B, Q), averaged over frames
+        frame_scores = long["pred_is_referred"].softmax(-1)[..., 0]        # (B, T', Q)
+        scores = frame_scores.mean(dim=1)                                   # (B, Q), averaged over frames
         best = scores.argmax(dim=1)
         batch = torch.arange(best.shape[0], device=best.device)
         masks = long["pred_masks"][batch, :, best]  # (B, T', h, w)
         if upsample:
             masks = F.interpolate(masks, size=frames.shape[-2:], mode="bilinear", align_corners=False)
-        return {**long, "scores": scores, "best_query": best, "mask_logits": masks,
+        return {**long, "frame_scores": frame_scores, "scores": scores, "best_query": best, "mask_logits": masks,
                 "frame_indices": out["frame_indices"], "annotated_index": annotated_index}
 
     # ---------------------------------------------------------------------------------- internals
@@ -227,14 +229,19 @@ def _layer_outputs(logits: Tensor, masks: Tensor, b: int, n_frames: int) -> dict
     return {**layers[-1], "aux_outputs": layers[:-1]}
 
 
-def build_model(config: ModelConfig, load_pretrained: bool = True) -> LoSh:
-    """The model of `config`. `load_pretrained=False` when a checkpoint's weights are loaded next
+def build_model(config: ModelConfig, load_pretrained: bool = True) -> nn.Module:
+    """The model of `config`: LoSh-M/MTTR (architecture "mttr", this file) or LoSh-S/SgMg ("sgmg",
+    `losh.sgmg.model`). `load_pretrained=False` when a checkpoint's weights are loaded next
     (evaluation, resume): the backbone's pretrained file is then not needed; the frozen text encoder
     still comes from its local path or the Hugging Face cache."""
+    if config.architecture == "sgmg":
+        from losh.sgmg.model import LoShS
+
+        return LoShS(config, load_pretrained)
     return LoSh(config, load_pretrained)
 
 
-def param_groups(model: LoSh, lr: float, backbone_lr: float, weight_decay: float,
+def param_groups(model: nn.Module, lr: float, backbone_lr: float, weight_decay: float,
                  text_encoder_lr: float | None = None) -> list[dict]:
     """AdamW parameter groups as MTTR: backbone at `backbone_lr`, the text encoder (when not frozen)
     at `text_encoder_lr` (default `backbone_lr`), everything else at `lr`; frozen parameters are left out."""

@@ -26,16 +26,29 @@ def dice_loss(logits: Tensor, targets: Tensor, num_masks: float) -> Tensor:
     return (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
 
 
-def sigmoid_focal_loss(logits: Tensor, targets: Tensor, num_masks: float, alpha: float = 0.25,
-                       gamma: float = 2.0) -> Tensor:
-    """RetinaNet focal loss, mean over pixels, sum over masks / num_masks. Shapes (M, P)."""
+def sigmoid_focal_elements(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """RetinaNet's focal loss of each element (same shapes): alpha-weighted (1 - p_t)^gamma * cross-entropy."""
     probs = logits.sigmoid()
     ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     p_t = probs * targets + (1 - probs) * (1 - targets)
     loss = ce * (1 - p_t) ** gamma
     if alpha >= 0:
         loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
-    return loss.mean(-1).sum() / num_masks
+    return loss
+
+
+def sigmoid_focal_loss(logits: Tensor, targets: Tensor, num_masks: float, alpha: float = 0.25,
+                       gamma: float = 2.0) -> Tensor:
+    """RetinaNet focal loss, mean over pixels, sum over masks / num_masks. Shapes (M, P)."""
+    return sigmoid_focal_elements(logits, targets, alpha, gamma).mean(-1).sum() / num_masks
+
+
+def sigmoid_focal_cost(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """Pairwise mean focal loss of mask logits (Q, P) against binary targets (N, P) -> (Q, N) (SgMg's matching
+    cost of masks), computed without a (Q, N, P) tensor: the focal term is linear in the target."""
+    positive = sigmoid_focal_elements(logits, torch.ones_like(logits), alpha, gamma)
+    negative = sigmoid_focal_elements(logits, torch.zeros_like(logits), alpha, gamma)
+    return (positive @ targets.T + negative @ (1 - targets).T) / logits.shape[-1]
 
 
 def dice_coefficient(probs: Tensor, targets: Tensor, smooth: float = 1.0) -> Tensor:

@@ -75,8 +75,8 @@ class LongShortMatcher:
             p_class = torch.where(is_referred_class[:, None, :], p_referred, 1 - p_referred).mean(0)
             cost = cost - self.cost_is_referred * p_class - self.cost_dice * dice_coefficient(probs, masks)
         if short_probs is not None and self.cost_lsi > 0:
-            lsi = lsi_loss(long_probs, short_probs, self.lsi_threshold, self.lsi_epsilon)
-            cost[:, target.referred_index] += self.cost_lsi * lsi
+            cost[:, target.referred_index] += long_short_cost(long_probs, short_probs, self.cost_lsi,
+                                                              self.lsi_threshold, self.lsi_epsilon)
         return cost
 
     @torch.no_grad()
@@ -93,6 +93,14 @@ class LongShortMatcher:
                                     short["pred_is_referred"][b] if short is not None else None, short_probs)
             indices.append(assign(cost, f"sample {b}"))
         return indices
+
+
+def long_short_cost(long_probs: Tensor, short_probs: Tensor, weight: float, threshold: float = 0.5,
+                    epsilon: float = 1.0) -> Tensor:
+    """Eq. 5's long-short term of the matching cost, for each query: weight * L_lsi(long mask, short mask) of
+    its predictions for the referred instance. (Q, P) probabilities -> (Q,). Shared by LoSh-M's matcher and
+    LoSh-S's (`losh.sgmg.criterion`)."""
+    return weight * lsi_loss(long_probs, short_probs, threshold, epsilon)
 
 
 def assign(cost: Tensor, what: str = "the sample") -> tuple[Tensor, Tensor]:

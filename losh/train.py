@@ -56,9 +56,12 @@ def forward_and_loss(model, criterion, batch: dict, device: torch.device, amp: s
     if not bool((annotated == annotated[0]).all()):
         raise ValueError("a batch must share the annotated frame's window position")
     padding = padding_mask_of(batch["valid_size"], size, device)
-    targets = [{"instance_masks": m, "referred_index": int(r), "long_mask": lm, "short_mask": sm}
-               for m, r, lm, sm in zip(batch["instance_masks"], batch["referred_index"], batch["long_mask"],
-                                       batch["short_mask"])]
+    # valid_size: the frame's unpadded size (LoSh-S's box targets are normalised by it)
+    clip_of = batch["clip_index"].tolist() if batch.get("clip_index") is not None else range(len(batch["long_text"]))
+    targets = [{"instance_masks": m, "referred_index": int(r), "long_mask": lm, "short_mask": sm,
+                "valid_size": batch["valid_size"][c]}
+               for m, r, lm, sm, c in zip(batch["instance_masks"], batch["referred_index"], batch["long_mask"],
+                                          batch["short_mask"], clip_of)]
     with autocast_for(device, amp):
         outputs = model(frames, batch["long_text"], batch["short_text"], annotated_index=int(annotated[0]),
                         padding_mask=padding, clip_index=batch.get("clip_index"), supervised=batch.get("supervised"))

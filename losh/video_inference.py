@@ -14,14 +14,16 @@ frames (it overlaps the one before; only its new frames are kept, each frame is 
 model always sees full windows, as it was trained. A video of at most `window` frames is one pass over the
 whole video, which is MTTR's own Refer-YouTube-VOS evaluation (it feeds each validation video whole).
 
-Selection: the reference score of each query (softmax class 0 of `pred_is_referred`) is averaged over all
+Selection: the reference score of each query (the model's `frame_scores`: LoSh-M's softmax class 0 of
+`pred_is_referred`, LoSh-S's sigmoid of `pred_logits`) is averaged over all
 frames of the video; each expression keeps its best query, the same on every frame (MTTR's trajectory
 score, paper 3.8). All expressions of a video share each window's backbone pass (`clip_index`); at most
 `max_expressions_per_pass` texts go in one model call (beyond that the window's backbone runs once per
 group of texts).
 
 Memory: the selection needs every frame's scores before any mask is final, so each window's per-query
-stride-4 mask logits are kept as float16, (expressions, frames, queries, h/4, w/4): in memory, or in a
+mask logits are kept as float16, (expressions, frames, queries, h, w) at the model's mask resolution (stride 4
+for LoSh-M, the input's for LoSh-S): in memory, or in a
 numpy memmap under `spill_dir` (automatically in a temporary directory when they would pass `SPILL_BYTES`).
 Where every query's logits would pass `RECOMPUTE_BYTES` (a long video), the video runs twice: the first
 pass for the scores only, the second keeping only each expression's chosen query.
@@ -323,7 +325,7 @@ def _window_outputs(model, source: FrameSource, long_texts: list[str], short_tex
                                       clip_index=torch.zeros(len(texts), dtype=torch.long, device=device))
                 if list(out["frame_indices"]) != list(range(stop - start)):
                     raise RuntimeError(f"the model decoded frames {out['frame_indices']}, not the whole window")
-                probs = out["pred_is_referred"][:, keep].float().softmax(-1)[..., 0]   # (g, kept, Q)
+                probs = out["frame_scores"][:, keep].float()                          # (g, kept, Q)
                 masks = out["pred_masks"][:, keep]
                 if chosen is not None:
                     index = torch.as_tensor(chosen[group.start:group.stop], device=masks.device)

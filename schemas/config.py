@@ -1,12 +1,18 @@
-"""Model and loss configuration of LoSh-M (and its MTTR baseline and ablations): validated, versioned.
+"""Model and loss configuration of LoSh-M and LoSh-S (and their MTTR/SgMg baselines and ablations): validated,
+versioned.
 
-A config is a frozen `ModelConfig` made of four parts (`backbone`, `text`, `transformer`, `loss`).
+A config is a frozen `ModelConfig` made of parts (`backbone`, `text`, `transformer`, `loss`, and `sgmg` for
+SgMg's own parts); `architecture` says which model it builds ("mttr": LoSh-M/MTTR, "sgmg": LoSh-S/SgMg).
 Named presets:
 
     losh-m   the paper's LoSh-M (Video Swin-T + RoBERTa-base, D = 256, 4 encoder / 3 decoder layers,
              50 queries, long <- short cross-attention, L_lsi, L_fbc); needs local Kinetics-400 weights
     mttr     the MTTR baseline at the same settings: long text only, no L_lsi, no L_fbc
     tiny     the same classes in small dims, random init, trained tokenizer: CPU tests and the demo
+    losh-s   the paper's LoSh-S: LoSh on SgMg (Video Swin-T with 4 stages, spectrum-guided fusion, deformable
+             transformer 4 + 4 layers, 5 text-conditioned queries, dynamic mask head, boxes), window 5
+    sgmg     the SgMg baseline at the same settings
+    tiny-s   LoSh-S's classes in the dims of `tiny`
 
 Every row of the paper's tables 2 and 3 is an ablation switch applied to a preset, written
 "PRESET:ABLATION" (e.g. "losh-m:wo-ca", "tiny:baseline"); `PAPER_ROWS` lists them by table and row.
@@ -19,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
@@ -36,6 +42,14 @@ ShortTextSource = Literal["manual", "machine"]
 FbcReduction = Literal["mean", "pixel_mean", "sum"]
 MaskResolution = Literal["input", "stride4"]
 InferenceShortPathway = Literal["encoder", "none"]
+# "mttr": LoSh-M and MTTR (losh/losh.py); "sgmg": LoSh-S and SgMg (losh/sgmg/model.py)
+Architecture = Literal["mttr", "sgmg"]
+BackboneVariant = Literal["custom", "swin-t", "swin-b"]
+# The Video Swin variants' dims (Liu et al. 2022); "custom" takes the dims as given (the tiny presets).
+SWIN_VARIANTS: dict[str, dict[str, Any]] = {
+    "swin-t": {"embed_dim": 96, "depths": (2, 2, 6, 2), "num_heads": (3, 6, 12, 24)},
+    "swin-b": {"embed_dim": 128, "depths": (2, 2, 18, 2), "num_heads": (4, 8, 16, 32)},
+}
 
 
 class ConfigError(ValueError):
@@ -47,9 +61,13 @@ class BackboneConfig:
     """Video Swin built from torchvision's SwinTransformer3d, adapted as MTTR does.
 
     `depths`/`num_heads` describe all four Swin stages (as in the weight files and for the stochastic
-    depth schedule); only the first three are built (strides 4, 8, 16), the fourth is dropped.
+    depth schedule); the first `num_stages` are built: 3 (MTTR, LoSh-M: strides 4, 8, 16, the fourth
+    dropped) or 4 (SgMg, LoSh-S: strides 4 to 32). `variant` names the dims ("swin-t", "swin-b": overriding
+    `backbone.variant` sets them) or "custom" (dims as given).
     """
 
+    variant: str = "custom"
+    num_stages: int = 3
     embed_dim: int = 96
     depths: tuple[int, ...] = (2, 2, 6, 2)
     num_heads: tuple[int, ...] = (3, 6, 12, 24)
@@ -61,6 +79,14 @@ class BackboneConfig:
     trainable: bool = True
 
     def validate(self) -> None:
+        _check_choice("backbone.variant", self.variant, BackboneVariant)
+        if self.variant != "custom":
+            dims = {"embed_dim": self.embed_dim, "depths": tuple(self.depths), "num_heads": tuple(self.num_heads)}
+            if dims != SWIN_VARIANTS[self.variant]:
+                raise ConfigError(f"backbone.variant {self.variant!r} has {SWIN_VARIANTS[self.variant]}, the config "
+                                  f"says {dims}: set backbone.variant to 'custom' for other dims")
+        if self.num_stages not in (3, 4):
+            raise ConfigError(f"backbone.num_stages must be 3 (strides 4-16) or 4 (strides 4-32), got {self.num_stages}")
         if self.embed_dim <= 0:
             raise ConfigError(f"backbone.embed_dim must be positive, got {self.embed_dim}")
         if len(self.depths) != 4 or len(self.num_heads) != 4:
@@ -68,7 +94,7 @@ class BackboneConfig:
                               f"(the 4th is dropped), got {self.depths} and {self.num_heads}")
         if any(d < 1 for d in self.depths) or any(h < 1 for h in self.num_heads):
             raise ConfigError("backbone.depths and backbone.num_heads must be >= 1")
-        for stage in range(3):
+        for stage in range(self.num_stages):
             dim = self.embed_dim * 2 ** stage
             if dim % self.num_heads[stage]:
                 raise ConfigError(f"backbone stage {stage}: width {dim} is not divisible by "
@@ -182,10 +208,17 @@ class LossConfig:
     match_is_referred: float = 2.0
     match_dice: float = 5.0
     match_lsi: float = 5.0
+    # architecture "sgmg" only (SgMg's detection and mask terms; LoSh-M/MTTR have no boxes): the loss weights
+    # of the box L1 and GIoU terms and the matching costs of boxes and of the mask focal term
+    box_l1: float = 5.0
+    giou: float = 2.0
+    match_box_l1: float = 5.0
+    match_giou: float = 2.0
+    match_focal: float = 2.0
 
     def validate(self) -> None:
         for name in ("is_referred", "dice", "focal", "lsi", "fbc", "match_is_referred", "match_dice",
-                     "match_lsi", "lsi_epsilon"):
+                     "match_lsi", "lsi_epsilon", "box_l1", "giou", "match_box_l1", "match_giou", "match_focal"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
         if self.match_is_referred == 0 and self.match_dice == 0 and self.match_lsi == 0:
@@ -202,8 +235,37 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
+class SgmgConfig:
+    """SgMg's own parts (architecture "sgmg": LoSh-S and its SgMg baseline), SgMg's values. The widths, heads,
+    layers (4 encoder, 4 decoder), queries (5) and dropout come from `transformer`."""
+
+    num_feature_levels: int = 4      # the backbone's strides 8, 16, 32 and a stride-2 conv on top for 64
+    enc_points: int = 4              # deformable attention: sampling points per head and level
+    dec_points: int = 4
+    box_refine: bool = True          # iterative box refinement (each decoder layer refines the boxes)
+    controller_layers: int = 2       # dynamic 1x1 convolutions of the mask head
+    dynamic_channels: int = 16       # their width; the last one's 16 outputs are a 4 x 4 sub-pixel patch
+    relative_coords: bool = True     # the mask head sees each pixel's offset to the query's reference point
+    fft_sigma: float = 7.0           # width of the Gaussian of the spectrum modulation (SCF)
+
+    def validate(self) -> None:
+        if self.num_feature_levels not in (3, 4):
+            raise ConfigError(f"sgmg.num_feature_levels must be 3 (strides 8-32) or 4 (plus 64), got "
+                              f"{self.num_feature_levels}")
+        for name in ("enc_points", "dec_points", "controller_layers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"sgmg.{name} must be >= 1")
+        if self.dynamic_channels != 16:
+            raise ConfigError("sgmg.dynamic_channels must be 16: the last dynamic convolution's outputs are a 4 x 4 "
+                              "sub-pixel patch (pixel shuffle by 4)")
+        if self.fft_sigma <= 0:
+            raise ConfigError(f"sgmg.fft_sigma must be positive, got {self.fft_sigma}")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str = "losh-m"
+    architecture: str = "mttr"
     use_short_text: bool = True
     short_text_source: ShortTextSource = "manual"   # manual: the data set's short_query; machine: the tagger's
     window: int = 8                                  # frames per sample around the annotated frame
@@ -216,6 +278,7 @@ class ModelConfig:
     text: TextConfig = field(default_factory=TextConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    sgmg: SgmgConfig = field(default_factory=SgmgConfig)
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -228,12 +291,21 @@ class ModelConfig:
             raise ConfigError("a model config needs a name")
         if self.window < 1:
             raise ConfigError(f"window must be >= 1, got {self.window}")
+        _check_choice("architecture", self.architecture, Architecture)
         _check_choice("short_text_source", self.short_text_source, ShortTextSource)
         _check_choice("inference_short_pathway", self.inference_short_pathway, InferenceShortPathway)
         self.backbone.validate()
         self.text.validate()
         self.transformer.validate()
         self.loss.validate()
+        self.sgmg.validate()
+        wanted_stages = 4 if self.architecture == "sgmg" else 3
+        if self.backbone.num_stages != wanted_stages:
+            raise ConfigError(f"architecture {self.architecture!r} takes backbone.num_stages = {wanted_stages}, got "
+                              f"{self.backbone.num_stages}")
+        if self.architecture == "sgmg" and self.transformer.d_model % 32:
+            raise ConfigError("architecture 'sgmg' projects each level with GroupNorm(32): transformer.d_model must "
+                              f"be a multiple of 32, got {self.transformer.d_model}")
         if not self.use_short_text:
             if self.transformer.cross_attention != "none":
                 raise ConfigError("cross-attention between the long and short pathways needs the short "
@@ -347,7 +419,32 @@ def _check_type(name: str, value: Any, kind: Any) -> None:
 # ------------------------------------------------------------------------------------- presets
 
 def _losh_m() -> ModelConfig:
-    return ModelConfig(name="losh-m")
+    return ModelConfig(name="losh-m", backbone=BackboneConfig(variant="swin-t"))
+
+
+def _losh_s() -> ModelConfig:
+    """LoSh on SgMg (paper 4.2): Video Swin-T with 4 stages, RoBERTa-base frozen, SCF, a deformable transformer of
+    4 + 4 layers with 5 text-conditioned queries, SgMg's dynamic mask head and refinement, SgMg's loss terms plus
+    L_lsi and L_fbc at the paper's weights; 5-frame windows."""
+    return ModelConfig(
+        name="losh-s", architecture="sgmg", window=5,
+        backbone=BackboneConfig(variant="swin-t", num_stages=4),
+        transformer=TransformerConfig(d_model=256, nheads=8, dim_feedforward=2048, dropout=0.1, num_encoder_layers=4,
+                                      num_decoder_layers=4, num_queries=5, text_conditioned_queries=True),
+    )
+
+
+def _tiny_s() -> ModelConfig:
+    """LoSh-S's structure (4 + 4 deformable layers, SCF, CA, L_lsi, L_fbc) in the dims of `tiny`: tests, CPU runs."""
+    tiny = _tiny()
+    return ModelConfig(
+        name="tiny-s", architecture="sgmg", window=5,
+        backbone=replace(tiny.backbone, num_stages=4),
+        text=tiny.text,
+        transformer=TransformerConfig(d_model=64, nheads=4, dim_feedforward=128, dropout=0.0, num_encoder_layers=4,
+                                      num_decoder_layers=4, num_queries=5, text_conditioned_queries=True),
+        loss=LossConfig(fbc_reduction="mean"),
+    )
 
 
 def _tiny() -> ModelConfig:
@@ -417,7 +514,27 @@ def _mttr() -> ModelConfig:
     return with_overrides(_losh_m(), {"name": "mttr", **ABLATIONS["baseline"]})
 
 
-_PRESETS = {"losh-m": _losh_m, "mttr": _mttr, "tiny": _tiny}
+def _sgmg() -> ModelConfig:
+    return with_overrides(_losh_s(), {"name": "sgmg", **ablation_overrides("baseline", "sgmg")})
+
+
+_PRESETS = {"losh-m": _losh_m, "mttr": _mttr, "tiny": _tiny, "losh-s": _losh_s, "sgmg": _sgmg, "tiny-s": _tiny_s}
+# Ablations that describe MTTR-based code only (the official LoSh code is LoSh-M's)
+MTTR_ONLY_ABLATIONS = ("official",)
+
+
+def ablation_overrides(ablation: str, architecture: str) -> dict[str, Any]:
+    """An ablation's overrides for an architecture: on SgMg the baseline keeps SgMg's 4 encoder layers (MTTR's
+    3 on A2D-Sentences are MTTR's own)."""
+    if ablation not in ABLATIONS:
+        raise ConfigError(f"unknown ablation {ablation!r}; ablations: {list(ABLATIONS)}")
+    if architecture != "mttr" and ablation in MTTR_ONLY_ABLATIONS:
+        raise ConfigError(f"ablation {ablation!r} describes the MTTR-based official LoSh code: not defined for "
+                          f"architecture {architecture!r}")
+    overrides = dict(ABLATIONS[ablation])
+    if architecture == "sgmg":
+        overrides.pop("transformer.num_encoder_layers", None)
+    return overrides
 PRESET_NAMES = tuple(_PRESETS)
 
 
@@ -439,6 +556,10 @@ def with_overrides(config: ModelConfig, overrides: dict[str, Any]) -> ModelConfi
             parts.setdefault(head, {})[rest] = tuple(value) if isinstance(value, list) else value
         else:
             top[head] = value
+    variant = parts.get("backbone", {}).get("variant")
+    if variant in SWIN_VARIANTS:   # naming a variant sets its dims (unless they are overridden too)
+        for key, value in SWIN_VARIANTS[variant].items():
+            parts["backbone"].setdefault(key, value)
     data = config.to_dict()
     for head, values in parts.items():
         data[head] = {**data[head], **{k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}}
@@ -447,16 +568,16 @@ def with_overrides(config: ModelConfig, overrides: dict[str, Any]) -> ModelConfi
 
 
 def get_config(spec: str) -> ModelConfig:
-    """A preset ("losh-m", "mttr", "tiny") or a preset with an ablation switch ("tiny:wo-ca")."""
+    """A preset ("losh-m", "mttr", "tiny", "losh-s", "sgmg", "tiny-s") or a preset with an ablation switch
+    ("tiny:wo-ca", "losh-s:wo-fbc")."""
     preset, _, ablation = spec.partition(":")
     if preset not in _PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; presets: {list(_PRESETS)}")
     config = _PRESETS[preset]()
     if ablation:
-        if ablation not in ABLATIONS:
-            raise ConfigError(f"unknown ablation {ablation!r}; ablations: {list(ABLATIONS)}")
+        overrides = ablation_overrides(ablation, config.architecture)
         name = config.name if ablation == "ours" else f"{config.name}:{ablation}"
-        config = with_overrides(config, {"name": name, **ABLATIONS[ablation]})
+        config = with_overrides(config, {"name": name, **overrides})
     return config
 
 
@@ -494,7 +615,7 @@ def resolve_config(spec_or_path: str) -> ModelConfig:
 
 
 __all__ = [
-    "ABLATIONS", "BackboneConfig", "CONFIG_SCHEMA", "CONFIG_VERSION", "ConfigError", "LossConfig",
+    "ABLATIONS", "BackboneConfig", "SWIN_VARIANTS", "SgmgConfig", "ablation_overrides", "CONFIG_SCHEMA", "CONFIG_VERSION", "ConfigError", "LossConfig",
     "ModelConfig", "PAPER_ROWS", "PRESET_NAMES", "TextConfig", "TransformerConfig", "get_config",
     "load_config", "resolve_config", "save_config", "with_overrides",
 ]

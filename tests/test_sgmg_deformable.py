@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from losh.sgmg.deformable_attention import MSDeformAttn, circle_offsets, multi_scale_deformable_attention
-from losh.sgmg.deformable_transformer import (MLP, DeformableTransformer, encoder_reference_points, inverse_sigmoid,
+from losh.segmentation import MLP
+from losh.sgmg.deformable_transformer import (DeformableTransformer, encoder_reference_points, inverse_sigmoid,
                                               scale_by_valid_ratios, valid_ratios_of)
 
 

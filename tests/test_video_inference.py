@@ -177,12 +177,11 @@ class StubModel(nn.Module):
         index = [int(v) // 10 for v in pixel]
         self.calls.append(len(long_texts))
         prob = torch.tensor([stub_probability(t) for t in index])              # (t, Q)
-        logits = torch.stack([prob.log(), (1 - prob).log()], dim=-1)           # softmax class 0 = prob
         n, h, w = len(long_texts), frames.shape[-2] // 4, frames.shape[-1] // 4
         masks = torch.full((n, len(index), QUERIES, h, w), -10.0)
         for q in range(QUERIES):
             masks[:, :, q, :, q * w // QUERIES:(q + 1) * w // QUERIES] = 10.0
-        return {"pred_is_referred": logits[None].expand(n, -1, -1, -1), "pred_masks": masks,
+        return {"frame_scores": prob[None].expand(n, -1, -1), "pred_masks": masks,
                 "frame_indices": list(range(len(index)))}
 
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+
 from losh.sgmg.deformable_attention import MSDeformAttn, level_shapes
 
 
@@ -22,22 +23,6 @@ def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
     """log(x / (1 - x)) with x clamped into [0, 1] and both terms kept >= eps (finite at 0 and 1)."""
     x = x.clamp(min=0, max=1)
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
-
-
-class MLP(nn.Module):
-    """Linear layers with ReLU in between (DETR's box head; SgMg's bbox_embed is MLP(d, d, 4, 3))."""
-
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
-        super().__init__()
-        dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
-
-    def forward(self, x: Tensor) -> Tensor:
-        for index, layer in enumerate(self.layers):
-            x = layer(x)
-            if index < len(self.layers) - 1:
-                x = F.relu(x)
-        return x
 
 
 def valid_ratios_of(mask: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -92,30 +77,64 @@ class DeformableEncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
 
     def forward(self, src: Tensor, pos: Tensor, reference_points: Tensor, spatial_shapes: Tensor,
-                level_start_index: Tensor, padding_mask: Tensor | None = None) -> Tensor:
-        """src, pos (N, S, d); reference_points (N, S, L, 2); padding_mask (N, S) bool -> (N, S, d)."""
-        attended = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index, padding_mask)
+                level_start_index: Tensor, padding_mask: Tensor | None = None, source: Tensor | None = None) -> Tensor:
+        """src, pos (N, S, d); reference_points (N, S, L, 2); padding_mask (N, S) bool -> (N, S, d).
+        `source` (N, S, d), same grid: the values are sampled from it instead of `src` (LoSh's long-short
+        cross-attention: long tokens query, the short pathway's tokens are sampled)."""
+        values = src if source is None else source
+        attended = self.self_attn(src + pos, reference_points, values, spatial_shapes, level_start_index, padding_mask)
         src = self.norm1(src + self.dropout1(attended))
         feed_forward = self.linear2(self.dropout2(F.relu(self.linear1(src))))
         return self.norm2(src + self.dropout3(feed_forward))
 
 
-class DeformableEncoder(nn.Module):
-    """A stack of deformable encoder layers (copies of one layer) over the flattened levels."""
+class LongShortDeformableEncoder(nn.Module):
+    """LoSh's two-pathway encoder (paper 3.4) on deformable layers: the long and short pathways share the
+    self-attention layers; with `cross_attention` "long_from_short" the even-numbered layers of the long pathway
+    are deformable cross-attention layers of their own: long tokens are the queries (they predict the sampling
+    offsets and weights), the short pathway's tokens at the same depth are the sampled values. Both pathways
+    hold the same visual grid (their SCF-fused features), so a long token samples the short map around its own
+    position. "short_from_long" and "bidirectional" as in LoSh-M (`losh.multimodal_transformer`); "none": SgMg's
+    encoder run on each pathway. Without a short pathway (inference), a long CA layer samples the long tokens."""
 
-    def __init__(self, encoder_layer: DeformableEncoderLayer, num_layers: int) -> None:
+    def __init__(self, encoder_layer: DeformableEncoderLayer, num_layers: int, cross_attention: str = "none") -> None:
         super().__init__()
+        from losh.multimodal_transformer import cross_attention_layers
+
         self.layers = nn.ModuleList(copy.deepcopy(encoder_layer) for _ in range(num_layers))
         self.num_layers = num_layers
+        ca = cross_attention_layers(num_layers)
+        long_reads_short = cross_attention in ("long_from_short", "bidirectional")
+        short_reads_long = cross_attention in ("short_from_long", "bidirectional")
+        self.long_cross = nn.ModuleDict({str(i): copy.deepcopy(encoder_layer) for i in ca} if long_reads_short else {})
+        self.short_cross = nn.ModuleDict({str(i): copy.deepcopy(encoder_layer) for i in ca} if short_reads_long else {})
 
-    def forward(self, src: Tensor, spatial_shapes: Tensor, level_start_index: Tensor, valid_ratios: Tensor,
-                pos: Tensor, padding_mask: Tensor | None = None) -> Tensor:
-        """src, pos (N, S, d); valid_ratios (N, L, 2); padding_mask (N, S) bool -> memory (N, S, d)."""
+    def forward(self, long: Tensor, short: Tensor | None, spatial_shapes: Tensor, level_start_index: Tensor,
+                valid_ratios: Tensor, pos: Tensor, padding_mask: Tensor | None = None
+                ) -> tuple[Tensor, Tensor | None]:
+        """long, short (N, S, d) (short None: the long pathway alone); pos (N, S, d); valid_ratios (N, L, 2);
+        padding_mask (N, S) -> the memories of both pathways."""
         reference_points = encoder_reference_points(spatial_shapes, valid_ratios)
-        output = src
-        for layer in self.layers:
-            output = layer(output, pos, reference_points, spatial_shapes, level_start_index, padding_mask)
-        return output
+        args = (spatial_shapes, level_start_index)
+        for index, layer in enumerate(self.layers):
+            key = str(index)
+            if short is None:
+                long = (self.long_cross[key] if key in self.long_cross else layer)(
+                    long, pos, reference_points, *args, padding_mask)
+                continue
+            long_cross, short_cross = key in self.long_cross, key in self.short_cross
+            if not long_cross and not short_cross:   # the shared layer on both pathways in one call
+                n = long.shape[0]
+                both = layer(torch.cat((long, short)), pos.repeat(2, 1, 1), reference_points.repeat(2, 1, 1, 1), *args,
+                             None if padding_mask is None else padding_mask.repeat(2, 1))
+                long, short = both[:n], both[n:]
+                continue
+            new_long = (self.long_cross[key](long, pos, reference_points, *args, padding_mask, source=short)
+                        if long_cross else layer(long, pos, reference_points, *args, padding_mask))
+            new_short = (self.short_cross[key](short, pos, reference_points, *args, padding_mask, source=long)
+                         if short_cross else layer(short, pos, reference_points, *args, padding_mask))
+            long, short = new_long, new_short
+        return long, short
 
 
 class DeformableDecoderLayer(nn.Module):
@@ -198,6 +217,8 @@ class DeformableDecoder(nn.Module):
 
 
 class DeformableTransformerOutput(NamedTuple):
+    """With a short pathway, N is 2 x the clips' frames: the long pathway's first, then the short one's."""
+
     hs: Tensor                # (L_dec, N, Q, d) every decoder layer's queries
     init_reference: Tensor    # (N, Q, 2) the references the first decoder layer starts from
     inter_references: Tensor  # (L_dec, N, Q, 2 or 4) the references after each decoder layer
@@ -205,18 +226,19 @@ class DeformableTransformerOutput(NamedTuple):
 
 
 class DeformableTransformer(nn.Module):
-    """Deformable DETR's encoder-decoder, single stage, with learned query positions and given content queries."""
+    """Deformable DETR's encoder-decoder, single stage, with learned query positions and given content queries;
+    with a short pathway, LoSh's two-pathway encoder and one decoder (shared queries) for both pathways."""
 
     def __init__(self, d_model: int = 256, nhead: int = 8, num_encoder_layers: int = 4, num_decoder_layers: int = 4,
                  dim_feedforward: int = 2048, dropout: float = 0.1, num_feature_levels: int = 4,
-                 dec_n_points: int = 4, enc_n_points: int = 4) -> None:
+                 dec_n_points: int = 4, enc_n_points: int = 4, cross_attention: str = "none") -> None:
         super().__init__()
         self.d_model = d_model
         self.nhead = nhead
         self.num_feature_levels = num_feature_levels
         encoder_layer = DeformableEncoderLayer(d_model, dim_feedforward, dropout, num_feature_levels, nhead,
                                                enc_n_points)
-        self.encoder = DeformableEncoder(encoder_layer, num_encoder_layers)
+        self.encoder = LongShortDeformableEncoder(encoder_layer, num_encoder_layers, cross_attention)
         decoder_layer = DeformableDecoderLayer(d_model, dim_feedforward, dropout, num_feature_levels, nhead,
                                                dec_n_points)
         self.decoder = DeformableDecoder(decoder_layer, num_decoder_layers)
@@ -236,12 +258,15 @@ class DeformableTransformer(nn.Module):
         nn.init.normal_(self.level_embed)
 
     def forward(self, srcs: list[Tensor], masks: list[Tensor], pos_embeds: list[Tensor], query_embed: Tensor,
-                tgt: Tensor) -> DeformableTransformerOutput:
+                tgt: Tensor, short_srcs: list[Tensor] | None = None, short_tgt: Tensor | None = None,
+                decode_short: bool = True) -> DeformableTransformerOutput:
         """Encode the levels, decode the queries.
 
         srcs: one (N, d, H_l, W_l) map per level; masks: (N, H_l, W_l) bool, True on padding;
         pos_embeds: (N, d, H_l, W_l); query_embed: (Q, d) learned query positions; tgt: (N, Q, d)
-        content queries (SgMg: the sentence feature repeated per query).
+        content queries (SgMg: the sentence feature repeated per query). `short_srcs`/`short_tgt`: the short
+        pathway's levels and queries (same grids); both pathways are decoded unless `decode_short` is False
+        (inference: the short pathway only feeds the long one's cross-attention).
         """
         if not len(srcs) == len(masks) == len(pos_embeds) == self.num_feature_levels:
             raise ValueError(f"expected {self.num_feature_levels} levels of srcs, masks and pos_embeds, "
@@ -255,13 +280,23 @@ class DeformableTransformer(nn.Module):
         src_flatten = torch.cat(src_flatten, 1)
         mask_flatten = torch.cat(mask_flatten, 1)
         pos_flatten = torch.cat(pos_flatten, 1)
+        short_flatten = (torch.cat([src.flatten(2).transpose(1, 2) for src in short_srcs], 1)
+                         if short_srcs is not None else None)
         spatial_shapes = torch.as_tensor([src.shape[-2:] for src in srcs], dtype=torch.long, device=src_flatten.device)
         level_start_index = torch.cat((spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]))
         # references in full precision even under autocast (the attention casts them to its weights' dtype)
         dtype = self.level_embed.dtype
         valid_ratios = torch.stack([valid_ratios_of(mask, dtype) for mask in masks], 1)  # (N, L, 2)
 
-        memory = self.encoder(src_flatten, spatial_shapes, level_start_index, valid_ratios, pos_flatten, mask_flatten)
+        memory, short_memory = self.encoder(src_flatten, short_flatten, spatial_shapes, level_start_index,
+                                            valid_ratios, pos_flatten, mask_flatten)
+        if short_memory is not None and decode_short:   # both pathways through the decoder in one batched call
+            if short_tgt is None:
+                raise ValueError("the short pathway's levels were given without its content queries (short_tgt)")
+            memory = torch.cat((memory, short_memory))
+            tgt = torch.cat((tgt, short_tgt))
+            valid_ratios = valid_ratios.repeat(2, 1, 1)
+            mask_flatten = mask_flatten.repeat(2, 1)
 
         batch = memory.shape[0]
         # a copy, not an expand(): a no_grad view of a parameter trips torch's module tracker (flop counter)
