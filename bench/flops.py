@@ -1,14 +1,19 @@
-"""FLOPs of LoSh-M and of the MTTR baseline at the paper's input (paper table 4: 253.2G vs 238.9G).
+"""FLOPs of LoSh-M and of the MTTR baseline at the paper's input (paper table 4: 253.2G vs 238.9G), and of
+LoSh-S and its SgMg baseline.
 
 `python -m bench.flops` prints one JSON object per line:
     flops_ratio_losh_vs_mttr   LoSh-M / MTTR forward FLOPs of one training sample (target 1.06)
     flops_losh_m, flops_mttr   forward GFLOPs (torch.utils.flop_counter: 2 per multiply-add), with
                                GMACs, the paper's figure and the inference (long pathway only) FLOPs
     params_losh_m, params_mttr trainable parameters (M; the frozen RoBERTa is reported apart)
+    flops_ratio_losh_s_vs_sgmg, flops_losh_s, flops_sgmg, params_losh_s, params_sgmg: the same for LoSh-S / SgMg
+                               (the paper gives no FLOPs for them: no target)
 
 Models are the paper presets with random weights (no download): Video Swin-T dims from torchvision,
-a RoBERTa built from a config with roberta-base's dims. One sample: 8 frames of 320 x 576, the
-transformer on the annotated frame (MTTR's A2D setting); the "all frames" figures are in the details.
+a RoBERTa built from a config with roberta-base's dims. One sample: LoSh-M/MTTR 8 frames of 320 x 576,
+LoSh-S/SgMg 5 frames of 360 x 640 (SgMg's A2D input); the transformer on the annotated frame (their A2D
+setting); the "all frames" figures are in the details. The counter has no formula for grid_sample (the
+deformable attention's bilinear sampling) nor for the FFTs of SgMg's spectrum modulation: those count 0.
 Texts have the mean lengths of real A2D-Sentences expressions (6.9 words long, 3.1 words short, in
 shared/data/a2d_expressions_dev.csv).
 """
@@ -24,8 +29,11 @@ from torch.utils import flop_counter
 from losh.losh import build_model
 from schemas.config import get_config, with_overrides
 
-PAPER_GFLOPS = {"losh-m": 253.2, "mttr": 238.9}
-FRAMES, HEIGHT, WIDTH, ANNOTATED = 8, 320, 576, 4
+PAPER_GFLOPS = {"losh-m": 253.2, "mttr": 238.9, "losh-s": None, "sgmg": None}
+# (frames, height, width, annotated position) of one sample
+INPUTS = {"losh-m": (8, 320, 576, 4), "mttr": (8, 320, 576, 4), "losh-s": (5, 360, 640, 2), "sgmg": (5, 360, 640, 2)}
+PAIRS = (("losh-m", "mttr"), ("losh-s", "sgmg"))
+RATIO_NAMES = {("losh-m", "mttr"): "flops_ratio_losh_vs_mttr", ("losh-s", "sgmg"): "flops_ratio_losh_s_vs_sgmg"}
 LONG_TEXT = "the brown dog is running on grass"   # 7 words
 SHORT_TEXT = "the brown dog"                       # 3 words
 
@@ -50,29 +58,37 @@ def paper_sized_model(spec: str, decode_frames: str = "annotated"):
     return build_model(config).eval()
 
 
-def count_flops(model, frames: torch.Tensor, infer: bool = False) -> int:
+def count_flops(model, frames: torch.Tensor, annotated: int, infer: bool = False) -> int:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         if infer:
-            model.infer(frames, [LONG_TEXT], [SHORT_TEXT], annotated_index=ANNOTATED)
+            model.infer(frames, [LONG_TEXT], [SHORT_TEXT], annotated_index=annotated)
         else:
-            model(frames, [LONG_TEXT], [SHORT_TEXT], annotated_index=ANNOTATED)
+            model(frames, [LONG_TEXT], [SHORT_TEXT], annotated_index=annotated)
     return counter.get_total_flops()
 
 
-def measure() -> list[dict]:
+def measure(pairs: tuple[tuple[str, str], ...] = PAIRS) -> list[dict]:
     _count_cpu_attention()
-    frames = torch.randn(1, FRAMES, 3, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(0))
+    lines = []
+    for ours, baseline in pairs:
+        lines += _measure_pair(ours, baseline)
+    return lines
+
+
+def _measure_pair(ours: str, baseline: str) -> list[dict]:
+    frames_n, height, width, annotated = INPUTS[ours]
+    frames = torch.randn(1, frames_n, 3, height, width, generator=torch.Generator().manual_seed(0))
     results: dict[str, dict] = {}
-    for spec in ("losh-m", "mttr"):
+    for spec in (ours, baseline):
         started = time.perf_counter()
         model = paper_sized_model(spec)
-        flops = count_flops(model, frames)
-        infer_flops = count_flops(model, frames, infer=True)   # the preset's inference (LoSh-M: short text encoded)
+        flops = count_flops(model, frames, annotated)
+        infer_flops = count_flops(model, frames, annotated, infer=True)   # the preset's inference (short text encoded)
         infer_long_only_flops = infer_flops
         if model.config.use_short_text:   # the other reading: the long pathway alone
             model.config = with_overrides(model.config, {"inference_short_pathway": "none"})
-            infer_long_only_flops = count_flops(model, frames, infer=True)
-        all_frames = count_flops(paper_sized_model(spec, "all"), frames)
+            infer_long_only_flops = count_flops(model, frames, annotated, infer=True)
+        all_frames = count_flops(paper_sized_model(spec, "all"), frames, annotated)
         text = model.text_encoder
         results[spec] = {
             "flops": flops, "infer_flops": infer_flops, "infer_long_only_flops": infer_long_only_flops,
@@ -82,18 +98,22 @@ def measure() -> list[dict]:
             "text_tokens": len(text.tokenizer(LONG_TEXT)["input_ids"]),
             "seconds": round(time.perf_counter() - started, 1),
         }
-    losh, mttr = results["losh-m"], results["mttr"]
-    shape = [FRAMES, 3, HEIGHT, WIDTH]
+    losh, base = results[ours], results[baseline]
+    shape = [frames_n, 3, height, width]
+    key = lambda spec: spec.replace("-", "_")   # noqa: E731
+    target = (round(PAPER_GFLOPS[ours] / PAPER_GFLOPS[baseline], 2)
+              if PAPER_GFLOPS[ours] and PAPER_GFLOPS[baseline] else None)
     lines = [{
-        "bench": "flops_ratio_losh_vs_mttr", "value": round(losh["flops"] / mttr["flops"], 4), "unit": "ratio",
-        "target": round(PAPER_GFLOPS["losh-m"] / PAPER_GFLOPS["mttr"], 2), "input": shape,
-        "losh_m_gflops": round(losh["flops"] / 1e9, 1), "mttr_gflops": round(mttr["flops"] / 1e9, 1),
-        "infer_ratio": round(losh["infer_flops"] / mttr["infer_flops"], 4),
-        "infer_ratio_long_only": round(losh["infer_long_only_flops"] / mttr["infer_flops"], 4),
-        "all_frames_ratio": round(losh["all_frames_flops"] / mttr["all_frames_flops"], 4),
-        "note": "forward of one training sample, transformer on the annotated frame (MTTR on A2D)",
+        "bench": RATIO_NAMES[(ours, baseline)],
+        "value": round(losh["flops"] / base["flops"], 4), "unit": "ratio", "target": target, "input": shape,
+        f"{key(ours)}_gflops": round(losh["flops"] / 1e9, 1), f"{key(baseline)}_gflops": round(base["flops"] / 1e9, 1),
+        "infer_ratio": round(losh["infer_flops"] / base["infer_flops"], 4),
+        "infer_ratio_long_only": round(losh["infer_long_only_flops"] / base["infer_flops"], 4),
+        "all_frames_ratio": round(losh["all_frames_flops"] / base["all_frames_flops"], 4),
+        "note": "forward of one training sample, transformer on the annotated frame (their A2D setting)",
     }]
-    for spec, name in (("losh-m", "flops_losh_m"), ("mttr", "flops_mttr")):
+    for spec in (ours, baseline):
+        name = f"flops_{key(spec)}"
         r = results[spec]
         lines.append({
             "bench": name, "value": round(r["flops"] / 1e9, 1), "unit": "GFLOPs", "target": None,
@@ -103,7 +123,8 @@ def measure() -> list[dict]:
             "all_frames_gflops": round(r["all_frames_flops"] / 1e9, 1), "input": shape,
             "long_text_tokens": r["text_tokens"], "seconds": r["seconds"],
         })
-    for spec, name in (("losh-m", "params_losh_m"), ("mttr", "params_mttr")):
+    for spec in (ours, baseline):
+        name = f"params_{key(spec)}"
         r = results[spec]
         lines.append({"bench": name, "value": round(r["params"] / 1e6, 2), "unit": "M trainable", "target": None,
                       "frozen_text_encoder_m": round(r["params_frozen_text_encoder"] / 1e6, 2)})

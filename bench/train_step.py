@@ -6,6 +6,8 @@
     infer_step_ratio_losh_vs_mttr   inference (long pathway only) LoSh-M / MTTR (paper 80 / 79; target <= 1.02)
     loader_vs_step_ratio            time to load one batch from the shards (frames, masks, flows,
                                     augmentation, collate; one worker) / LoSh-M training step (target < 1)
+    train_step_ratio_losh_s_vs_sgmg, infer_step_ratio_losh_s_vs_sgmg   the same for LoSh-S / SgMg on 5-frame
+                                    windows (no paper figure: no target)
 
 Both models use the paper dims (Swin-T, RoBERTa-base dims, D = 256, 50 queries) with random weights;
 on a CPU the input is reduced (default 8 x 160 x 288, the dims kept), on CUDA it is the paper's
@@ -34,18 +36,18 @@ BATCH = 3
 NO_DOWNLOAD = {"backbone.require_weights": False, "text.pretrained": False}
 
 
-def _synthetic_batch(size: tuple[int, int], device: torch.device) -> dict:
+def _synthetic_batch(size: tuple[int, int], device: torch.device, frames: int = 8) -> dict:
     h, w = size
     g = torch.Generator().manual_seed(0)
     masks = torch.rand(BATCH, 2, h, w, generator=g) > 0.7
     batch = {
-        "frames": torch.randint(0, 255, (BATCH, 8, 3, h, w), dtype=torch.uint8, generator=g),
+        "frames": torch.randint(0, 255, (BATCH, frames, 3, h, w), dtype=torch.uint8, generator=g),
         "long_text": ["the brown dog is running on grass to the left"] * BATCH,
         "short_text": ["the brown dog"] * BATCH,
         "long_mask": masks[:, 0], "short_mask": masks[:, 0] | masks[:, 1],
         "instance_masks": [masks[i] for i in range(BATCH)],
         "referred_index": torch.zeros(BATCH, dtype=torch.long),
-        "annotated_index": torch.full((BATCH,), 4), "valid_size": torch.tensor([[h, w]] * BATCH),
+        "annotated_index": torch.full((BATCH,), frames // 2), "valid_size": torch.tensor([[h, w]] * BATCH),
         "flows": torch.randn(BATCH, 4, 2, h // 4, w // 4, generator=g),
         "flow_valid": torch.ones(BATCH, 4, dtype=torch.bool),
     }
@@ -67,7 +69,8 @@ class Timed:
         self.model = build_model(config).to(device)
         self.criterion = build_criterion(config).to(device)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, 1e-4, 1e-5, 1e-4))
-        self.batch = _synthetic_batch(size, device)
+        self.batch = _synthetic_batch(size, device, config.window)
+        self.annotated = config.window // 2
 
     def train_step(self) -> float:
         self.model.train()
@@ -87,7 +90,7 @@ class Timed:
         _sync(self.device)
         start = time.perf_counter()
         with torch.no_grad(), autocast_for(self.device, self.amp):
-            self.model.infer(frames, self.batch["long_text"], self.batch["short_text"], annotated_index=4)
+            self.model.infer(frames, self.batch["long_text"], self.batch["short_text"], annotated_index=self.annotated)
         _sync(self.device)
         return time.perf_counter() - start
 
@@ -150,6 +153,15 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps({"bench": "infer_step_ratio_losh_vs_mttr", "value": round(losh_infer / mttr_infer, 4),
                       "unit": "ratio", "target": 1.02, "losh_m_s": round(losh_infer, 4), "mttr_s": round(mttr_infer, 4),
                       "paper": "80/79 ms = 1.013", **common}), flush=True)
+    timed_s = time_models(("losh-s", "sgmg"), size, args.steps, device, amp)
+    (s_train, s_infer), (g_train, g_infer) = timed_s["losh-s"], timed_s["sgmg"]
+    common_s = {**common, "input": f"{BATCH}x5x{size[0]}x{size[1]}"}
+    print(json.dumps({"bench": "train_step_ratio_losh_s_vs_sgmg", "value": round(s_train / g_train, 4), "unit": "ratio",
+                      "target": None, "losh_s_s": round(s_train, 4), "sgmg_s": round(g_train, 4), **common_s}),
+          flush=True)
+    print(json.dumps({"bench": "infer_step_ratio_losh_s_vs_sgmg", "value": round(s_infer / g_infer, 4), "unit": "ratio",
+                      "target": None, "losh_s_s": round(s_infer, 4), "sgmg_s": round(g_infer, 4), **common_s}),
+          flush=True)
     load = time_loader(size)
     print(json.dumps({"bench": "loader_vs_step_ratio", "value": round(load / losh_train, 4), "unit": "ratio",
                       "target": 1.0, "loader_s_per_batch": round(load, 4), "losh_m_step_s": round(losh_train, 4),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -26,22 +27,38 @@ FRAME_SIZE = (128, 176)   # small frames keep the CPU demo within minutes
 # 5-frame windows (the paper's A2D setting is 8): a CPU step costs half as much (the Swin window attention
 # dominates), so the demo trains twice the steps in its budget; L_fbc's offsets -2..+2 still fit
 DEMO_WINDOW = 5
-# The demo's training settings, written to demo/train.json and passed as `--settings` (the README has
-# the measurements behind them). A step is one clip with its expressions (3.1 on average, up to 4): the
-# backbone runs once for all of them, so a step costs 0.9x a step of two single samples for 1.6x the
-# samples, and 20 epochs fit the time of 12 (test mean IoU over seeds 42/1/2: 51.1/49.8/49.1% vs
-# 44.1/46.8/53.8%). tiny is randomly initialised: backbone and transformer share a 3x higher lr than the
-# paper's fine-tuning. A moving average of the weights (decay 0.999) is what evaluate scores (+0.3 to
-# +3.4 points over the same runs' trained weights), for about 1 ms a step.
+# CPU levers of the demo's config (docs/demo-recipes.md): mask terms on the predictions' stride-4 grid and a
+# Swin window of 4 x 4 patches (each ~1.2-1.4x a cheaper step, the same test mean IoU at the same steps)
+DEMO_CONFIG_OVERRIDES = {"window": DEMO_WINDOW, "loss.mask_resolution": "stride4", "backbone.window_size": (8, 4, 4)}
+# Training runs as two single-threaded processes (DDP over gloo, one clip each a step): this tiny model's ops
+# are too small for two threads to share (a step of one process with 2 threads ~ one with 1 thread), so two
+# processes train 2 clips in the time of one. Fixed at 2 so that the recipe (2 clips a step) is the same on
+# every machine.
+DEMO_PROCESSES = 2
+# The demo's training settings, written to demo/train.json and passed as `--settings` (docs/demo-recipes.md
+# has the measurements behind them). An item is one clip with its expressions (3.1 on average, up to 4): the
+# backbone runs once for all of them; each process takes one clip a step. tiny is randomly initialised:
+# backbone and transformer share a 3x higher lr than the paper's fine-tuning. A moving average of the weights
+# (decay 0.999) is what evaluate scores, for about 1 ms a step.
 TRAIN_SETTINGS = TrainSettings(epochs=20, batch_size=1, expressions_per_clip=4, num_workers=1, lr=3e-4,
                                backbone_lr=3e-4, lr_milestones=(17,), ema_decay=0.999)
 
 
-def run(args: list[str]) -> None:
-    cmd = [sys.executable, "-m", "cli.main", *args]
-    print(f"\n$ losh {shlex.join(args)}", flush=True)
+def run(args: list[str], processes: int = 1) -> None:
+    """`losh ARGS` as a user types it; with `processes` > 1 under torchrun (single-node, CPU: DDP over gloo)."""
+    env = None
+    if processes > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+        cmd = [*launcher, "-m", "cli.main", *args]
+        threads = max(1, (os.cpu_count() or 1) // processes)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        print(f"\n$ OMP_NUM_THREADS={threads} torchrun --standalone --nproc-per-node={processes} -m cli.main "
+              f"{shlex.join(args)}", flush=True)
+    else:
+        cmd = [sys.executable, "-m", "cli.main", *args]
+        print(f"\n$ losh {shlex.join(args)}", flush=True)
     start = time.time()
-    subprocess.run(cmd, check=True)
+    subprocess.run(cmd, check=True, env=env)
     print(f"  ({time.time() - start:.1f} s)", flush=True)
 
 
@@ -86,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         # a config file: the tiny:msh preset with the demo's window (what `losh train --config` reads;
         # machine short text, prepare-data's default, is the paper's "w/ MSh" variant, hence ":msh"),
         # and a settings file (`--settings`)
-        config = with_overrides(get_config("tiny:msh"), {"window": DEMO_WINDOW})
+        config = with_overrides(get_config("tiny:msh"), DEMO_CONFIG_OVERRIDES)
         save_config(config, config_file)
         settings = replace(TRAIN_SETTINGS, epochs=args.epochs)
         write_json(settings_file, settings.to_dict())
@@ -97,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{run_dir} was trained with another config or settings; moved to {aside}", flush=True)
         resume = ["--resume"] if (run_dir / "checkpoints" / "last.pt").exists() else []
         run(["train", "--data", str(prep), "--out", str(run_dir), "--config", str(config_file),
-             "--settings", str(settings_file), *resume])
+             "--settings", str(settings_file), *resume], processes=DEMO_PROCESSES)
         run(["evaluate", "--data", str(prep), "--checkpoint", str(run_dir / "checkpoints" / "last.pt"),
              "--out", str(out / "metrics.json"), "--save-predictions", str(out / "predictions"),
              "--visualize", "8", "--visualize-dir", str(out / "pictures"), "--baselines",
@@ -119,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         run(["predict", "--checkpoint", str(run_dir / "checkpoints" / "last.pt"), "--video", str(video),
              "--out", str(out / "predict"), "--overwrite", *[a for t in texts for a in ("--text", t)]])
     except subprocess.CalledProcessError as e:
-        print(f"demo stopped: `losh {shlex.join(e.cmd[3:])}` exited with {e.returncode}", file=sys.stderr)
+        shown = e.cmd[e.cmd.index("cli.main") + 1:] if "cli.main" in e.cmd else e.cmd
+        print(f"demo stopped: `losh {shlex.join(shown)}` exited with {e.returncode}", file=sys.stderr)
         return e.returncode
     manifest = json.loads((prep / "manifest.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -317,6 +318,8 @@ def train(
     except (ConfigError, TrainConfigError, SchemaError, PreparedDataMissing, RunExists, FileNotFoundError,
             AssetMissing, ValueError) as e:
         fail(str(e))
+    if int(os.environ.get("RANK", "0")) != 0:   # under torchrun, rank 0 reports for all
+        return
     losses = ", ".join(f"{k}={v:.4f}" for k, v in summary["last_losses"].items() if k in
                        ("loss", "loss_dice_long", "loss_lsi", "loss_fbc"))
     if not losses:   # resumed a run that was already complete
