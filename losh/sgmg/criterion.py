@@ -81,11 +81,12 @@ def referred_targets(targets: list[dict], input_size: tuple[int, int], device: t
 
 
 def _low_resolution(masks: Tensor, size: tuple[int, int]) -> Tensor:
-    """Targets (A, H, W) at the stride-2 grid (SgMg: every second pixel, from the second)."""
-    low = masks[..., 1::2, 1::2]
-    if low.shape[-2:] != tuple(size):    # odd input sizes: area-average instead
-        low = (F.interpolate(masks[:, None], size=size, mode="area")[:, 0] > 0.5).float()
-    return low
+    """Targets (A, H, W) at the stride-2 grid (SgMg: every second pixel, from the second). The grid starts at the
+    input's top-left corner (the model crops it to (ceil(H/2), ceil(W/2))): odd sizes are zero-padded by one."""
+    height, width = masks.shape[-2:]
+    if (height + 1) // 2 != size[0] or (width + 1) // 2 != size[1]:
+        raise ValueError(f"stride-2 masks of {tuple(size)} do not fit targets of {(height, width)}")
+    return F.pad(masks, (0, width % 2, 0, height % 2))[..., 1::2, 1::2]
 
 
 def _class_cost(logits: Tensor, visible: Tensor) -> Tensor:

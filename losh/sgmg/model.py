@@ -14,7 +14,7 @@ Inputs as `losh.losh.LoSh` (frames (B, T, 3, H, W), texts, `annotated_index`, `p
     "pred_logits"      (B, T', Q) referred-or-not logits (sigmoid; SgMg's single class)
     "pred_boxes"       (B, T', Q, 4) normalised (cx, cy, w, h) of the frame's valid (unpadded) area
     "pred_masks"       (B, T', Q, H, W) mask logits at the input resolution (after MSO)
-    "pred_masks_low"   (B, T', Q, H/2, W/2) the dynamic head's masks before refinement
+    "pred_masks_low"   (B, T', Q, H/2, W/2) the dynamic head's masks before refinement (odd sizes rounded up)
     "aux_outputs"      the same keys for each earlier decoder layer
 and "frame_indices", "annotated_index", "supervised", "input_size", "fbc_features", "fbc_padding_mask" as LoSh-M.
 Every query is refined in every layer (SgMg refines the matched query only, matching inside its forward):
@@ -31,7 +31,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from losh.backbone import VideoSwinBackbone
@@ -241,12 +240,13 @@ class LoShS(nn.Module):
         centres = decoded.inter_references[layer][..., :2]
         n, q = hs.shape[:2]
         patches = self.mask_head(hs[:, None], mask_features[:, None], centres[:, None], valid_sizes)[:, 0]
-        low = to_fine_masks(patches)                                               # (N, Q, H/2, W/2)
+        # the backbone pads the input bottom/right to its strides, so the grids start at the input's top-left
+        # corner and overhang it: crop (inputs not divisible by 8 or 4), never resize (it would shift the masks)
+        height, width = input_size
+        low = to_fine_masks(patches)[..., :(height + 1) // 2, :(width + 1) // 2]  # (N, Q, H/2, W/2)
         refined = self.mask_refine(patches.flatten(0, 1), fine[0].repeat_interleave(q, dim=0),
                                    fine[1].repeat_interleave(q, dim=0))
-        masks = to_fine_masks(refined).unflatten(0, (n, q))                        # (N, Q, H, W)
-        if masks.shape[-2:] != tuple(input_size):   # inputs not divisible by 32: the strides' rounding
-            masks = F.interpolate(masks, size=tuple(input_size), mode="bilinear", align_corners=False)
+        masks = to_fine_masks(refined).unflatten(0, (n, q))[..., :height, :width]  # (N, Q, H, W)
         return {"pred_logits": logits, "pred_boxes": boxes, "pred_masks": masks, "pred_masks_low": low}
 
 
