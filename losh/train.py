@@ -62,9 +62,13 @@ def forward_and_loss(model, criterion, batch: dict, device: torch.device, amp: s
                 "valid_size": batch["valid_size"][c]}
                for m, r, lm, sm, c in zip(batch["instance_masks"], batch["referred_index"], batch["long_mask"],
                                           batch["short_mask"], clip_of)]
+    # LoSh-S matches in its forward (as SgMg) to refine only the matched query: it takes the targets
+    config = getattr(model, "module", model).config                   # under DDP, the wrapped model's
+    matching = {"targets": targets} if config.architecture == "sgmg" else {}
     with autocast_for(device, amp):
         outputs = model(frames, batch["long_text"], batch["short_text"], annotated_index=int(annotated[0]),
-                        padding_mask=padding, clip_index=batch.get("clip_index"), supervised=batch.get("supervised"))
+                        padding_mask=padding, clip_index=batch.get("clip_index"), supervised=batch.get("supervised"),
+                        **matching)
     return criterion(outputs, targets, flows=batch.get("flows"), flow_valid=batch.get("flow_valid"),
                      flow_frame_size=size)
 

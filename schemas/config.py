@@ -303,6 +303,12 @@ class ModelConfig:
         if self.backbone.num_stages != wanted_stages:
             raise ConfigError(f"architecture {self.architecture!r} takes backbone.num_stages = {wanted_stages}, got "
                               f"{self.backbone.num_stages}")
+        if self.architecture == "sgmg" and self.loss.mask_resolution != "input":
+            raise ConfigError("loss.mask_resolution 'stride4' is LoSh-M's (architecture 'mttr'): LoSh-S compares its "
+                              "refined masks at the input size and its stride-2 masks on their grid, as SgMg")
+        if self.architecture == "sgmg" and not self.transformer.text_conditioned_queries:
+            raise ConfigError("architecture 'sgmg' always conditions its queries on the sentence (SgMg): "
+                              "transformer.text_conditioned_queries must be true")
         if self.architecture == "sgmg" and self.transformer.d_model % 32:
             raise ConfigError("architecture 'sgmg' projects each level with GroupNorm(32): transformer.d_model must "
                               f"be a multiple of 32, got {self.transformer.d_model}")

@@ -70,6 +70,38 @@ def step():
     return model, config, outputs, losses, flows
 
 
+def test_matching_in_the_forward_refines_only_the_matched_query_with_the_same_losses_and_gradients():
+    """SgMg's way (the trainer passes the targets): each layer matches in the forward and refines one query; the
+    losses and gradients equal those of refining every query and matching in the criterion."""
+    model = _model().eval()          # eval: no dropout, so the two forwards compute the same thing
+    criterion = build_criterion(model.config)
+    flows = torch.randn(B, 4, 2, H, W, generator=torch.Generator().manual_seed(1))
+    valid = torch.ones(B, 4, dtype=torch.bool)
+    results = []
+    for targets in (None, _targets()):
+        model.zero_grad(set_to_none=True)
+        outputs = model(_frames(), LONG, SHORT, annotated_index=K, targets=targets)
+        losses = criterion(outputs, _targets(), flows=flows, flow_valid=valid)
+        losses["loss"].backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((outputs, losses, grads))
+    (all_out, all_losses, all_grads), (matched_out, matched_losses, matched_grads) = results
+    assert all_out["long"]["pred_masks"].shape == (B, 1, 5, H, W)
+    for name in ("long", "short"):
+        layer = matched_out[name]
+        assert layer["pred_masks"].shape == (B, 1, 1, H, W) and layer["matched_query"].shape == (B,)
+        assert all(aux["pred_masks"].shape == (B, 1, 1, H, W) for aux in layer["aux_outputs"])
+        # the refined mask is the matched query's among all queries' refinements
+        refined = all_out[name]["pred_masks"][torch.arange(B), :, layer["matched_query"]]
+        assert torch.allclose(layer["pred_masks"][:, :, 0], refined, atol=1e-4)
+    assert set(all_losses) == set(matched_losses)
+    for key in all_losses:
+        assert torch.allclose(all_losses[key], matched_losses[key], rtol=1e-4, atol=1e-5), key
+    assert set(all_grads) == set(matched_grads)
+    for name in all_grads:
+        assert torch.allclose(all_grads[name], matched_grads[name], rtol=1e-3, atol=1e-6), name
+
+
 # ----------------------------------------------------------------------------------------------- 1. shapes
 
 def _check_pathway(out, b, frames, q, h, w):
@@ -427,27 +459,33 @@ class Scene:
             targets += target.flatten().tolist()
         return logits, targets
 
-    def visible(self, b):
-        return [self.rects[b][a] is not None for a in range(self.a)]
+    def _rects(self, b, a, pathway="long"):
+        rect = (self.short_rects if pathway == "short" and self.short_rects is not None else self.rects)[b][a]
+        return [] if rect is None else rect if isinstance(rect, list) else [rect]
 
-    def box_target(self, b, a):
-        r0, r1, c0, c1 = self.rects[b][a]
-        return rect_box(r0, r1, c0, c1, self.valid_sizes[b])
+    def visible(self, b, pathway="long"):
+        return [bool(self._rects(b, a, pathway)) for a in range(self.a)]
+
+    def box_target(self, b, a, pathway="long"):
+        """The box of the pathway's target: the short one's is the box around all of its rectangles (merged)."""
+        rects = self._rects(b, a, pathway)
+        return rect_box(min(r[0] for r in rects), max(r[1] for r in rects), min(r[2] for r in rects),
+                        max(r[3] for r in rects), self.valid_sizes[b])
 
     def cost(self, b, weights):
         """Every query's matching cost in sample b, summed over the pathways, plus eq. 5's long-short term."""
         costs = []
-        seen = [a for a in range(self.a) if self.visible(b)[a]]
         for q in range(self.q):
             total = 0.0
             for p in self.pathways:
                 out = self.out[p]
+                seen = [a for a in range(self.a) if self.visible(b, p)[a]]
                 if seen:
                     total += weights["class"] * sum(class_cost(out["pred_logits"][b, a, q].item())
                                                     for a in seen) / len(seen)
-                    total += weights["l1"] * sum(l1(out["pred_boxes"][b, a, q].tolist(), self.box_target(b, a))
+                    total += weights["l1"] * sum(l1(out["pred_boxes"][b, a, q].tolist(), self.box_target(b, a, p))
                                                  for a in seen) / len(seen)
-                    total -= weights["giou"] * sum(giou(out["pred_boxes"][b, a, q].tolist(), self.box_target(b, a))
+                    total -= weights["giou"] * sum(giou(out["pred_boxes"][b, a, q].tolist(), self.box_target(b, a, p))
                                                    for a in seen) / len(seen)
                 logits, targets = self._masks(p, b, q, low=True)
                 total += weights["focal"] * sum(focal(x, t) for x, t in zip(logits, targets)) / len(logits)
@@ -469,12 +507,12 @@ class Scene:
         for b, m in enumerate(matched):
             for a in range(self.a):
                 for q in range(self.q):
-                    target = 1 if (q == m and self.visible(b)[a]) else 0
+                    target = 1 if (q == m and self.visible(b, pathway)[a]) else 0
                     is_referred += focal(out["pred_logits"][b, a, q].item(), target)
-                if self.visible(b)[a]:
+                if self.visible(b, pathway)[a]:
                     box = out["pred_boxes"][b, a, m].tolist()
-                    box_l1 += l1(box, self.box_target(b, a))
-                    giou_loss += 1 - giou(box, self.box_target(b, a))
+                    box_l1 += l1(box, self.box_target(b, a, pathway))
+                    giou_loss += 1 - giou(box, self.box_target(b, a, pathway))
             for suffix, low in (("", False), ("_low", True)):
                 logits, targets = self._masks(pathway, b, m, low)
                 masks[suffix][0] += sum(focal(x, t) for x, t in zip(logits, targets)) / len(logits)

@@ -17,8 +17,9 @@ Inputs as `losh.losh.LoSh` (frames (B, T, 3, H, W), texts, `annotated_index`, `p
     "pred_masks_low"   (B, T', Q, H/2, W/2) the dynamic head's masks before refinement (odd sizes rounded up)
     "aux_outputs"      the same keys for each earlier decoder layer
 and "frame_indices", "annotated_index", "supervised", "input_size", "fbc_features", "fbc_padding_mask" as LoSh-M.
-Every query is refined in every layer (SgMg refines the matched query only, matching inside its forward):
-the losses are the same, the model stays independent of the targets, at the cost of refining Q masks a layer.
+Given the training targets (`targets=`, as the trainer passes them), each layer matches the referred object in
+the forward, as SgMg does (`losh.sgmg.matcher`), and refines only the matched query ("pred_masks" (B, T', 1, H, W),
+"matched_query" (B,)): a fifth of the refinement; without targets every query is refined.
 
 `infer` decodes the long pathway's last layer (paper 3.8): "pred_logits", "pred_boxes", "pred_masks",
 "frame_scores" (B, T', Q) probabilities, "scores" (B, Q) their mean over the decoded frames, "best_query",
@@ -38,6 +39,7 @@ from losh.losh import TextProjection, _resize_padding, _sentence_feature
 from losh.position_encoding import sine_position_encoding_2d
 from losh.segmentation import MLP
 from losh.sgmg.deformable_transformer import DeformableTransformer, inverse_sigmoid
+from losh.sgmg.matcher import match_referred, referred_targets
 from losh.sgmg.mask_head import (DynamicMaskHead, MultiGranularityRefinement, mask_features_from_memory,
                                  to_fine_masks)
 from losh.sgmg.spectral_fusion import SpectrumGuidedFusion, VisionLanguageFusion, sine_position_encoding_1d
@@ -97,11 +99,14 @@ class LoShS(nn.Module):
 
     def forward(self, frames: Tensor, long_texts: Sequence[str], short_texts: Sequence[str] | None = None,
                 *, annotated_index: int, padding_mask: Tensor | None = None,
-                clip_index: Tensor | None = None, supervised: Sequence[int] | None = None) -> dict:
-        """As `losh.losh.LoSh.forward` (see the module docstring for the outputs)."""
+                clip_index: Tensor | None = None, supervised: Sequence[int] | None = None,
+                targets: list[dict] | None = None) -> dict:
+        """As `losh.losh.LoSh.forward` (see the module docstring for the outputs). With `targets` (the trainer's,
+        as the criterion takes them) each layer matches the referred object here, as SgMg does, and refines only
+        the matched query: "pred_masks" (B, T', 1, H, W) and "matched_query" (B,) per pathway and layer."""
         use_short = self.config.use_short_text and short_texts is not None
         return self._run(frames, long_texts, short_texts if use_short else None, annotated_index, padding_mask,
-                         training_outputs=True, clip_index=clip_index, supervised=supervised)
+                         training_outputs=True, clip_index=clip_index, supervised=supervised, targets=targets)
 
     @torch.no_grad()
     def infer(self, frames: Tensor, long_texts: Sequence[str], short_texts: Sequence[str] | None = None, *,
@@ -136,7 +141,7 @@ class LoShS(nn.Module):
     def _run(self, frames: Tensor, long_texts: Sequence[str], short_texts: Sequence[str] | None,
              annotated_index: int | None, padding_mask: Tensor | None, training_outputs: bool,
              clip_index: Tensor | None = None, decode_short: bool = True,
-             supervised: Sequence[int] | None = None) -> dict:
+             supervised: Sequence[int] | None = None, targets: list[dict] | None = None) -> dict:
         clips, t = frames.shape[:2]
         b = len(long_texts)
         if clip_index is None and b != clips:
@@ -188,16 +193,33 @@ class LoShS(nn.Module):
         mask_features = mask_features_from_memory(decoded.memory[:3])               # strides 8-32 -> stride 8
         fine = [level.repeat(decoded_copies, 1, 1, 1) for level in selected[:2]]    # strides 4 and 8
         layers = range(decoded.hs.shape[0]) if training_outputs else [decoded.hs.shape[0] - 1]
-        per_layer = [self._predict(decoded, layer, mask_features, fine, valid_sizes, frames.shape[-2:])
-                     for layer in layers]
-
         names = ["long", "short"][:decoded_copies]
+        referred = (referred_targets(targets, tuple(frames.shape[-2:]), frames.device)
+                    if targets is not None and training_outputs else None)
+        positions = [frame_indices.index(p) for p in (supervised or [annotated_index])] if referred else []
+        per_layer = []
+        for layer in layers:
+            heads, patches = self._heads(decoded, layer, mask_features, valid_sizes, frames.shape[-2:])
+            matched = None
+            if referred is not None:   # SgMg: match now, refine the matched query only
+                view = {name: {k: v[index * per_copy:(index + 1) * per_copy].unflatten(0, (b, n_frames))[:, positions]
+                               for k, v in heads.items()} for index, name in enumerate(names)}
+                matched = match_referred(view, referred, self.config.loss)                  # (B,)
+                chosen = matched.repeat_interleave(n_frames).repeat(decoded_copies)         # (N,)
+                patches = patches[torch.arange(len(chosen), device=chosen.device), chosen][:, None]
+            heads["pred_masks"] = self._refine(patches, fine, frames.shape[-2:])
+            per_layer.append((heads, matched))
+
         out: dict = {"frame_indices": frame_indices, "annotated_index": annotated_index,
                      "supervised": list(supervised) if supervised else [annotated_index],
                      "input_size": tuple(frames.shape[-2:])}
         for index, name in enumerate(names):
             part = slice(index * per_copy, (index + 1) * per_copy)
-            outputs = [{k: v[part].unflatten(0, (b, n_frames)) for k, v in layer.items()} for layer in per_layer]
+            outputs = []
+            for heads, matched in per_layer:
+                outputs.append({k: v[part].unflatten(0, (b, n_frames)) for k, v in heads.items()})
+                if matched is not None:
+                    outputs[-1]["matched_query"] = matched
             out[name] = {**outputs[-1], "aux_outputs": outputs[:-1]}
         if training_outputs:
             level = self.config.loss.fbc_level
@@ -224,9 +246,10 @@ class LoShS(nn.Module):
             poses.append(sine_position_encoding_2d(mask, visual.shape[1]).permute(0, 3, 1, 2).to(visual.dtype))
         return srcs, masks, poses
 
-    def _predict(self, decoded, layer: int, mask_features: Tensor, fine: list[Tensor], valid_sizes: Tensor,
-                 input_size: tuple[int, int]) -> dict[str, Tensor]:
-        """One decoder layer's logits, boxes and masks, (N, Q, ...) for the N decoded (pathway, text, frame)s."""
+    def _heads(self, decoded, layer: int, mask_features: Tensor, valid_sizes: Tensor, input_size: tuple[int, int]
+               ) -> tuple[dict[str, Tensor], Tensor]:
+        """One decoder layer's logits (N, Q), boxes (N, Q, 4) and stride-2 masks (N, Q, H/2, W/2) for the N decoded
+        (pathway, text, frame)s, and the dynamic head's patches (N, Q, 16, h8, w8) that refinement takes."""
         hs = decoded.hs[layer]                                                     # (N, Q, D)
         reference = decoded.init_reference if layer == 0 else decoded.inter_references[layer - 1]
         logits = self.class_embed[layer](hs)[..., 0]
@@ -238,16 +261,20 @@ class LoShS(nn.Module):
             boxes = torch.cat((delta[..., :2] + reference_logits, delta[..., 2:]), dim=-1).sigmoid()
         # the mask head is centred on the references after this layer (SgMg: inter_references[layer])
         centres = decoded.inter_references[layer][..., :2]
-        n, q = hs.shape[:2]
         patches = self.mask_head(hs[:, None], mask_features[:, None], centres[:, None], valid_sizes)[:, 0]
         # the backbone pads the input bottom/right to its strides, so the grids start at the input's top-left
         # corner and overhang it: crop (inputs not divisible by 8 or 4), never resize (it would shift the masks)
         height, width = input_size
         low = to_fine_masks(patches)[..., :(height + 1) // 2, :(width + 1) // 2]  # (N, Q, H/2, W/2)
+        return {"pred_logits": logits, "pred_boxes": boxes, "pred_masks_low": low}, patches
+
+    def _refine(self, patches: Tensor, fine: list[Tensor], input_size: tuple[int, int]) -> Tensor:
+        """MSO: patches (N, Q', 16, h8, w8) with the frames' stride-4 and stride-8 features -> (N, Q', H, W)."""
+        n, q = patches.shape[:2]
         refined = self.mask_refine(patches.flatten(0, 1), fine[0].repeat_interleave(q, dim=0),
                                    fine[1].repeat_interleave(q, dim=0))
-        masks = to_fine_masks(refined).unflatten(0, (n, q))[..., :height, :width]  # (N, Q, H, W)
-        return {"pred_logits": logits, "pred_boxes": boxes, "pred_masks": masks, "pred_masks_low": low}
+        height, width = input_size
+        return to_fine_masks(refined).unflatten(0, (n, q))[..., :height, :width]
 
 
 def _valid_sizes(padding: Tensor) -> Tensor:
