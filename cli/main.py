@@ -262,6 +262,8 @@ def train(
     text_encoder_lr: Annotated[Optional[float], typer.Option(
         help="Text encoder learning rate when it is trained, not frozen (default 5e-5).")] = None,
     lr_milestones: Annotated[Optional[str], typer.Option(help="Comma-separated epochs where lr x lr-gamma.")] = None,
+    lr_warmup_steps: Annotated[Optional[int], typer.Option(
+        min=0, help="Raise the lr linearly over the first N optimiser steps (default 0: off, as MTTR).")] = None,
     amp: Annotated[Optional[str], typer.Option(help="bf16 (default), fp16 or off; CUDA only.")] = None,
     workers: Annotated[Optional[int], typer.Option(min=0, help="DataLoader workers (default 4).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed (default 42).")] = None,
@@ -305,7 +307,7 @@ def train(
         if settings_file is not None:
             settings = TrainSettings.from_dict(json.loads(settings_file.read_text()))
         overrides = {"epochs": epochs, "batch_size": batch_size, "expressions_per_clip": expressions_per_clip,
-                     "lr": lr, "backbone_lr": backbone_lr,
+                     "lr": lr, "backbone_lr": backbone_lr, "lr_warmup_steps": lr_warmup_steps,
                      "text_encoder_lr": text_encoder_lr, "amp": amp, "num_workers": workers,
                      "seed": seed, "max_steps": max_steps, "checkpoint_every_steps": checkpoint_every,
                      "ema_decay": ema_decay, "eval_every": eval_every, "eval_split": eval_split,

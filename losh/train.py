@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,24 @@ def forward_and_loss(model, criterion, batch: dict, device: torch.device, amp: s
                         **matching)
     return criterion(outputs, targets, flows=batch.get("flows"), flow_valid=batch.get("flow_valid"),
                      flow_frame_size=size)
+
+
+@contextmanager
+def warmed_up(optimizer: torch.optim.Optimizer, step: int, warmup_steps: int):
+    """Linear warm-up: during the first `warmup_steps` optimiser steps, step `step` (0-based) runs at
+    (step + 1) / warmup_steps of each group's scheduled lr; the schedule's own lr is restored after the step,
+    so the epoch schedule (MultiStepLR) is untouched."""
+    if step >= warmup_steps:
+        yield
+        return
+    scheduled = [group["lr"] for group in optimizer.param_groups]
+    for group, lr in zip(optimizer.param_groups, scheduled):
+        group["lr"] = lr * (step + 1) / warmup_steps
+    try:
+        yield
+    finally:
+        for group, lr in zip(optimizer.param_groups, scheduled):
+            group["lr"] = lr
 
 
 def main_lr(optimizer: torch.optim.Optimizer) -> float:
@@ -257,7 +276,8 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
             if settings.clip_max_norm > 0:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_max_norm)
-            scaler.step(optimizer)
+            with warmed_up(optimizer, global_step, settings.lr_warmup_steps):
+                scaler.step(optimizer)
             scaler.update()
             if ema is not None:
                 ema.update(model)
@@ -270,7 +290,8 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
             bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in last.items()
                              if k in ("loss", "loss_dice_long", "loss_lsi", "loss_fbc")})
             if log and global_step % settings.log_every_steps == 0:
-                log.write(json.dumps({"epoch": epoch + 1, "step": global_step, "lr": main_lr(optimizer),
+                warm = min(1.0, global_step / settings.lr_warmup_steps) if settings.lr_warmup_steps else 1.0
+                log.write(json.dumps({"epoch": epoch + 1, "step": global_step, "lr": main_lr(optimizer) * warm,
                                       "time_s": round(time.time() - start, 2), **last}) + "\n")
                 log.flush()
             if settings.checkpoint_every_steps and global_step % settings.checkpoint_every_steps == 0:

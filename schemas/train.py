@@ -37,6 +37,7 @@ class TrainSettings:
     clip_max_norm: float = 0.1
     lr_milestones: tuple[int, ...] = (50,)  # MTTR on A2D: x0.4 at epoch 50
     lr_gamma: float = 0.4
+    lr_warmup_steps: int = 0               # >0: the lr rises linearly over the first N optimiser steps; 0: off (MTTR)
     amp: str = "bf16"                      # on CUDA; the CPU runs float32
     seed: int = 42
     num_workers: int = 4
@@ -72,8 +73,10 @@ class TrainSettings:
             raise bad("lr_milestones are epochs >= 1")
         if not 0 <= self.ema_decay < 1:
             raise bad("ema_decay must be in [0, 1) (0 turns the weight average off)")
-        if min(self.num_workers, self.checkpoint_every_steps, self.max_steps, self.eval_every, self.eval_samples) < 0:
-            raise bad("num_workers, checkpoint_every_steps, max_steps, eval_every and eval_samples must be >= 0")
+        if min(self.num_workers, self.checkpoint_every_steps, self.max_steps, self.eval_every, self.eval_samples,
+               self.lr_warmup_steps) < 0:
+            raise bad("num_workers, checkpoint_every_steps, max_steps, eval_every, eval_samples and lr_warmup_steps "
+                      "must be >= 0")
         if self.eval_split not in SPLITS:
             raise bad(f"eval_split must be one of {SPLITS}")
         if self.best_metric not in BEST_METRICS:
