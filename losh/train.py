@@ -220,7 +220,9 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
     ema = WeightAverage(model, settings.ema_decay) if settings.ema_decay > 0 else None
     if ema is not None and checkpoint is not None and checkpoint.get("model_ema") is not None:
         ema.load_state_dict(checkpoint["model_ema"])
-    net = DistributedDataParallel(model, find_unused_parameters=True) if d.world_size > 1 else model
+    # static_graph: the same parameters take part in every step (some configs leave a few out, e.g. aux heads
+    # without aux losses); DDP learns which on the first step instead of searching the graph every step
+    net = DistributedDataParallel(model, static_graph=True) if d.world_size > 1 else model
 
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
