@@ -246,8 +246,8 @@ def compute_flows(
 def train(
     data: Annotated[Path, typer.Option("--data", help="Prepared data set (PREP), with flows when L_fbc is on.")],
     out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints, metrics.jsonl, config.")],
-    config: Annotated[str, typer.Option(help="Preset (losh-m, mttr, tiny), preset:ablation (losh-m:wo-fbc) "
-                                             "or a JSON config file.")] = "losh-m",
+    config: Annotated[str, typer.Option(help="Preset (losh-m, mttr, tiny, losh-s, sgmg, tiny-s), preset:ablation "
+                                             "(losh-m:wo-fbc) or a JSON config file.")] = "losh-m",
     window: Annotated[Optional[int], typer.Option(min=1, help="Frames per sample, the config's `window` "
                                                            "(must equal the prepared data's: 8 for A2D, 12 for "
                                                            "Refer-YouTube-VOS).")] = None,
@@ -287,7 +287,8 @@ def train(
                                               "cadence, checkpoint/log cadence and workers.")] = False,
     device: Annotated[Optional[str], typer.Option(help="Force a device (cpu, cuda:0).")] = None,
 ) -> None:
-    """Train LoSh-M (or the MTTR baseline, or an ablation) on CUDA, CPU fallback; torchrun for many GPUs."""
+    """Train LoSh-M or LoSh-S (or their MTTR/SgMg baselines, or an ablation) on CUDA, CPU fallback; torchrun for
+    many GPUs."""
     from dataclasses import replace
 
     from losh.errors import AssetMissing

@@ -30,6 +30,7 @@ their mean over the decoded frames, "best_query" (B,),
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -126,31 +127,12 @@ class LoSh(nn.Module):
              annotated_index: int, padding_mask: Tensor | None, keep_fbc_features: bool,
              clip_index: Tensor | None = None, decode_short: bool = True,
              supervised: Sequence[int] | None = None) -> dict:
-        clips, t = frames.shape[:2]
         b = len(long_texts)
-        if clip_index is None and b != clips:
-            raise ValueError(f"{clips} clips but {b} long texts")
-        if clip_index is not None and (clip_index.shape != (b,) or (b and not 0 <= int(clip_index.min()) <=
-                                                                        int(clip_index.max()) < clips)):
-            raise ValueError(f"clip_index must hold one clip of 0..{clips - 1} for each of the {b} texts, "
-                             f"got {clip_index.tolist()}")
-        wanted = ([] if annotated_index is None else [annotated_index]) + list(supervised or [])
-        if not all(0 <= i < t for i in wanted):
-            raise ValueError(f"annotated/supervised positions {wanted} outside the window of {t} frames")
-        if padding_mask is None:
-            padding_mask = torch.zeros((clips, *frames.shape[-2:]), dtype=torch.bool, device=frames.device)
-        clip_features = self.backbone(frames)
-        clip_padding = padding_mask
-        features = clip_features
-        if clip_index is not None:
-            # each text gets its clip's features; the gradients of a clip's texts add up in one backbone pass
-            clip_index = clip_index.to(frames.device)
-            features = [level.index_select(0, clip_index) for level in clip_features]
-            padding_mask = padding_mask.index_select(0, clip_index)
-        frame_indices = (sorted(set(wanted)) if self.config.transformer.decode_frames == "annotated" and wanted
-                         else list(range(t)))
+        visual = frames_per_text(self.backbone, frames, b, annotated_index, padding_mask, clip_index, supervised,
+                                 self.config.transformer.decode_frames)
+        clip_features, clip_padding, features = visual.clip_features, visual.clip_padding, visual.features
+        padding_mask, frame_indices, selected = visual.padding, visual.frame_indices, visual.selected
         n_frames = len(frame_indices)
-        selected = [level[:, frame_indices].flatten(0, 1) for level in features]  # (B*T', C, h, w)
         paddings = [_resize_padding(padding_mask, level.shape[-2:]) for level in features]
 
         # video tokens of the decoded frames, (B*T') ordered sample-major
@@ -210,6 +192,46 @@ class LoSh(nn.Module):
 
     def num_parameters(self, trainable_only: bool = True) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+class TextFrames(NamedTuple):
+    """The backbone's features of a batch, seen per text (both architectures)."""
+
+    clip_features: list[Tensor]   # per level (clips, T, C, h, w): the backbone's output, once per clip
+    clip_padding: Tensor          # (clips, H, W) True on padding
+    features: list[Tensor]        # per level (B, T, C, h, w): each text's clip
+    padding: Tensor               # (B, H, W)
+    frame_indices: list[int]      # the window positions decoded
+    selected: list[Tensor]        # per level (B*T', C, h, w): the decoded frames, text-major
+
+
+def frames_per_text(backbone: nn.Module, frames: Tensor, texts: int, annotated_index: int | None,
+                    padding_mask: Tensor | None, clip_index: Tensor | None, supervised: Sequence[int] | None,
+                    decode_frames: str) -> TextFrames:
+    """Checks the inputs, runs the backbone once per clip and gives each text its clip's features (several
+    expressions of a clip share one pass; their gradients add up in it). Decoded frames: the annotated and
+    supervised positions when `decode_frames` is "annotated" (MTTR and SgMg on A2D), else the whole window."""
+    clips, t = frames.shape[:2]
+    if clip_index is None and texts != clips:
+        raise ValueError(f"{clips} clips but {texts} long texts")
+    if clip_index is not None and (clip_index.shape != (texts,) or (texts and not 0 <= int(clip_index.min()) <=
+                                                                    int(clip_index.max()) < clips)):
+        raise ValueError(f"clip_index must hold one clip of 0..{clips - 1} for each of the {texts} texts, "
+                         f"got {clip_index.tolist()}")
+    wanted = ([] if annotated_index is None else [annotated_index]) + list(supervised or [])
+    if not all(0 <= i < t for i in wanted):
+        raise ValueError(f"annotated/supervised positions {wanted} outside the window of {t} frames")
+    if padding_mask is None:
+        padding_mask = torch.zeros((clips, *frames.shape[-2:]), dtype=torch.bool, device=frames.device)
+    clip_features = backbone(frames)
+    features, padding = clip_features, padding_mask
+    if clip_index is not None:
+        clip_index = clip_index.to(frames.device)
+        features = [level.index_select(0, clip_index) for level in clip_features]
+        padding = padding_mask.index_select(0, clip_index)
+    frame_indices = sorted(set(wanted)) if decode_frames == "annotated" and wanted else list(range(t))
+    selected = [level[:, frame_indices].flatten(0, 1) for level in features]
+    return TextFrames(clip_features, padding_mask, features, padding, frame_indices, selected)
 
 
 def _sentence_feature(text: Tensor, padding: Tensor) -> Tensor:

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from losh.backbone import VideoSwinBackbone
-from losh.losh import TextProjection, _resize_padding, _sentence_feature
+from losh.losh import TextProjection, _resize_padding, _sentence_feature, frames_per_text
 from losh.position_encoding import sine_position_encoding_2d
 from losh.segmentation import MLP
 from losh.sgmg.deformable_transformer import DeformableTransformer, inverse_sigmoid
@@ -142,31 +142,12 @@ class LoShS(nn.Module):
              annotated_index: int | None, padding_mask: Tensor | None, training_outputs: bool,
              clip_index: Tensor | None = None, decode_short: bool = True,
              supervised: Sequence[int] | None = None, targets: list[dict] | None = None) -> dict:
-        clips, t = frames.shape[:2]
         b = len(long_texts)
-        if clip_index is None and b != clips:
-            raise ValueError(f"{clips} clips but {b} long texts")
-        if clip_index is not None and (clip_index.shape != (b,) or (b and not 0 <= int(clip_index.min()) <=
-                                                                        int(clip_index.max()) < clips)):
-            raise ValueError(f"clip_index must hold one clip of 0..{clips - 1} for each of the {b} texts, "
-                             f"got {clip_index.tolist()}")
-        wanted = ([] if annotated_index is None else [annotated_index]) + list(supervised or [])
-        if not all(0 <= i < t for i in wanted):
-            raise ValueError(f"annotated/supervised positions {wanted} outside the window of {t} frames")
-        if padding_mask is None:
-            padding_mask = torch.zeros((clips, *frames.shape[-2:]), dtype=torch.bool, device=frames.device)
-        clip_features = self.backbone(frames)                     # [(clips, T, C, h, w)] strides 4, 8, 16, 32
-        clip_padding = padding_mask
-        features = clip_features
-        if clip_index is not None:   # each text gets its clip's features (one backbone pass for a clip's texts)
-            clip_index = clip_index.to(frames.device)
-            features = [level.index_select(0, clip_index) for level in clip_features]
-            padding_mask = padding_mask.index_select(0, clip_index)
-        # SgMg decodes the annotated frame only on A2D/JHMDB (its valid_indices); every frame otherwise
-        frame_indices = (sorted(set(wanted)) if self.config.transformer.decode_frames == "annotated" and wanted
-                         else list(range(t)))
+        visual = frames_per_text(self.backbone, frames, b, annotated_index, padding_mask, clip_index, supervised,
+                                 self.config.transformer.decode_frames)   # strides 4, 8, 16, 32
+        clip_features, clip_padding = visual.clip_features, visual.clip_padding
+        padding_mask, frame_indices, selected = visual.padding, visual.frame_indices, visual.selected
         n_frames = len(frame_indices)
-        selected = [level[:, frame_indices].flatten(0, 1) for level in features]   # (B*T', C, h, w)
         frame_padding = padding_mask.repeat_interleave(n_frames, dim=0)            # (B*T', H, W)
 
         long_words, long_pad, short_words, short_pad = self.text_encoder(long_texts, short_texts)
