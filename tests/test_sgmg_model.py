@@ -21,6 +21,7 @@ from losh.losh import build_model, param_groups
 from losh.sgmg.criterion import SgmgCriterion
 from losh.sgmg.model import LoShS
 from schemas.config import (ConfigError, LossConfig, get_config, load_config, save_config, with_overrides)
+from schemas.train import TrainSettings
 
 B, T, H, W, K = 2, 5, 64, 96, 2
 LONG = ["the big red circle is moving to the left", "a small blue square jumping up and down"]
@@ -727,8 +728,13 @@ def prepared_s(tmp_path_factory) -> Path:
 
 
 def _train(data, run, *extra):
+    # deterministic: bit-identical resumes need it on more than one thread (Swin's bias-table backward adds in
+    # any order otherwise)
+    settings = Path(run).parent / "deterministic.json"
+    settings.write_text(json.dumps({**TrainSettings().to_dict(), "deterministic": True}))
     return CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(run), "--config", "tiny-s",
-                                    "--window", "5", "--batch-size", "2", "--workers", "0", "--seed", "3", *extra])
+                                    "--window", "5", "--batch-size", "2", "--workers", "0", "--seed", "3",
+                                    "--settings", str(settings), *extra])
 
 
 def test_cli_trains_resumes_evaluates_and_predicts_with_losh_s(prepared_s, tmp_path):
