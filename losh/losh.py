@@ -101,13 +101,7 @@ class LoSh(nn.Module):
         as the keys/values of the long pathway's cross-attention; short_texts are ignored otherwise.
         `annotated_index` None: every frame of the window is decoded (whole-video inference), whatever
         the config's `decode_frames`."""
-        short = None
-        if self.config.inference_uses_short_text:
-            if short_texts is None:
-                raise ValueError("this model runs the short text through the encoder at inference "
-                                 "(inference_short_pathway = 'encoder'): pass short_texts (e.g. the tagger's), "
-                                 "or use a config with inference_short_pathway = 'none'")
-            short = short_texts
+        short = short_texts_for_inference(self.config, short_texts)
         out = self._run(frames, long_texts, short, annotated_index, padding_mask, keep_fbc_features=False,
                         clip_index=clip_index, decode_short=False)
         long = out["long"]
@@ -192,6 +186,18 @@ class LoSh(nn.Module):
 
     def num_parameters(self, trainable_only: bool = True) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def short_texts_for_inference(config: ModelConfig, short_texts: Sequence[str] | None) -> Sequence[str] | None:
+    """The short texts inference runs through the encoder (both architectures): the given ones where the
+    long pathway reads them (`inference_short_pathway` "encoder" with long <- short CA), else None."""
+    if not config.inference_uses_short_text:
+        return None
+    if short_texts is None:
+        raise ValueError("this model runs the short text through the encoder at inference "
+                         "(inference_short_pathway = 'encoder'): pass short_texts (e.g. the tagger's), "
+                         "or use a config with inference_short_pathway = 'none'")
+    return short_texts
 
 
 class TextFrames(NamedTuple):

@@ -35,7 +35,8 @@ import torch
 from torch import Tensor, nn
 
 from losh.backbone import VideoSwinBackbone
-from losh.losh import TextProjection, _resize_padding, _sentence_feature, frames_per_text
+from losh.losh import (TextProjection, _resize_padding, _sentence_feature, frames_per_text,
+                        short_texts_for_inference)
 from losh.position_encoding import sine_position_encoding_2d
 from losh.segmentation import MLP
 from losh.sgmg.deformable_transformer import DeformableTransformer, inverse_sigmoid
@@ -115,13 +116,7 @@ class LoShS(nn.Module):
         """The long pathway's last decoder layer (paper 3.8); the short texts feed the long pathway's
         cross-attention when the config says so (`inference_short_pathway`), as LoSh-M. `annotated_index` None:
         every frame is decoded. Masks are already at the input resolution (`upsample` has nothing to do)."""
-        short = None
-        if self.config.inference_uses_short_text:
-            if short_texts is None:
-                raise ValueError("this model runs the short text through the encoder at inference "
-                                 "(inference_short_pathway = 'encoder'): pass short_texts (e.g. the tagger's), "
-                                 "or use a config with inference_short_pathway = 'none'")
-            short = short_texts
+        short = short_texts_for_inference(self.config, short_texts)
         out = self._run(frames, long_texts, short, annotated_index, padding_mask, training_outputs=False,
                         clip_index=clip_index, decode_short=False)
         long = out["long"]
