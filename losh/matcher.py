@@ -99,7 +99,7 @@ def long_short_cost(long_probs: Tensor, short_probs: Tensor, weight: float, thre
                     epsilon: float = 1.0) -> Tensor:
     """Eq. 5's long-short term of the matching cost, for each query: weight * L_lsi(long mask, short mask) of
     its predictions for the referred instance. (Q, P) probabilities -> (Q,). Shared by LoSh-M's matcher and
-    LoSh-S's (`losh.sgmg.criterion`)."""
+    LoSh-S's (`losh.sgmg.matcher`)."""
     return weight * lsi_loss(long_probs, short_probs, threshold, epsilon)
 
 

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from losh.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 from losh.criterion import average_over_processes, fbc_term
-from losh.losses import dice_loss, lsi_loss, sigmoid_focal_elements
+from losh.losses import dice_loss, lsi_loss, sigmoid_focal_elements, sigmoid_focal_loss
 from losh.sgmg.matcher import ReferredTarget, low_resolution, match_referred, referred_targets
 from schemas.config import LossConfig
 
@@ -101,8 +101,7 @@ class SgmgCriterion(nn.Module):
             wanted_low = torch.stack([low_resolution(w, low.shape[-2:]) for w in wanted])
             for suffix, predicted, target in (("", masks, wanted), ("_low", low, wanted_low)):
                 predicted, target = predicted.flatten(1), target.flatten(1)
-                losses[f"loss_focal{suffix}_{name}"] = (sigmoid_focal_elements(predicted, target).mean(-1).sum()
-                                                        / num_boxes)
+                losses[f"loss_focal{suffix}_{name}"] = sigmoid_focal_loss(predicted, target, num_boxes)
                 losses[f"loss_dice{suffix}_{name}"] = dice_loss(predicted, target, num_boxes)
         if "short" in layer:
             refined = matched if layer["long"]["pred_masks"].shape[2] > 1 else torch.zeros_like(matched)
