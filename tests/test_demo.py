@@ -19,3 +19,18 @@ def test_an_earlier_demo_run_is_resumed_only_with_the_same_config_and_settings(t
     assert not same_recipe(run, get_config("tiny"), TRAIN_SETTINGS)
     (run / "train.json").write_text("{not json")
     assert not same_recipe(run, config, TRAIN_SETTINGS)
+
+
+def test_the_demo_model_is_losh_s_with_its_cross_attention():
+    """The demo's overrides make a valid LoSh-S config whose 2-layer encoder still has a CA layer (layer 2)."""
+    from cli.demo import DEMO_BASE_CONFIG, DEMO_CONFIG_OVERRIDES
+    from losh.losh import build_model
+    from schemas.config import with_overrides
+
+    config = with_overrides(get_config(DEMO_BASE_CONFIG), DEMO_CONFIG_OVERRIDES)
+    assert config.architecture == "sgmg" and config.use_short_text and config.window == 5
+    assert config.transformer.cross_attention == "long_from_short"
+    model = build_model(config)
+    encoder = model.transformer.encoder
+    assert len(encoder.layers) == 2
+    assert list(encoder.long_cross) == ["1"] and not encoder.short_cross   # the 2nd layer: long reads short
