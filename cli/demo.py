@@ -35,10 +35,10 @@ DEMO_WINDOW = 5
 DEMO_BASE_CONFIG = "tiny-s:msh"
 DEMO_CONFIG_OVERRIDES = {"window": DEMO_WINDOW, "backbone.window_size": (8, 4, 4),
                          "transformer.num_encoder_layers": 2, "transformer.num_decoder_layers": 2}
-# Training runs as two single-threaded processes (DDP over gloo, one clip each a step): this tiny model's ops
-# are too small for two threads to share (a step of one process with 2 threads ~ one with 1 thread), so two
-# processes train 2 clips in the time of one. Fixed at 2 so that the recipe (2 clips a step) is the same on
-# every machine.
+# Training runs as two single-threaded processes (DDP over gloo, one clip each a step): a small model's ops
+# share two threads poorly (a clip step of the demo's model: 0.36-0.40 s on 1 thread, 0.27-0.28 s on 2), so
+# two processes train 2 clips in 0.49 s against ~0.55 s for one process of 2 threads. Fixed at 2 so that the
+# recipe (2 clips a step) is the same on every machine.
 DEMO_PROCESSES = 2
 # The demo's training settings, written to demo/train.json and passed as `--settings` (docs/demo-recipes.md
 # has the measurements behind them). An item is one clip with its expressions (3.1 on average, up to 4): the
