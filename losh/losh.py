@@ -168,10 +168,7 @@ class LoSh(nn.Module):
             part = slice(index * per_pathway, (index + 1) * per_pathway)
             out[name] = _layer_outputs(logits[:, part], masks[:, part], b, n_frames)
         if keep_fbc_features:
-            level = self.config.loss.fbc_level
-            out["fbc_features"] = clip_features[level]
-            out["fbc_padding_mask"] = (_resize_padding(clip_padding, clip_features[level].shape[-2:])
-                                       if clip_padding.any() else None)
+            out.update(fbc_outputs(clip_features, clip_padding, self.config.loss.fbc_level))
         return out
 
     def _sequence(self, video: Tensor, video_pos: Tensor, video_padding: Tensor, text: Tensor,
@@ -244,6 +241,14 @@ def _sentence_feature(text: Tensor, padding: Tensor) -> Tensor:
     """Mean of the (projected) text tokens that are not padding: (N, S, D) -> (N, D)."""
     keep = (~padding).unsqueeze(-1).to(text.dtype)
     return (text * keep).sum(1) / keep.sum(1).clamp(min=1)
+
+
+def fbc_outputs(clip_features: list[Tensor], clip_padding: Tensor, level: int) -> dict:
+    """What L_fbc reads from a model's outputs (both models): the visual features of `loss.fbc_level` and their
+    padding (None when the clip has none)."""
+    features = clip_features[level]
+    padding = _resize_padding(clip_padding, features.shape[-2:]) if clip_padding.any() else None
+    return {"fbc_features": features, "fbc_padding_mask": padding}
 
 
 def _resize_padding(padding_mask: Tensor, size: tuple[int, int]) -> Tensor:

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from losh.backbone import VideoSwinBackbone
-from losh.losh import (TextProjection, _resize_padding, _sentence_feature, frames_per_text,
+from losh.losh import (TextProjection, _resize_padding, _sentence_feature, fbc_outputs, frames_per_text,
                         short_texts_for_inference)
 from losh.position_encoding import sine_position_encoding_2d
 from losh.segmentation import MLP
@@ -198,10 +198,7 @@ class LoShS(nn.Module):
                     outputs[-1]["matched_query"] = matched
             out[name] = {**outputs[-1], "aux_outputs": outputs[:-1]}
         if training_outputs:
-            level = self.config.loss.fbc_level
-            out["fbc_features"] = clip_features[level]
-            out["fbc_padding_mask"] = (_resize_padding(clip_padding, clip_features[level].shape[-2:])
-                                       if clip_padding.any() else None)
+            out.update(fbc_outputs(clip_features, clip_padding, self.config.loss.fbc_level))
         return out
 
     def _fused_levels(self, selected: list[Tensor], frame_padding: Tensor, words: Tensor, word_padding: Tensor,
