@@ -10,10 +10,14 @@ default bound on open files and without one (LOSH_MAX_OPEN_SHARDS=0).
 Lines: `loader_worker_peak_rss` (MiB, mean VmHWM of the workers) per (shards, bound), with the open
 descriptors, the worker-private memory (USS) and the read rate; `loader_rss_growth_ratio` (bounded
 peak RSS at 3,000 shards / at 300: flat is 1.0) and `loader_worker_open_fds` (bounded, at 3,000).
-`python -m bench.loader_scale [SAMPLES]` (default 1,000 samples per run).
+`python -m bench.loader_scale [SAMPLES] [--sizes 300,3000]` (default 1,000 samples per run).
+
+The workers measured are the loader's own: the child processes that appear while it starts (the benchmark's
+children before it, e.g. another part's leftovers, are not counted).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
@@ -95,7 +99,8 @@ def scale_prep(template: Path, out: Path, videos: int) -> Path:
     return out
 
 
-def _children() -> list[int]:
+def _children() -> set[int]:
+    """The pids of this process's live children."""
     me = os.getpid()
     pids = []
     for name in os.listdir("/proc"):
@@ -106,7 +111,7 @@ def _children() -> list[int]:
                 continue
             if int(stat.rsplit(")", 1)[1].split()[1]) == me:   # the field after the state: the parent
                 pids.append(int(name))
-    return pids
+    return set(pids)
 
 
 def worker_usage(pid: int) -> dict:
@@ -136,12 +141,15 @@ def measure(prep: Path, shards: int, samples: int, max_open: int) -> dict:
     order = [indices[i % len(indices)] for i in range(samples)]
     loader = DataLoader(Subset(dataset, order), batch_size=4, num_workers=WORKERS, collate_fn=collate,
                         persistent_workers=True, multiprocessing_context="fork")
+    before = _children()
     start = time.perf_counter()
     read = sum(len(batch["sample_id"]) for batch in loader)
     seconds = time.perf_counter() - start
-    usage = [worker_usage(pid) for pid in _children()]   # persistent workers: still alive, idle
+    workers = sorted(_children() - before)      # the loader's persistent workers: still alive, idle
+    usage = [worker_usage(pid) for pid in workers]
     del loader
-    assert read == samples and len(usage) == WORKERS, (read, len(usage))
+    if read != samples or len(usage) != WORKERS:
+        raise RuntimeError(f"read {read} of {samples} samples through {len(usage)} new workers (expected {WORKERS})")
     mean = lambda key: sum(u[key] for u in usage) / len(usage)   # noqa: E731
     return {"shards": shards, "max_open_shards": max_open, "samples": samples,
             "peak_rss_mib": round(mean("peak_rss_mib"), 1), "peak_rss_mib_max": round(max(u["peak_rss_mib"] for u in usage), 1),
@@ -152,16 +160,22 @@ def measure(prep: Path, shards: int, samples: int, max_open: int) -> dict:
 def main(argv: list[str]) -> None:
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message="This DataLoader will create")   # 4 workers on fewer cores: meant
-    samples = int(argv[0]) if argv else 1000
+    parser = argparse.ArgumentParser(prog="python -m bench.loader_scale")
+    parser.add_argument("samples", nargs="?", type=int, default=1000, help="samples read per measurement")
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)),
+                        help="the two shard counts compared (comma-separated, small first)")
+    args = parser.parse_args(argv)
+    samples = args.samples
+    sizes = tuple(int(v) for v in args.sizes.split(","))
     saved = os.environ.get(MAX_OPEN_ENV)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        prep = scale_prep(make_template(work), work / "prep", max(SIZES))
+        prep = scale_prep(make_template(work), work / "prep", max(sizes))
         build_s = time.perf_counter() - start
         results = {}
         try:
-            for shards in SIZES:
+            for shards in sizes:
                 for max_open in (DEFAULT_MAX_OPEN, 0):
                     r = results[shards, max_open] = measure(prep, shards, samples, max_open)
                     emit("loader_worker_peak_rss", r["peak_rss_mib"], "MiB", None, workers=WORKERS,
@@ -172,14 +186,14 @@ def main(argv: list[str]) -> None:
                 os.environ.pop(MAX_OPEN_ENV, None)
             else:
                 os.environ[MAX_OPEN_ENV] = saved
-    small, large = results[SIZES[0], DEFAULT_MAX_OPEN], results[SIZES[-1], DEFAULT_MAX_OPEN]
-    unbounded = results[SIZES[-1], 0]
+    small, large = results[sizes[0], DEFAULT_MAX_OPEN], results[sizes[-1], DEFAULT_MAX_OPEN]
+    unbounded = results[sizes[-1], 0]
     emit("loader_rss_growth_ratio", round(large["peak_rss_mib"] / small["peak_rss_mib"], 3), "x", 1.1,
-         shards=list(SIZES), bounded_mib=[small["peak_rss_mib"], large["peak_rss_mib"]],
-         unbounded_mib=[results[SIZES[0], 0]["peak_rss_mib"], unbounded["peak_rss_mib"]],
-         unbounded_ratio=round(unbounded["peak_rss_mib"] / results[SIZES[0], 0]["peak_rss_mib"], 3),
+         shards=list(sizes), bounded_mib=[small["peak_rss_mib"], large["peak_rss_mib"]],
+         unbounded_mib=[results[sizes[0], 0]["peak_rss_mib"], unbounded["peak_rss_mib"]],
+         unbounded_ratio=round(unbounded["peak_rss_mib"] / results[sizes[0], 0]["peak_rss_mib"], 3),
          bench_s=round(time.perf_counter() - start, 1))
-    emit("loader_worker_open_fds", large["fds_max"], "descriptors", 1024, shards=SIZES[-1],
+    emit("loader_worker_open_fds", large["fds_max"], "descriptors", 1024, shards=sizes[-1],
          h5_files_max=large["h5_fds_max"], bound_per_reader=DEFAULT_MAX_OPEN,
          unbounded_fds_max=unbounded["fds_max"], unbounded_h5_files_max=unbounded["h5_fds_max"])
 
