@@ -23,11 +23,12 @@ import json
 import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
 from torch.utils import flop_counter
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
 
-from losh.losh import build_model
-from schemas.config import get_config, with_overrides
+from losh.models.registry import build_model
+from schemas.config import with_overrides
+from schemas.presets import get_config
 
 PAPER_GFLOPS = {"losh-m": 253.2, "mttr": 238.9, "losh-s": None, "sgmg": None}
 # (frames, height, width, annotated position) of one sample

@@ -37,6 +37,7 @@ import torch
 
 from bench import gpu_parts
 from bench.gpu_parts import PROBE_OUT_ENV, ROOT, Plan
+from schemas.atomic import atomic_write_text
 
 SCHEMA = "losh.gpu_check"
 PARTS = ("cuda_tests", "step_time", "step_time_compiled", "torchrun", "loader")
@@ -188,10 +189,7 @@ def child_main(part: str, plan_file: Path, result_file: Path, seconds: float) ->
 
 
 def write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")   # figures may hold NaN: not strict JSON
 
 
 def loader_vs_step(parts: dict, losh_spec: str) -> dict | None:

@@ -194,7 +194,8 @@ def _run_with_timeout(cmd: list[str], env: dict, timeout: float) -> tuple[int | 
 def torchrun(plan: Plan, deadline: float) -> dict:
     """`torchrun --nproc-per-node 1 -m cli.main train` on a small synthetic set, and a one-process
     probe of the same launcher that initialises the process group (NCCL on CUDA) and runs DDP."""
-    from schemas.config import get_config, save_config, with_overrides
+    from schemas.config import save_config, with_overrides
+    from schemas.presets import get_config
 
     cuda = torch.cuda.is_available()
     backend = "nccl" if cuda else "gloo"
@@ -278,7 +279,7 @@ def loader(plan: Plan, deadline: float) -> dict:
     on CUDA), in steady state (the first batch, which starts the workers, is not counted)."""
     from torch.utils.data import DataLoader
 
-    from losh.data import Augment, RVOSDataset, collate
+    from losh.data.dataset import Augment, RVOSDataset, collate
 
     cuda = torch.cuda.is_available()
     with tempfile.TemporaryDirectory(prefix="gpu_check_loader_") as tmp:

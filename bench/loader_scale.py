@@ -32,12 +32,12 @@ import h5py
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from losh.data import RVOSDataset, collate
+from losh.data.dataset import RVOSDataset, collate
 from pipeline.flows import compute_flows
-from schemas.flows import FLOWS_DIR, INDEX_FILE
-from schemas.open_files import DEFAULT_MAX_OPEN, MAX_OPEN_ENV
 from pipeline.prepare import PrepareSettings, prepare_a2d
 from pipeline.synth import write_synthetic_a2d
+from schemas.flows import FLOWS_DIR, INDEX_FILE
+from schemas.open_files import DEFAULT_MAX_OPEN, MAX_OPEN_ENV
 from schemas.prepared import read_json
 
 SIZES = (300, 3000)

@@ -1,4 +1,4 @@
-"""`losh predict` end to end (losh/predict.py): decode + inference + masks + overlay, frames per second.
+"""`losh predict` end to end (losh/inference/predict.py): decode + inference + masks + overlay, frames per second.
 
 `python -m bench.predict` prints one JSON object, `predict_fps`:
     value       frames per second of the whole `predict` call with `tiny` (random init, saved as a checkpoint
@@ -22,11 +22,12 @@ from pathlib import Path
 import torch
 
 from bench.video_inference import synthetic_video
-from losh.checkpoint import CHECKPOINT_SCHEMA, CHECKPOINT_VERSION, atomic_save
-from losh.losh import build_model
-from losh.predict import predict
+from losh.inference.predict import predict
+from losh.models.registry import build_model
+from losh.training.checkpoint import CHECKPOINT_SCHEMA, CHECKPOINT_VERSION, atomic_save
 from pipeline.video import write_h264
-from schemas.config import get_config, with_overrides
+from schemas.config import with_overrides
+from schemas.presets import get_config
 
 FRAMES, THREADS, FPS = 48, 2, 24
 VIDEO_SIZE = (360, 648)              # resized to 160 x 288 (tiny) and 320 x 576 (losh-m, A2D's setting)

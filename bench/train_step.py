@@ -25,18 +25,19 @@ from pathlib import Path
 
 import torch
 
-from losh.criterion import build_criterion
-from losh.data import Augment, RVOSDataset, collate
-from losh.losh import build_model, param_groups
-from losh.device import autocast_for, to_device
-from losh.train import forward_and_loss
-from schemas.config import get_config, with_overrides
+from losh.data.dataset import Augment, RVOSDataset, collate
+from losh.models.registry import build_criterion, build_model
+from losh.training.device import autocast_for, to_device
+from losh.training.loop import forward_and_loss
+from losh.training.optim import param_groups
+from schemas.config import with_overrides
+from schemas.presets import get_config
 
 BATCH = 3
 NO_DOWNLOAD = {"backbone.require_weights": False, "text.pretrained": False}
 
 
-def _synthetic_batch(size: tuple[int, int], device: torch.device, frames: int = 8) -> dict:
+def synthetic_batch(size: tuple[int, int], device: torch.device, frames: int = 8) -> dict:
     h, w = size
     g = torch.Generator().manual_seed(0)
     masks = torch.rand(BATCH, 2, h, w, generator=g) > 0.7
@@ -69,7 +70,7 @@ class Timed:
         self.model = build_model(config).to(device)
         self.criterion = build_criterion(config).to(device)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, 1e-4, 1e-5, 1e-4))
-        self.batch = _synthetic_batch(size, device, config.window)
+        self.batch = synthetic_batch(size, device, config.window)
         self.annotated = config.window // 2
 
     def train_step(self) -> float:

@@ -1,4 +1,4 @@
-"""Whole-video inference speed (`losh/video_inference.py`), and whether the frame loader keeps up.
+"""Whole-video inference speed (`losh/inference/video_inference.py`), and whether the frame loader keeps up.
 
 `python -m bench.video_inference` prints one JSON object, `video_inference_fps`:
     value               frames per second of `predict_video` with `tiny` (random init) on this CPU: a
@@ -23,10 +23,11 @@ import cv2
 import numpy as np
 import torch
 
-from losh.losh import build_model
-from losh.video_inference import ArrayFrames, predict_video
-from schemas.config import get_config, with_overrides
+from losh.inference.video_inference import ArrayFrames, predict_video
+from losh.models.registry import build_model
+from schemas.config import with_overrides
 from schemas.frame_codec import decode_frame, encode_frame
+from schemas.presets import get_config
 
 FRAMES, WINDOW, THREADS, REPEATS = 48, 8, 2, 2
 TINY_SIZE, ORIGINAL_SIZE, PAPER_SIZE = (160, 288), (360, 640), (320, 576)

@@ -17,8 +17,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from losh.evaluate import write_json
-from schemas.config import get_config, load_config, save_config, with_overrides
+from schemas.atomic import atomic_write_json
+from schemas.config import load_config, save_config, with_overrides
+from schemas.presets import get_config
 from schemas.train import TrainSettings
 
 DEMO_VIDEOS = 120
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         config = with_overrides(get_config(DEMO_BASE_CONFIG), DEMO_CONFIG_OVERRIDES)
         save_config(config, config_file)
         settings = replace(TRAIN_SETTINGS, epochs=args.epochs)
-        write_json(settings_file, settings.to_dict())
+        atomic_write_json(settings_file, settings.to_dict())
         if (run_dir / "config.json").exists() and not same_recipe(run_dir, config, settings):
             # a run of an earlier demo with another recipe cannot be resumed: keep it aside, start afresh
             aside = run_dir.with_name(f"run.earlier-{int(time.time())}")

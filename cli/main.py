@@ -38,8 +38,11 @@ def synth(
 ) -> None:
     """Write a small synthetic RVOS data set in a real data set's on-disk layout (A2D-Sentences by default)."""
     from pipeline.synth import write_synthetic_a2d
-    from pipeline.synth_layouts import (write_synthetic_jhmdb, write_synthetic_refer_davis,
-                                        write_synthetic_refer_youtube_vos)
+    from pipeline.synth_layouts import (
+        write_synthetic_jhmdb,
+        write_synthetic_refer_davis,
+        write_synthetic_refer_youtube_vos,
+    )
 
     writers = {"a2d": lambda: write_synthetic_a2d(out, videos=videos, seed=seed, height=height, width=width,
                                                   frames=frames, annotated_per_video=annotated),
@@ -167,7 +170,7 @@ def prepare_data(
 
 
 def torch_load_config(checkpoint: Path) -> dict:
-    from losh.checkpoint import load_checkpoint
+    from losh.training.checkpoint import load_checkpoint
     return load_checkpoint(checkpoint)["model_config"]
 
 
@@ -202,10 +205,11 @@ def compute_flows(
 ) -> None:
     """Farneback flows of the annotated frames of a split into HDF5 shards, in parallel with Dask."""
     from pipeline.flow_verify import verify_flows
-    from pipeline.flows import FlowComputeError, compute_flows as run_compute_flows, parse_split
-    from schemas.prepared_reader import PreparedDataMissing, load_manifest
+    from pipeline.flows import FlowComputeError, parse_split
+    from pipeline.flows import compute_flows as run_compute_flows
     from schemas.flows import FarnebackParams, FlowParams
     from schemas.prepared import SchemaError
+    from schemas.prepared_reader import PreparedDataMissing, load_manifest
 
     if verify:
         report = verify_flows(prep, samples=verify_samples)
@@ -292,10 +296,12 @@ def train(
     from dataclasses import replace
 
     from losh.errors import AssetMissing
-    from losh.train import NonFiniteLoss, RunExists, run_settings, train as run_training
-    from schemas.prepared_reader import PreparedDataMissing
-    from schemas.config import ConfigError, resolve_config, with_overrides
+    from losh.training.loop import NonFiniteLoss, RunExists, run_settings
+    from losh.training.loop import train as run_training
+    from schemas.config import ConfigError, with_overrides
     from schemas.prepared import SchemaError
+    from schemas.prepared_reader import PreparedDataMissing
+    from schemas.presets import resolve_config
     from schemas.train import TrainConfigError, TrainSettings
 
     try:
@@ -373,9 +379,9 @@ def evaluate(
 ) -> None:
     """Metrics of a checkpoint (or of a predictions folder) on a split; JSON out; optional pictures."""
     from losh.errors import AssetMissing
-    from losh.metrics import METRIC_KEYS, format_table
-    from schemas.prepared_reader import PreparedDataMissing
+    from losh.evaluation.frame_metrics import METRIC_KEYS, format_table
     from schemas.prepared import SchemaError
+    from schemas.prepared_reader import PreparedDataMissing
 
     if (checkpoint is None) == (predictions is None):
         fail("give exactly one of --checkpoint and --predictions", 2)
@@ -385,8 +391,8 @@ def evaluate(
         fail(f"--resolution must be original or prepared, got {resolution!r}", 2)
     try:
         if predictions is not None:
-            from losh.evaluate import write_json
-            from losh.predictions import score_predictions
+            from losh.evaluation.predictions import score_predictions
+            from schemas.atomic import atomic_write_json
             from schemas.prepared_reader import load_manifest
             split = split or load_manifest(data)["eval_split"]
             metrics, missing = score_predictions(data, predictions, split, resolution=resolution, raw=raw)
@@ -395,9 +401,9 @@ def evaluate(
                 typer.secho(f"warning: {len(missing)} samples have no prediction (scored as empty masks), "
                             f"e.g. {missing[:3]}", fg=typer.colors.YELLOW, err=True)
             if out is not None:
-                write_json(out, report)
+                atomic_write_json(out, report)
         else:
-            from losh.evaluate import evaluate_checkpoint
+            from losh.evaluation.evaluate import evaluate_checkpoint
             report = evaluate_checkpoint(data, checkpoint, split=split, out=out, save_predictions=save_predictions,
                                          visualize=visualize, visualize_dir=visualize_dir, batch_size=batch_size,
                                          num_workers=workers, device=device, use_ema=ema, amp=amp,
@@ -405,13 +411,14 @@ def evaluate(
                                          inference_short_pathway=inference_short_pathway, submission=submission)
             split = report["split"]
             if baselines:
-                from losh.evaluate import trivial_baselines, untrained_model_mean_iou, write_json
+                from losh.evaluation.evaluate import trivial_baselines, untrained_model_mean_iou
+                from schemas.atomic import atomic_write_json
                 from schemas.config import ModelConfig
                 config = ModelConfig.from_dict(torch_load_config(checkpoint))
                 report["baselines"] = {**trivial_baselines(data, split, resolution=resolution, raw=raw),
                                        "untrained_model_mean_iou": untrained_model_mean_iou(data, config, split=split)}
                 if out is not None:
-                    write_json(out, report)
+                    atomic_write_json(out, report)
     except (SchemaError, PreparedDataMissing, FileNotFoundError, AssetMissing, ValueError) as e:
         fail(str(e))
     if "J&F" in report:   # a whole-video split
@@ -463,7 +470,8 @@ def predict(
 ) -> None:
     """Masks of every frame of a video for each expression, with an overlay video (paper 3.8 inference)."""
     from losh.errors import AssetMissing
-    from losh.predict import PredictError, PredictUsageError, predict as run_predict
+    from losh.inference.predict import PredictError, PredictUsageError
+    from losh.inference.predict import predict as run_predict
 
     if not text:
         fail("give at least one expression: --text \"the man in red\"", 2)

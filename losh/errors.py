@@ -1,4 +1,4 @@
-"""Errors for model assets that must be provided locally (nothing is ever downloaded)."""
+"""Errors the toolkit raises for a user to act on (missing local assets, bad inputs, non-finite outputs)."""
 from __future__ import annotations
 
 
@@ -21,3 +21,17 @@ class NonFiniteOutputs(FloatingPointError):
     def __init__(self, message: str, terms: dict[str, float]) -> None:
         super().__init__(message)
         self.terms = terms
+
+
+class PredictError(ValueError):
+    """A bad input to `losh predict` (video, frames, checkpoint, output folder): the message says which and why."""
+
+
+class PredictUsageError(PredictError):
+    """The call itself is wrong (no expression, an option that does not apply)."""
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message in one line (its class name where it has none)."""
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]

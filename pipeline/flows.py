@@ -32,11 +32,21 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.flow_field import encode, farneback, gray_from_bgr, to_grid
+from schemas.atomic import atomic_path, atomic_write_text
+from schemas.flows import (
+    FLOWS_DIR,
+    FLOWS_SCHEMA,
+    FLOWS_VERSION,
+    INDEX_FILE,
+    UNITS,
+    FlowParams,
+    flows_dir,
+    index_splits,
+    parse_compression,
+)
 from schemas.frame_codec import decode_frame
-from schemas.prepared_reader import load_manifest, load_records
-from schemas.flows import FLOWS_DIR, FLOWS_SCHEMA, FLOWS_VERSION, INDEX_FILE, UNITS, FlowParams, flows_dir, index_splits, \
-    parse_compression
 from schemas.prepared import SPLITS, SchemaError, read_json
+from schemas.prepared_reader import load_manifest, load_records
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3   # glibc mallopt parameters
 
@@ -212,24 +222,18 @@ def compute_video_flows(job: FlowJob) -> dict:
 
     out = Path(job.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:12]}")   # unique across hosts of a cluster
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("frames", data=np.asarray(job.frames, dtype=np.int32))
-            f.create_dataset("targets", data=np.asarray(job.targets, dtype=np.int32))
-            f.create_dataset("valid", data=np.asarray(job.valid, dtype=bool))
-            f.create_dataset("flows", data=stored, chunks=(1, *stored.shape[1:]),   # one chunk per annotated frame
-                             **parse_compression(params.compression))
-            f.attrs.update({
-                "schema": FLOWS_SCHEMA, "version": FLOWS_VERSION, "video_id": job.video_id,
-                "params": json.dumps(params.to_dict(), sort_keys=True), "params_hash": params.hash(),
-                "inputs_hash": job.inputs_hash(), "prep_shard_hash": job.prep_shard_hash,
-                "frame_size": [h, w], "grid": list(grid), "vector_scale": [grid[1] / w, grid[0] / h],
-                "units": UNITS, "dtype": params.dtype, "compression": params.compression})
-        os.replace(tmp, out)   # the shard appears only when complete
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:   # the shard appears only when complete
+        f.create_dataset("frames", data=np.asarray(job.frames, dtype=np.int32))
+        f.create_dataset("targets", data=np.asarray(job.targets, dtype=np.int32))
+        f.create_dataset("valid", data=np.asarray(job.valid, dtype=bool))
+        f.create_dataset("flows", data=stored, chunks=(1, *stored.shape[1:]),   # one chunk per annotated frame
+                         **parse_compression(params.compression))
+        f.attrs.update({
+            "schema": FLOWS_SCHEMA, "version": FLOWS_VERSION, "video_id": job.video_id,
+            "params": json.dumps(params.to_dict(), sort_keys=True), "params_hash": params.hash(),
+            "inputs_hash": job.inputs_hash(), "prep_shard_hash": job.prep_shard_hash,
+            "frame_size": [h, w], "grid": list(grid), "vector_scale": [grid[1] / w, grid[0] / h],
+            "units": UNITS, "dtype": params.dtype, "compression": params.compression})
     summary = _summary(job, (h, w), grid, out.stat().st_size)
     end = time.perf_counter()
     summary["seconds"] = {"decode": decoded - clock, "flows": computed - decoded, "write": end - computed,
@@ -260,12 +264,6 @@ def finished_summary(job: FlowJob) -> dict | None:
     except (OSError, KeyError, ValueError):
         return None   # unreadable leftovers are recomputed
     return _summary(job, size, grid, path.stat().st_size)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _run_in_process(jobs: list[FlowJob]) -> Iterator[tuple[FlowJob, dict | None, str | None]]:
@@ -400,7 +398,7 @@ def compute_flows(prep: Path, params: FlowParams = FlowParams(), *, split: str =
                    "flows": sum(e["flows"] for e in entries), "invalid_flows": sum(e["invalid_flows"] for e in entries),
                    "bytes": sum(e["bytes"] for e in entries)},
     }
-    _atomic_write_text(index_path, json.dumps(index, indent=1))
+    atomic_write_text(index_path, json.dumps(index, indent=1))
     run.index = index
     run.computed.sort()
     run.seconds = time.perf_counter() - clock

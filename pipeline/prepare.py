@@ -17,19 +17,26 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import cv2
 import h5py
 import numpy as np
-from tqdm import tqdm
-
-import cv2
 from PIL import Image
+from tqdm import tqdm
 
 from pipeline.datasets import DATASETS, plan_dataset
 from pipeline.datasets.a2d import CorruptMaskFile, list_annotated_frames, read_frame_annotation
 from pipeline.datasets.base import DatasetPlan, DatasetRootError, Problem, VideoSpec
 from pipeline.masks import group_by_short, merge_masks
-from pipeline.video import DECODERS, VideoUnreadable, decode_frames, resize_frame, resize_masks, target_size, \
-    window_indices
+from pipeline.video import (
+    DECODERS,
+    VideoUnreadable,
+    decode_frames,
+    resize_frame,
+    resize_masks,
+    target_size,
+    window_indices,
+)
+from schemas.atomic import atomic_path, atomic_write_text
 from schemas.frame_codec import encode_frame
 from schemas.prepared import PREPARED_SCHEMA, PREPARED_VERSION, SampleRecord
 
@@ -285,9 +292,8 @@ def prepare_video(job: VideoJob) -> VideoResult:
     records: list[dict] = []
     counts = {"samples_empty_mask": 0, "samples_window_past_end": 0,
               "videos_frame_count_mismatch": int(spec.listed_frames >= 0 and n_frames != spec.listed_frames)}
-    tmp = Path(job.shard_path).with_name(f".{Path(job.shard_path).name}.tmp-{os.getpid()}")
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(tmp, "w") as f:
+    # the shard appears only when complete
+    with atomic_path(job.shard_path) as tmp, h5py.File(tmp, "w") as f:
         encoded = f.create_dataset("frames", (len(stored),), dtype=h5py.vlen_dtype(np.uint8))
         for k, i in enumerate(stored):
             encoded[k] = encode_frame(resize_frame(decoded[i], size), settings.codec, settings.jpeg_quality)
@@ -344,14 +350,7 @@ def prepare_video(job: VideoJob) -> VideoResult:
                         "decoder": settings.decoder if spec.video_file else "images",
                         "records": json.dumps(records), "problems": json.dumps(problem_dicts),
                         "counts": json.dumps(counts), "frame_names": json.dumps(frame_names)})
-    os.replace(tmp, job.shard_path)  # the shard appears only when complete
     return VideoResult(vid, records, problem_dicts, counts)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def extract_shorts(plan: DatasetPlan, short_source: str, tagger: str, rule: str
@@ -432,9 +431,9 @@ def prepare_dataset(dataset: str, root: Path, out: Path, *, short_source: str = 
         raise DatasetRootError(f"nothing could be prepared from {root}: {len(problem_dicts)} problems, "
                                f"first: {problem_dicts[0]['reason'] if problem_dicts else 'no expressions'}")
     for name, content in plan.files.items():   # e.g. the JHMDB protocol this set used
-        _atomic_write_text(out / name, json.dumps(content, indent=1))
-    _atomic_write_text(out / "samples.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-    _atomic_write_text(out / "report.json", json.dumps({"problems": problem_dicts}, indent=1))
+        atomic_write_text(out / name, json.dumps(content, indent=1))
+    atomic_write_text(out / "samples.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    atomic_write_text(out / "report.json", json.dumps({"problems": problem_dicts}, indent=1))
     shards = [{"video_id": r.video_id, "file": f"shards/{r.video_id}.h5", "samples": len(r.records)}
               for r in results if r.records]
     counts = dict(plan.counts)
@@ -461,7 +460,7 @@ def prepare_dataset(dataset: str, root: Path, out: Path, *, short_source: str = 
         "counts": counts, "shards": shards, "records_file": "samples.jsonl", "report_file": "report.json",
         "splits": splits, "eval_split": eval_split, "dataset_info": plan.info,
     }
-    _atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1))
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1))
     return manifest
 
 

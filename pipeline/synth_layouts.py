@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.synth import _plan_video, _render, _temporary, _video_ids, _write_text
+from pipeline.synth import plan_video
+from pipeline.synth_render import render, write_text
+from pipeline.synth_scenes import video_ids
+from schemas.atomic import atomic_path, atomic_write_json
 
 RELEASE_STEP = 5       # Refer-YouTube-VOS releases every 5th frame
 _PALETTE = [0, 0, 0] + [v for i in range(1, 256) for v in ((i * 97) % 256, (i * 57) % 256, (i * 151) % 256)]
@@ -40,15 +41,15 @@ def _save_jpeg(path: Path, rgb: np.ndarray) -> None:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=1), encoding="utf-8")
+    atomic_write_json(path, obj)
 
 
-def _scenes(videos: int, seed: int, height: int, width: int, frames: int):
+def scenes(videos: int, seed: int, height: int, width: int, frames: int):
+    """(index, planned video) of a set's videos, each from its own seed (the layouts' common scenes)."""
     set_seed, *seeds = np.random.SeedSequence(seed).spawn(videos + 1)
-    ids = _video_ids(np.random.default_rng(set_seed), videos)
+    ids = video_ids(np.random.default_rng(set_seed), videos)
     for index in range(videos):
-        yield index, _plan_video(seeds[index], ids[index], 0, index % 3 == 0, index % 2 == 0, None,
+        yield index, plan_video(seeds[index], ids[index], 0, index % 3 == 0, index % 2 == 0, None,
                                  height, width, frames, annotated_per_video=3)
 
 
@@ -60,12 +61,12 @@ def write_synthetic_refer_youtube_vos(out: Path, videos: int = 6, seed: int = 0,
     released = list(range(0, frames, RELEASE_STEP))
     names = [f"{t:05d}" for t in released]
     n_valid = max(1, videos // 3)
-    for index, video in tqdm(_scenes(videos, seed, height, width, frames), total=videos, desc="synth videos",
+    for index, video in tqdm(scenes(videos, seed, height, width, frames), total=videos, desc="synth videos",
                              disable=not progress):
         split = "valid" if index >= videos - n_valid else "train"
         visible: dict[int, list[str]] = {}
         for t, name in zip(released, names):
-            image, labels, _ = _render(video, t, height, width)
+            image, labels, _ = render(video, t, height, width)
             _save_jpeg(out / split / "JPEGImages" / video.video_id / f"{name}.jpg", image)
             if split == "train":
                 _save_palette_png(out / "train" / "Annotations" / video.video_id / f"{name}.png", labels)
@@ -97,12 +98,12 @@ def write_synthetic_refer_davis(out: Path, videos: int = 4, seed: int = 0, *, he
     davis = out / "DAVIS"
     split_of, lines = {}, {name: [] for name in ("annot1", "annot1_full_video", "annot2", "annot2_full_video")}
     n_val = max(1, videos // 2)
-    for index, video in tqdm(_scenes(videos, seed, height, width, frames), total=videos, desc="synth videos",
+    for index, video in tqdm(scenes(videos, seed, height, width, frames), total=videos, desc="synth videos",
                              disable=not progress):
         sequence = video.video_id.lower()
         split_of[sequence] = "val" if index < n_val else "train"
         for t in range(frames):
-            image, labels, _ = _render(video, t, height, width)
+            image, labels, _ = render(video, t, height, width)
             _save_jpeg(davis / "JPEGImages" / "480p" / sequence / f"{t:05d}.jpg", image)
             _save_palette_png(davis / "Annotations_unsupervised" / "480p" / sequence / f"{t:05d}.png", labels)
         for instance_id, query, short in video.expressions:
@@ -138,18 +139,16 @@ def jhmdb_puppet(labels: list[np.ndarray], instance_ids: list[int]) -> int:
 
 
 def _save_png(path: Path, rgb: np.ndarray) -> None:
-    tmp = _temporary(path)
-    Image.fromarray(rgb).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(rgb).save(tmp, format="PNG")
 
 
 def _save_puppet_mask(path: Path, masks: np.ndarray) -> None:
     """masks (H, W, T) uint8 0/1 -> MATLAB v5 file with key part_mask."""
     from scipy.io import savemat
 
-    tmp = _temporary(path)  # keeps the .mat suffix, so savemat does not append one
-    savemat(tmp, {"part_mask": masks}, do_compression=True)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:   # keeps the .mat suffix, so savemat does not append one
+        savemat(tmp, {"part_mask": masks}, do_compression=True)
 
 
 def _remove_stale_jhmdb(root: Path, keep: set[tuple[str, str]], pattern: str) -> None:
@@ -189,9 +188,9 @@ def write_synthetic_jhmdb(out: Path, videos: int = 6, seed: int = 0, *, height: 
     images_root, masks_root = out / "Rename_Images", out / "puppet_mask"
     rows, written, puppets, classes = [], set(), {}, {}
     short_video, masked_total = None, 0
-    for index, video in tqdm(_scenes(videos, seed, height, width, frames), total=videos, desc="synth videos",
+    for index, video in tqdm(scenes(videos, seed, height, width, frames), total=videos, desc="synth videos",
                              disable=not progress):
-        rendered = [_render(video, t, height, width)[:2] for t in range(frames)]
+        rendered = [render(video, t, height, width)[:2] for t in range(frames)]
         n_masks = frames - JHMDB_SHORT_MASKS if index == videos - 1 else frames
         all_ids = [i.instance_id for i in video.instances]
         puppet = jhmdb_puppet([labels for _, labels in rendered[:n_masks]], all_ids)
@@ -220,7 +219,7 @@ def write_synthetic_jhmdb(out: Path, videos: int = 6, seed: int = 0, *, height: 
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["video_id", "query"])
     writer.writerows(rows)
-    _write_text(out / "jhmdb_annotation.txt", buffer.getvalue())
+    write_text(out / "jhmdb_annotation.txt", buffer.getvalue())
     return {"videos": videos, "frames": frames, "masked_frames": masked_total,
             "short_mask_video": short_video, "short_mask_frames": frames - JHMDB_SHORT_MASKS,
             "classes": classes, "puppets": puppets}

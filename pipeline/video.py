@@ -1,6 +1,8 @@
-"""Video decoding, resizing and frame windows: the only place that touches mp4 files."""
+"""Video decoding, resizing, frame windows and H.264 writing: the only place that touches video files."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -8,7 +10,11 @@ import numpy as np
 
 
 class VideoUnreadable(RuntimeError):
-    """The mp4 is missing, cannot be opened, or yields fewer frames than needed."""
+    """The video is missing, cannot be opened, or yields fewer frames than needed."""
+
+
+class NoVideoEncoder(RuntimeError):
+    """FFmpeg (PyAV) has no encoder to write the video with."""
 
 
 def window_indices(frame: int, num_frames: int, window: int) -> list[int]:
@@ -175,19 +181,110 @@ def _decode_pyav(path: Path, wanted: set[int], to_end: bool, sort_all: bool) -> 
     return frames, n, ended
 
 
-def write_h264(path: Path, frames: np.ndarray, fps: int = 24, crf: int = 18) -> Path:
-    """(T, H, W, 3) RGB uint8 frames -> an H.264 (yuv420p) video at `path`, with PyAV (even H and W):
-    the kind of file users bring to `losh predict` (tests and benchmarks write theirs with it)."""
-    from fractions import Fraction
-
+def stream_frames(path: Path) -> Iterator[tuple[int, object]]:
+    """(ordinal, av.VideoFrame) of the first video stream, one at a time (nothing held), frames with a negative
+    pts dropped (as `decode_frames_pyav`); a decoding error ends the video there. VideoUnreadable when the file
+    cannot be opened or has no video stream."""
     import av
 
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps), options={"crf": str(crf), "preset": "ultrafast"})
-        stream.height, stream.width, stream.pix_fmt = frames.shape[1], frames.shape[2], "yuv420p"
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except (av.FFmpegError, OSError) as e:
+        raise VideoUnreadable(f"cannot read video {path}: {_first_line(e)}") from e
+    with container:
+        if not container.streams.video:
+            raise VideoUnreadable(f"cannot read video {path}: no video stream")
+        container.streams.video[0].thread_type = "AUTO"
+        n = 0
+        try:
+            for frame in container.decode(video=0):
+                if frame.pts is not None and frame.pts < 0:
+                    continue
+                yield n, frame
+                n += 1
+        except av.FFmpegError:
+            return
+
+
+def probe_frame_rate(path: Path) -> float | None:
+    """The first video stream's frame rate (average, else guessed) from the container, None where it has none."""
+    import av
+
+    try:
+        with av.open(str(path), metadata_errors="ignore") as probe:
+            stream = probe.streams.video[0] if probe.streams.video else None
+            rate = (stream.average_rate or stream.guessed_rate) if stream is not None else None
+    except (av.FFmpegError, OSError) as e:
+        raise VideoUnreadable(f"cannot read video {path}: {_first_line(e)}") from e
+    return float(rate) if rate else None
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip() or type(error).__name__).splitlines()[0]
+
+
+def _even(frame: np.ndarray) -> np.ndarray:
+    """Padded by edge replication to even height and width (yuv420p needs them)."""
+    h, w = frame.shape[:2]
+    if h % 2 == 0 and w % 2 == 0:
+        return frame
+    return np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+
+
+class H264Writer:
+    """H.264 (yuv420p, faststart) MP4 written frame by frame with PyAV: what browsers and common players open.
+    Falls back to MPEG-4 part 2 when FFmpeg has no H.264 encoder (`codec` says which)."""
+
+    def __init__(self, path: Path, size: tuple[int, int], fps: float, *, crf: int = 20, preset: str = "veryfast"
+                 ) -> None:
+        import av
+
+        self.path = Path(path)
+        self.container = av.open(str(self.path), "w", options={"movflags": "+faststart"})
+        rate = Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(24)
+        self.stream = None
+        for codec, options in (("libx264", {"crf": str(crf), "preset": preset}), ("h264", {}),
+                               ("mpeg4", {"qscale": "3"})):
+            try:
+                self.stream = self.container.add_stream(codec, rate=rate, options=options)
+                self.codec = codec
+                break
+            except (av.FFmpegError, ValueError, KeyError):
+                continue
+        if self.stream is None:
+            self.container.close()
+            raise NoVideoEncoder("this FFmpeg (PyAV) has no H.264 or MPEG-4 encoder")
+        h, w = size
+        self.stream.height, self.stream.width = h + h % 2, w + w % 2
+        self.stream.pix_fmt = "yuv420p"
+        self.frames = 0
+
+    def write(self, rgb: np.ndarray) -> None:
+        import av
+
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(_even(rgb)), format="rgb24")
+        for packet in self.stream.encode(frame):
+            self.container.mux(packet)
+        self.frames += 1
+
+    def close(self) -> None:
+        if self.container is None:
+            return
+        try:
+            for packet in self.stream.encode(None):
+                self.container.mux(packet)
+        finally:
+            self.container.close()
+            self.container = None
+
+
+def write_h264(path: Path, frames: np.ndarray, fps: int = 24, crf: int = 18) -> Path:
+    """(T, H, W, 3) RGB uint8 frames -> an H.264 (yuv420p) video at `path` (`H264Writer`): the kind of file users
+    bring to `losh predict` (tests and benchmarks write theirs with it)."""
+    writer = H264Writer(Path(path), frames.shape[1:3], fps, crf=crf, preset="ultrafast")
+    try:
         for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
+            writer.write(frame)
+    finally:
+        writer.close()
     return Path(path)

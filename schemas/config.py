@@ -3,31 +3,21 @@ versioned.
 
 A config is a frozen `ModelConfig` made of parts (`backbone`, `text`, `transformer`, `loss`, and `sgmg` for
 SgMg's own parts); `architecture` says which model it builds ("mttr": LoSh-M/MTTR, "sgmg": LoSh-S/SgMg).
-Named presets:
+The named presets are in `schemas.presets`, the ablation switches ("PRESET:ABLATION") in `schemas.ablations`;
+`with_overrides` changes dotted fields of a config ("loss.fbc": 0.0).
 
-    losh-m   the paper's LoSh-M (Video Swin-T + RoBERTa-base, D = 256, 4 encoder / 3 decoder layers,
-             50 queries, long <- short cross-attention, L_lsi, L_fbc); needs local Kinetics-400 weights
-    mttr     the MTTR baseline at the same settings: long text only, no L_lsi, no L_fbc
-    tiny     the same classes in small dims, random init, trained tokenizer: CPU tests and the demo
-    losh-s   the paper's LoSh-S: LoSh on SgMg (Video Swin-T with 4 stages, spectrum-guided fusion, deformable
-             transformer 4 + 4 layers, 5 text-conditioned queries, dynamic mask head, boxes), window 5
-    sgmg     the SgMg baseline at the same settings
-    tiny-s   LoSh-S's classes in the dims of `tiny`
-
-Every row of the paper's tables 2 and 3 is an ablation switch applied to a preset, written
-"PRESET:ABLATION" (e.g. "losh-m:wo-ca", "tiny:baseline"); `PAPER_ROWS` lists them by table and row.
-
-JSON form (`save_config` / `load_config`): {"schema": "losh.model_config", "version": 1, ...fields};
+JSON form (`save_config` / `load_config`): {"schema": "losh.model_config", "version": 2, ...fields};
 unknown or missing fields, another schema or another version are errors, never silently ignored.
 """
 from __future__ import annotations
 
 import json
 import os
-import tempfile
-from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
+
+from schemas.atomic import atomic_write_text
 
 CONFIG_SCHEMA = "losh.model_config"
 CONFIG_VERSION = 2
@@ -42,7 +32,7 @@ ShortTextSource = Literal["manual", "machine"]
 FbcReduction = Literal["mean", "pixel_mean", "sum"]
 MaskResolution = Literal["input", "stride4"]
 InferenceShortPathway = Literal["encoder", "none"]
-# "mttr": LoSh-M and MTTR (losh/losh.py); "sgmg": LoSh-S and SgMg (losh/sgmg/model.py)
+# "mttr": LoSh-M and MTTR (losh/models/losh_m/model.py); "sgmg": LoSh-S and SgMg (losh/models/losh_s/model.py)
 Architecture = Literal["mttr", "sgmg"]
 BackboneVariant = Literal["custom", "swin-t", "swin-b"]
 # The Video Swin variants' dims (Liu et al. 2022); "custom" takes the dims as given (the tiny presets).
@@ -422,128 +412,6 @@ def _check_type(name: str, value: Any, kind: Any) -> None:
         raise ConfigError(f"{name}: {value!r} is not of type {text}")
 
 
-# ------------------------------------------------------------------------------------- presets
-
-def _losh_m() -> ModelConfig:
-    return ModelConfig(name="losh-m", backbone=BackboneConfig(variant="swin-t"))
-
-
-def _losh_s() -> ModelConfig:
-    """LoSh on SgMg (paper 4.2): Video Swin-T with 4 stages, RoBERTa-base frozen, SCF, a deformable transformer of
-    4 + 4 layers with 5 text-conditioned queries, SgMg's dynamic mask head and refinement, SgMg's loss terms plus
-    L_lsi and L_fbc at the paper's weights; 5-frame windows."""
-    return ModelConfig(
-        name="losh-s", architecture="sgmg", window=5,
-        backbone=BackboneConfig(variant="swin-t", num_stages=4),
-        transformer=TransformerConfig(d_model=256, nheads=8, dim_feedforward=2048, dropout=0.1, num_encoder_layers=4,
-                                      num_decoder_layers=4, num_queries=5, text_conditioned_queries=True),
-    )
-
-
-def _tiny_s() -> ModelConfig:
-    """LoSh-S's structure (4 + 4 deformable layers, SCF, CA, L_lsi, L_fbc) in the dims of `tiny`: tests, CPU runs."""
-    tiny = _tiny()
-    return ModelConfig(
-        name="tiny-s", architecture="sgmg", window=5,
-        backbone=replace(tiny.backbone, num_stages=4),
-        text=tiny.text,
-        transformer=TransformerConfig(d_model=64, nheads=4, dim_feedforward=128, dropout=0.0, num_encoder_layers=4,
-                                      num_decoder_layers=4, num_queries=5, text_conditioned_queries=True),
-        loss=LossConfig(fbc_reduction="mean"),
-    )
-
-
-def _tiny() -> ModelConfig:
-    """LoSh-M's structure (4 encoder / 3 decoder layers, CA, L_lsi, L_fbc) in dims a CPU trains."""
-    return ModelConfig(
-        name="tiny",
-        backbone=BackboneConfig(embed_dim=24, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8),
-                                window_size=(8, 7, 7), stochastic_depth=0.0, weights=None,
-                                require_weights=False),
-        # trained, not frozen: a randomly initialised encoder has nothing to keep (measured on the
-        # synthetic set, 800 steps: test mean IoU 0.37 trained vs 0.21 frozen)
-        text=TextConfig(encoder="tiny-roberta", pretrained=False, freeze=False, hidden_size=64, num_layers=2,
-                        num_heads=2, intermediate_size=128, vocab_size=1000, max_tokens=32),
-        # 5 text-conditioned queries (LoSh-S's choices, from SgMg): measured on the synthetic set,
-        # 1000 CPU steps, test mean IoU 0.20 with 16 plain queries, 0.29 text-conditioned, 0.38 with 5
-        transformer=TransformerConfig(d_model=64, nheads=4, dim_feedforward=128, dropout=0.0,
-                                      num_queries=5, text_conditioned_queries=True),
-        # the demo's recipe was measured with L_fbc averaged over channels too (README: L_fbc reduction)
-        loss=LossConfig(fbc_reduction="mean"),
-    )
-
-
-# Each ablation is a set of field overrides ("part.field": value) applied to a preset.
-ABLATIONS: dict[str, dict[str, Any]] = {
-    "ours": {},
-    # MTTR as published: long text only, and 3 encoder layers on A2D-Sentences (LoSh-M has 4)
-    "baseline": {"use_short_text": False, "transformer.cross_attention": "none", "loss.lsi": 0.0,
-                 "loss.match_lsi": 0.0, "loss.fbc": 0.0, "transformer.num_encoder_layers": 3,
-                 "inference_short_pathway": "none"},
-    "wo-sh": {"use_short_text": False, "transformer.cross_attention": "none", "loss.lsi": 0.0,
-              "loss.match_lsi": 0.0, "inference_short_pathway": "none"},
-    "wo-lsi": {"loss.lsi": 0.0, "loss.match_lsi": 0.0},
-    "wo-ca": {"transformer.cross_attention": "none"},
-    "inv-ca": {"transformer.cross_attention": "short_from_long"},
-    "bi-ca": {"transformer.cross_attention": "bidirectional"},
-    "msh": {"short_text_source": "machine"},
-    "wo-fbc": {"loss.fbc": 0.0},
-    "ofbc": {"loss.fbc_variant": "opposite"},
-    "mfbc": {"loss.fbc_variant": "mutual"},
-    # the public official LoSh code (MTTR-based): MTTR's 3 encoder layers, no long-short cross-attention, L_lsi
-    # weighted 0.8 in the loss and the matching cost, no L_fbc (README: "Paper, official code, ours")
-    "official": {"transformer.num_encoder_layers": 3, "transformer.cross_attention": "none", "loss.lsi": 0.8,
-                 "loss.match_lsi": 0.8, "loss.fbc": 0.0},
-}
-
-# The rows of the paper's ablation tables, as "PRESET:ABLATION" specs.
-PAPER_ROWS: dict[str, dict[str, str]] = {
-    "table2": {
-        "Baseline": "losh-m:baseline",
-        "LoSh-M w/o Sh": "losh-m:wo-sh",
-        "LoSh-M w/o L_lsi": "losh-m:wo-lsi",
-        "LoSh-M w/o CA": "losh-m:wo-ca",
-        "LoSh-M w/ Inv-CA": "losh-m:inv-ca",
-        "LoSh-M w/ Bi-CA": "losh-m:bi-ca",
-        "LoSh-M w/ MSh": "losh-m:msh",
-        "LoSh-M (Ours)": "losh-m:ours",
-    },
-    "table3": {
-        "LoSh-M w/o L_fbc": "losh-m:wo-fbc",
-        "LoSh-M w/ L^o_fbc": "losh-m:ofbc",
-        "LoSh-M w/ L^m_fbc": "losh-m:mfbc",
-        "LoSh-M (Ours)": "losh-m:ours",
-    },
-}
-
-def _mttr() -> ModelConfig:
-    return with_overrides(_losh_m(), {"name": "mttr", **ABLATIONS["baseline"]})
-
-
-def _sgmg() -> ModelConfig:
-    return with_overrides(_losh_s(), {"name": "sgmg", **ablation_overrides("baseline", "sgmg")})
-
-
-_PRESETS = {"losh-m": _losh_m, "mttr": _mttr, "tiny": _tiny, "losh-s": _losh_s, "sgmg": _sgmg, "tiny-s": _tiny_s}
-# Ablations that describe MTTR-based code only (the official LoSh code is LoSh-M's)
-MTTR_ONLY_ABLATIONS = ("official",)
-
-
-def ablation_overrides(ablation: str, architecture: str) -> dict[str, Any]:
-    """An ablation's overrides for an architecture: on SgMg the baseline keeps SgMg's 4 encoder layers (MTTR's
-    3 on A2D-Sentences are MTTR's own)."""
-    if ablation not in ABLATIONS:
-        raise ConfigError(f"unknown ablation {ablation!r}; ablations: {list(ABLATIONS)}")
-    if architecture != "mttr" and ablation in MTTR_ONLY_ABLATIONS:
-        raise ConfigError(f"ablation {ablation!r} describes the MTTR-based official LoSh code: not defined for "
-                          f"architecture {architecture!r}")
-    overrides = dict(ABLATIONS[ablation])
-    if architecture == "sgmg":
-        overrides.pop("transformer.num_encoder_layers", None)
-    return overrides
-PRESET_NAMES = tuple(_PRESETS)
-
-
 def with_overrides(config: ModelConfig, overrides: dict[str, Any]) -> ModelConfig:
     """A copy of `config` with dotted-path overrides, e.g. {"loss.fbc": 0.0, "backbone.weights": "w.pth"}.
 
@@ -573,33 +441,9 @@ def with_overrides(config: ModelConfig, overrides: dict[str, Any]) -> ModelConfi
     return ModelConfig.from_dict(data, where=f"{config.name} with overrides")
 
 
-def get_config(spec: str) -> ModelConfig:
-    """A preset ("losh-m", "mttr", "tiny", "losh-s", "sgmg", "tiny-s") or a preset with an ablation switch
-    ("tiny:wo-ca", "losh-s:wo-fbc")."""
-    preset, _, ablation = spec.partition(":")
-    if preset not in _PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; presets: {list(_PRESETS)}")
-    config = _PRESETS[preset]()
-    if ablation:
-        overrides = ablation_overrides(ablation, config.architecture)
-        name = config.name if ablation == "ours" else f"{config.name}:{ablation}"
-        config = with_overrides(config, {"name": name, **overrides})
-    return config
-
-
 def save_config(config: ModelConfig, path: str | os.PathLike) -> None:
-    """Writes the config as JSON atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(config.to_dict(), handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Writes the config as JSON atomically."""
+    atomic_write_text(path, json.dumps(config.to_dict(), indent=2) + "\n")
 
 
 def load_config(path: str | os.PathLike) -> ModelConfig:
@@ -613,15 +457,7 @@ def load_config(path: str | os.PathLike) -> ModelConfig:
     return ModelConfig.from_dict(data, where=str(path))
 
 
-def resolve_config(spec_or_path: str) -> ModelConfig:
-    """A preset spec ("losh-m:wo-ca") or the path of a JSON config file."""
-    if spec_or_path.endswith(".json") or os.sep in spec_or_path:
-        return load_config(spec_or_path)
-    return get_config(spec_or_path)
-
-
 __all__ = [
-    "ABLATIONS", "BackboneConfig", "SWIN_VARIANTS", "SgmgConfig", "ablation_overrides", "CONFIG_SCHEMA", "CONFIG_VERSION", "ConfigError", "LossConfig",
-    "ModelConfig", "PAPER_ROWS", "PRESET_NAMES", "TextConfig", "TransformerConfig", "get_config",
-    "load_config", "resolve_config", "save_config", "with_overrides",
+    "BackboneConfig", "CONFIG_SCHEMA", "CONFIG_VERSION", "ConfigError", "LossConfig", "ModelConfig", "SWIN_VARIANTS",
+    "SgmgConfig", "TextConfig", "TransformerConfig", "load_config", "save_config", "with_overrides",
 ]

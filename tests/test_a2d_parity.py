@@ -10,14 +10,13 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
 from av.video.frame import PictureType
 
 from pipeline.flows import build_flow_jobs, compute_flows, offset_targets
 from pipeline.prepare import PrepareSettings, prepare_a2d
-from schemas.prepared_reader import PreparedDataset
 from pipeline.video import count_frames, decode_frames, window_indices
 from schemas.flows import FlowParams
+from schemas.prepared_reader import PreparedDataset
 
 # libx264 is in PyAV's wheel; mpeg4 (also with B-frames) is the fallback where it is not
 CODEC = "libx264" if "libx264" in av.codecs_available else "mpeg4"
@@ -262,15 +261,14 @@ def test_flow_anchor_is_the_window_position():
 
 
 def test_flows_training_step_and_evaluation_run_on_empty_masks_and_past_end(parity_prep, tmp_path):
-    from losh.criterion import build_criterion
-    from losh.data import RVOSDataset, collate
-    from losh.evaluate import evaluate_checkpoint
-    from losh.losh import build_model
-    from losh.train import forward_and_loss, train
-    from schemas.config import get_config
-    from schemas.train import TrainSettings
-
     import shutil
+
+    from losh.data.dataset import RVOSDataset, collate
+    from losh.evaluation.evaluate import evaluate_checkpoint
+    from losh.models.registry import build_criterion, build_model
+    from losh.training.loop import forward_and_loss, train
+    from schemas.presets import get_config
+    from schemas.train import TrainSettings
     prep = tmp_path / "prep"
     shutil.copytree(parity_prep["prep"], prep)
     compute_flows(prep, workers=0, progress=False)

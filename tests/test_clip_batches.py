@@ -2,12 +2,11 @@
 import pytest
 import torch
 
-from losh.data import Augment, ClipDataset, RVOSDataset, collate, collate_clips
-from losh.criterion import build_criterion
-from losh.losh import build_model
-from losh.checkpoint import load_checkpoint
-from losh.train import forward_and_loss, train
-from schemas.config import get_config
+from losh.data.dataset import Augment, ClipDataset, RVOSDataset, collate, collate_clips
+from losh.models.registry import build_criterion, build_model
+from losh.training.checkpoint import load_checkpoint
+from losh.training.loop import forward_and_loss, train
+from schemas.presets import get_config
 from schemas.train import TrainConfigError, TrainSettings
 
 

@@ -2,10 +2,17 @@ import json
 
 import pytest
 
+from schemas.ablations import ABLATIONS, PAPER_ROWS
 from schemas.config import (
-    ABLATIONS, CONFIG_SCHEMA, CONFIG_VERSION, PAPER_ROWS, ConfigError, ModelConfig, get_config, load_config,
-    resolve_config, save_config, with_overrides,
+    CONFIG_SCHEMA,
+    CONFIG_VERSION,
+    ConfigError,
+    ModelConfig,
+    load_config,
+    save_config,
+    with_overrides,
 )
+from schemas.presets import get_config, resolve_config
 
 
 def test_paper_preset_has_the_paper_settings():

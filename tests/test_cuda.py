@@ -7,13 +7,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from bench.train_step import NO_DOWNLOAD
-from losh.criterion import build_criterion
-from losh.data import RVOSDataset, collate
-from losh.losh import build_model
-from losh.checkpoint import load_checkpoint
-from losh.device import to_device
-from losh.train import forward_and_loss, train
-from schemas.config import get_config, with_overrides
+from losh.data.dataset import RVOSDataset, collate
+from losh.models.registry import build_criterion, build_model
+from losh.training.checkpoint import load_checkpoint
+from losh.training.device import to_device
+from losh.training.loop import forward_and_loss, train
+from schemas.config import with_overrides
+from schemas.presets import get_config
 from schemas.train import TrainSettings
 
 pytestmark = [pytest.mark.cuda,

@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from losh.data import Augment, RVOSDataset, collate, normalise_frames, swap_left_right
-from losh.predictions import mask_path, score_predictions, write_mask, write_scores
+from losh.data.dataset import Augment, RVOSDataset, collate, normalise_frames, swap_left_right
+from losh.evaluation.predictions import mask_path, score_predictions, write_mask, write_scores
 from schemas.prepared_reader import PreparedDataset
 
 

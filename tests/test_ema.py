@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from losh.ema import WeightAverage
+from losh.training.ema import WeightAverage
 
 
 class Tiny(nn.Module):

@@ -9,17 +9,17 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from losh.evaluate import evaluate_checkpoint
-from losh.ground_truth import GroundTruth
-from losh.predictions import score_predictions
-from losh.size_batches import size_grouped_batches
-from losh.train import train
-from losh.video_inference import query_masks
+from losh.data.size_batches import size_grouped_batches
+from losh.evaluation.evaluate import evaluate_checkpoint
+from losh.evaluation.ground_truth import GroundTruth
+from losh.evaluation.predictions import score_predictions
+from losh.inference.video_inference import query_masks
+from losh.training.loop import train
 from pipeline.datasets.a2d import read_frame_annotation
 from pipeline.prepare import PrepareSettings, prepare_a2d
-from schemas.prepared_reader import PreparedDataset
 from pipeline.synth import write_synthetic_a2d
-from schemas.config import get_config
+from schemas.prepared_reader import PreparedDataset
+from schemas.presets import get_config
 from schemas.train import TrainSettings
 
 IOU_KEYS = ("overall_iou", "mean_iou", "precision@0.5", "precision@0.6", "precision@0.7", "precision@0.8",
@@ -102,7 +102,7 @@ def test_metrics_do_not_depend_on_batch_size_or_workers(mixed_prep, checkpoint, 
 
 def test_evaluation_runs_in_float32_unless_asked_whatever_the_training_used(mixed_prep, checkpoint, tmp_path,
                                                                            monkeypatch):
-    import losh.evaluate as evaluate_module
+    import losh.evaluation.evaluate as evaluate_module
     assert torch.load(checkpoint, weights_only=False)["train_settings"]["amp"] == "bf16"
     asked = []
     real = evaluate_module.autocast_for
@@ -182,7 +182,7 @@ def test_scoring_at_the_original_size_by_default(half_prep, checkpoint, tmp_path
     assert report["resolution"] == "original" and prepared["resolution"] == "prepared"
     r = data.records[0]
     path = f"{r.video_id}/{r.instance_id}/{r.frame:05d}.png"
-    from losh.predictions import read_mask
+    from losh.evaluation.predictions import read_mask
     big, small = read_mask(tmp_path / "orig" / path), read_mask(tmp_path / "prep" / path)
     assert big.shape == (64, 88) and small.shape == (32, 44)
     assert np.array_equal(big, np.kron(small, np.ones((2, 2))).astype(bool))   # the same mask, resized

@@ -111,11 +111,10 @@ def test_compiled_parts_give_the_eager_losses():
     import torch
 
     from bench.gpu_parts import COMPILED_PARTS, compile_in_place
-    from bench.train_step import _synthetic_batch
-    from losh.criterion import build_criterion
-    from losh.losh import build_model
-    from losh.train import forward_and_loss
-    from schemas.config import get_config
+    from bench.train_step import synthetic_batch
+    from losh.models.registry import build_criterion, build_model
+    from losh.training.loop import forward_and_loss
+    from schemas.presets import get_config
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -123,7 +122,7 @@ def test_compiled_parts_give_the_eager_losses():
         torch.manual_seed(0)
         config = get_config("tiny")
         model, criterion = build_model(config).train(), build_criterion(config)
-        batch = _synthetic_batch((32, 48), torch.device("cpu"))
+        batch = synthetic_batch((32, 48), torch.device("cpu"))
         torch.manual_seed(1)                   # the same dropout masks (RoBERTa's) in both runs
         eager = forward_and_loss(model, criterion, batch, torch.device("cpu"), "off")
         assert compile_in_place(model, "eager") == list(COMPILED_PARTS)

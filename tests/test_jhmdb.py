@@ -11,14 +11,14 @@ from scipy.io import loadmat
 from typer.testing import CliRunner
 
 from cli.main import app
-from losh.evaluate import evaluate_checkpoint
-from losh.ground_truth import GroundTruth
-from losh.train import train
+from losh.evaluation.evaluate import evaluate_checkpoint
+from losh.evaluation.ground_truth import GroundTruth
+from losh.training.loop import train
 from pipeline.datasets.jhmdb import METADATA_FILE, read_samples_metadata
 from pipeline.prepare import PrepareSettings, prepare_dataset
 from pipeline.synth_layouts import write_synthetic_jhmdb
-from schemas.config import get_config
 from schemas.prepared_reader import PreparedDataset
+from schemas.presets import get_config
 from schemas.train import TrainSettings
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

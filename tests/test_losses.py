@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from losh.losses import dice_loss, fbc_loss, is_referred_loss, lsi_loss, sigmoid_focal_loss
-from losh.warp import resize_flow, warp_by_flow
+from losh.models.shared.losses import dice_loss, fbc_loss, is_referred_loss, lsi_loss, sigmoid_focal_loss
+from losh.models.shared.warp import resize_flow, warp_by_flow
 
 LN3 = math.log(3.0)
 
@@ -182,7 +182,7 @@ def test_warp_convention_matches_opencv_farneback():
 
 
 def test_stride4_mask_resolution_averages_targets_onto_the_prediction_grid():
-    from losh.criterion import prepare_targets
+    from losh.models.losh_m.criterion import prepare_targets
 
     masks = torch.zeros(2, 8, 12)
     masks[0, :4, :4] = 1          # a whole 4 x 4 cell: on

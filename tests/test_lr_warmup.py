@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from losh.train import warmed_up
+from losh.training.optim import warmed_up
 from schemas.train import TrainConfigError, TrainSettings
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from losh.errors import NonFiniteOutputs
-from losh.matcher import FrameTargets, LongShortMatcher, assign
+from losh.models.losh_m.matcher import FrameTargets, LongShortMatcher, assign
 
 LN3, LN9 = math.log(3.0), math.log(9.0)
 

@@ -9,7 +9,7 @@ from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from losh.metrics import (
+from losh.evaluation.frame_metrics import (
     METRIC_KEYS,
     FramePrediction,
     MetricAccumulator,

@@ -5,10 +5,11 @@ import pytest
 import torch
 from torchvision.models.video.swin_transformer import SwinTransformer3d
 
-from losh.backbone import VideoSwinBackbone
 from losh.errors import WeightsMissing
-from losh.losh import build_model
-from schemas.config import BackboneConfig, get_config, with_overrides
+from losh.models.registry import build_model
+from losh.models.shared.backbone import VideoSwinBackbone
+from schemas.config import BackboneConfig, with_overrides
+from schemas.presets import get_config
 
 TINY = get_config("tiny").backbone
 

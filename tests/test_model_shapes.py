@@ -4,9 +4,10 @@ import copy
 import pytest
 import torch
 
-from losh.criterion import build_criterion
-from losh.losh import build_model, param_groups
-from schemas.config import get_config, with_overrides
+from losh.models.registry import build_criterion, build_model
+from losh.training.optim import param_groups
+from schemas.config import with_overrides
+from schemas.presets import get_config
 
 B, T, H, W, K = 2, 4, 64, 96, 2
 LONG = ["the big red circle is moving to the left", "a small blue square jumping up and down"]

@@ -11,13 +11,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import losh.predict as lp
+import losh.inference.drawing as ld
+import losh.inference.frames as lf
+import losh.inference.predict as lp
 from cli.main import app
-from losh.checkpoint import CHECKPOINT_SCHEMA, CHECKPOINT_VERSION, atomic_save
-from losh.losh import build_model
-from losh.video_inference import video_windows
+from losh.inference.video_inference import video_windows
+from losh.models.registry import build_model
+from losh.training.checkpoint import CHECKPOINT_SCHEMA, CHECKPOINT_VERSION, atomic_save
 from pipeline.video import write_h264
-from schemas.config import get_config
+from schemas.presets import get_config
 
 H, W = 64, 88                     # the video's size
 RESOLUTION = {"short_side": 48, "max_long_side": 66}   # the checkpoint's training frames: input 48 x 66
@@ -70,7 +72,7 @@ def read_back(path: Path) -> tuple[int, str, str, tuple[int, int], float]:
 
 def test_natural_sort_and_slugs():
     names = ["10.png", "2.png", "1.png", "frame_b.png", "Frame_a.png"]
-    assert sorted(names, key=lp.natural_key) == ["1.png", "2.png", "10.png", "Frame_a.png", "frame_b.png"]
+    assert sorted(names, key=lf.natural_key) == ["1.png", "2.png", "10.png", "Frame_a.png", "frame_b.png"]
     used: set[str] = set()
     assert [lp.slugify(t, used) for t in ["The man in RED!", "the man in red", "???", "café au lait"]] == \
         ["the-man-in-red", "the-man-in-red-2", "expression", "cafe-au-lait"]
@@ -96,7 +98,7 @@ def test_video_through_predict(checkpoint, video, tmp_path):
     assert all(t[k] >= 0 for k in ("load_s", "count_s", "inference_s", "masks_s", "overlay_s", "total_s"))
     frames, codec, pix_fmt, size, fps = read_back(out / "overlay.mp4")
     # a small frame: the legend goes on a strip below it instead of hiding a quarter of it
-    legend_h = lp.legend_patch(TEXTS, [(255, 0, 0)] * 2, W).shape[0]
+    legend_h = ld.legend_patch(TEXTS, [(255, 0, 0)] * 2, W).shape[0]
     assert legend_h > H // 4 and (frames, codec, pix_fmt, fps) == (24, "h264", "yuv420p", 24.0)
     assert size == (H + legend_h + (H + legend_h) % 2, W)
     data = (out / "overlay.mp4").read_bytes()
@@ -114,14 +116,14 @@ def test_folder_of_frames_sorted_naturally_odd_size(checkpoint, tmp_path):
     for t, frame in enumerate(frames, start=1):
         cv2.imwrite(str(folder / f"{t}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     (folder / "notes.txt").write_text("not a frame")
-    source = lp.FolderFrames(folder, **RESOLUTION)
+    source = lf.FolderFrames(folder, **RESOLUTION)
     assert [p.name for p in source.files] == [f"{t}.png" for t in range(1, 13)]
     assert np.array_equal(dict(source.originals())[9], frames[9])                    # 10.png is the 10th frame
     report = lp.predict(checkpoint, folder, TEXTS[:1], tmp_path / "out", device="cpu")
     assert report["frame_files"] == [f"{t}.png" for t in range(1, 13)] and report["size"] == [45, 61]
     masks = sorted((tmp_path / "out" / report["expressions"][0]["masks"]).iterdir())
     assert len(masks) == 12 and cv2.imread(str(masks[0]), cv2.IMREAD_GRAYSCALE).shape == (45, 61)
-    legend_h = lp.legend_patch(TEXTS[:1], [(255, 0, 0)], 61).shape[0]
+    legend_h = ld.legend_patch(TEXTS[:1], [(255, 0, 0)], 61).shape[0]
     height = 45 + (legend_h if legend_h > 45 // 4 else 0)
     assert read_back(tmp_path / "out" / "overlay.mp4")[:4] == (12, "h264", "yuv420p", (height + height % 2, 62))
 
@@ -139,7 +141,7 @@ def test_streaming_keeps_a_bounded_number_of_frames(checkpoint, tmp_path, monkey
     path = write_video(tmp_path / "long.mp4", frames)
     window = 8
     # the reads of predict_video (MTTR's windows; the last re-reads frames) are served from a small ring
-    source = lp.VideoFileFrames(path, short_side=32, max_long_side=48, history=window)
+    source = lf.VideoFileFrames(path, short_side=32, max_long_side=48, history=window)
     with av.open(str(path)) as c:
         reference = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
     assert len(source) == 300 and source.passes == 1
@@ -149,7 +151,7 @@ def test_streaming_keeps_a_bounded_number_of_frames(checkpoint, tmp_path, monkey
     # the whole command (on 100 of the frames: the tiny model takes ~0.4 s a window on 2 CPU cores)
     path = write_video(tmp_path / "longer.mp4", frames[:100])
     seen = []
-    real = lp.open_frames
+    real = lf.open_frames
     monkeypatch.setattr(lp, "open_frames", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
     report = lp.predict(checkpoint, path, TEXTS[:1], tmp_path / "out", device="cpu", short_side=32,
                         max_long_side=48, overlay=False)

@@ -11,14 +11,15 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cli.main import app
-from losh.evaluate import evaluate_checkpoint
-from losh.submission import check_submission, read_submission
-from losh.train import forward_and_loss, train
-from losh.video_metrics import expression_j_f
+from losh.evaluation.evaluate import evaluate_checkpoint
+from losh.evaluation.submission import check_submission, read_submission
+from losh.evaluation.video_metrics import expression_j_f
+from losh.training.loop import forward_and_loss, train
 from pipeline.prepare import PrepareSettings, consecutive_windows, prepare_dataset
 from pipeline.synth_layouts import write_synthetic_refer_davis, write_synthetic_refer_youtube_vos
-from schemas.config import get_config, with_overrides
+from schemas.config import with_overrides
 from schemas.prepared_reader import PreparedDataset
+from schemas.presets import get_config
 from schemas.train import TrainSettings
 
 WINDOW = 6
@@ -88,9 +89,8 @@ def test_training_supervises_every_frame_of_the_window(ytvos, trained):
     assert summary["steps"] == 3 and np.isfinite(summary["last_losses"]["loss"])
     assert summary["last_losses"]["loss_fbc"] > 0
     # the batch's masks: one per supervised frame; the loss sees all of them
-    from losh.criterion import build_criterion
-    from losh.data import ClipDataset, collate_clips
-    from losh.losh import build_model
+    from losh.data.dataset import ClipDataset, collate_clips
+    from losh.models.registry import build_criterion, build_model
     config = with_overrides(get_config("tiny:msh"), {"window": WINDOW, "loss.fbc": 0.0})
     dataset = ClipDataset(prep, "train", max_expressions=4)
     batch = collate_clips([dataset[0]])

@@ -1,4 +1,5 @@
-"""SgMg's deformable attention and transformer (losh.sgmg): the sampling convention, gradients, padding, shapes."""
+"""SgMg's deformable attention and transformer (losh.models.losh_s): the sampling convention, gradients, padding,
+shapes."""
 from __future__ import annotations
 
 import math
@@ -6,10 +7,15 @@ import math
 import pytest
 import torch
 
-from losh.sgmg.deformable_attention import MSDeformAttn, circle_offsets, multi_scale_deformable_attention
-from losh.segmentation import MLP
-from losh.sgmg.deformable_transformer import (DeformableTransformer, encoder_reference_points, inverse_sigmoid,
-                                              scale_by_valid_ratios, valid_ratios_of)
+from losh.models.losh_s.deformable_attention import MSDeformAttn, circle_offsets, multi_scale_deformable_attention
+from losh.models.losh_s.deformable_transformer import (
+    DeformableTransformer,
+    encoder_reference_points,
+    inverse_sigmoid,
+    scale_by_valid_ratios,
+    valid_ratios_of,
+)
+from losh.models.shared.layers import MLP
 
 
 def _start_index(shapes: torch.Tensor) -> torch.Tensor:

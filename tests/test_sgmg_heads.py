@@ -5,13 +5,32 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from losh.box_ops import (box_area, box_cxcywh_to_xyxy, box_iou, box_xyxy_to_cxcywh, generalized_box_iou,
-                          masks_to_boxes, normalised_cxcywh_from_masks)
-from losh.sgmg.mask_head import (DynamicMaskHead, MultiGranularityRefinement, compute_locations,
-                                 mask_features_from_memory, relative_coordinates, to_fine_masks)
-from losh.sgmg.spectral_fusion import (FrequencyModulation, SpectrumGuidedFusion, VisionLanguageFusion,
-                                       clip_tokens, frames_from_clip_tokens, gaussian_filter,
-                                       sine_position_encoding_1d)
+from losh.models.losh_s.mask_head import (
+    DynamicMaskHead,
+    MultiGranularityRefinement,
+    compute_locations,
+    mask_features_from_memory,
+    relative_coordinates,
+    to_fine_masks,
+)
+from losh.models.losh_s.spectral_fusion import (
+    FrequencyModulation,
+    SpectrumGuidedFusion,
+    VisionLanguageFusion,
+    clip_tokens,
+    frames_from_clip_tokens,
+    gaussian_filter,
+)
+from losh.models.shared.box_ops import (
+    box_area,
+    box_cxcywh_to_xyxy,
+    box_iou,
+    box_xyxy_to_cxcywh,
+    generalized_box_iou,
+    masks_to_boxes,
+    normalised_cxcywh_from_masks,
+)
+from losh.models.shared.position_encoding import sine_position_encoding_1d
 
 # ---------------------------------------------------------------- frequency modulation
 

@@ -1,5 +1,5 @@
 """LoSh-S (architecture "sgmg"): the model's outputs and gradients, LoSh's long-short cross-attention on the
-deformable encoder, SgmgCriterion against hand computations, training/evaluation/prediction through the CLI,
+deformable encoder, LoShSCriterion against hand computations, training/evaluation/prediction through the CLI,
 and the presets."""
 from __future__ import annotations
 
@@ -16,11 +16,12 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from cli.main import app
-from losh.criterion import build_criterion
-from losh.losh import build_model, param_groups
-from losh.sgmg.criterion import SgmgCriterion
-from losh.sgmg.model import LoShS
-from schemas.config import (ConfigError, LossConfig, get_config, load_config, save_config, with_overrides)
+from losh.models.losh_s.criterion import LoShSCriterion
+from losh.models.losh_s.model import LoShS
+from losh.models.registry import build_criterion, build_model
+from losh.training.optim import param_groups
+from schemas.config import ConfigError, LossConfig, load_config, save_config, with_overrides
+from schemas.presets import get_config
 from schemas.train import TrainSettings
 
 B, T, H, W, K = 2, 5, 64, 96, 2
@@ -549,7 +550,7 @@ DEFAULT = {"class": 2.0, "l1": 5.0, "giou": 2.0, "focal": 2.0, "dice": 5.0, "lsi
 def _criterion(short=False, **weights):
     loss = LossConfig(fbc=0.0, lsi=5.0 if short else 0.0, match_lsi=weights.pop("match_lsi", 5.0 if short else 0.0),
                       **weights)
-    return SgmgCriterion(loss, use_short_text=short)
+    return LoShSCriterion(loss, use_short_text=short)
 
 
 @pytest.fixture()
@@ -738,9 +739,8 @@ def _train(data, run, *extra):
 
 
 def test_cli_trains_resumes_evaluates_and_predicts_with_losh_s(prepared_s, tmp_path):
-    from losh.checkpoint import load_checkpoint
-    from losh.evaluate import load_model
-    from losh.metrics import METRIC_KEYS
+    from losh.evaluation.frame_metrics import METRIC_KEYS
+    from losh.training.checkpoint import load_checkpoint, load_model
     from pipeline.video import write_h264
 
     train_samples = json.loads((prepared_s / "manifest.json").read_text())["counts"]["samples_train"]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from losh.submission import SubmissionWriter, check_submission, read_submission
+from losh.evaluation.submission import SubmissionWriter, check_submission, read_submission
 
 
 def masks_for(rng):

@@ -9,8 +9,8 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from pipeline.synth_layouts import (JHMDB_CLASSES, JHMDB_SHORT_MASKS, _scenes, jhmdb_puppet,
-                                    write_synthetic_jhmdb)
+from pipeline.synth_layouts import JHMDB_CLASSES, JHMDB_SHORT_MASKS, jhmdb_puppet, write_synthetic_jhmdb
+from pipeline.synth_layouts import scenes as layout_scenes
 
 VIDEOS, HEIGHT, WIDTH, FRAMES = 4, 64, 88, 10
 SETTINGS = dict(videos=VIDEOS, height=HEIGHT, width=WIDTH, frames=FRAMES, progress=False)
@@ -25,7 +25,7 @@ def sets(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def scenes() -> list:
-    return [video for _, video in _scenes(VIDEOS, 0, HEIGHT, WIDTH, FRAMES)]
+    return [video for _, video in layout_scenes(VIDEOS, 0, HEIGHT, WIDTH, FRAMES)]
 
 
 def _rows(root: Path) -> list[dict]:
@@ -73,7 +73,7 @@ def test_frames_are_every_frame_as_1_based_pngs_under_the_puppets_action_class(s
 
 
 def test_part_mask_is_h_by_w_by_t_uint8_0_1_and_the_puppets_rendered_mask(sets, scenes):
-    from pipeline.synth import _render
+    from pipeline.synth_render import render as _render
 
     root, summary = sets["a"]
     for video in scenes:

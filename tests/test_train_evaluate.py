@@ -8,14 +8,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import losh.train as train_module
+import losh.training.loop as train_module
 from cli.main import app
-from losh.data import ClipDataset, RVOSDataset
-from losh.evaluate import trivial_baselines
-from losh.metrics import METRIC_KEYS
-from losh.checkpoint import load_checkpoint
-from losh.train import NonFiniteLoss, RunExists, train
-from schemas.config import get_config
+from losh.data.dataset import ClipDataset, RVOSDataset
+from losh.evaluation.evaluate import trivial_baselines
+from losh.evaluation.frame_metrics import METRIC_KEYS
+from losh.training.checkpoint import load_checkpoint
+from losh.training.loop import NonFiniteLoss, RunExists, train
+from schemas.presets import get_config
 from schemas.train import TrainSettings
 
 CONFIG = get_config("tiny:wo-fbc")   # flows are tested with compute-flows; here the loop itself
@@ -56,7 +56,7 @@ def test_training_writes_log_and_checkpoint_and_resume_continues_the_same_run(pr
 
 
 def test_weight_average_is_saved_resumed_and_evaluated(prepared, tmp_path):
-    from losh.evaluate import load_model
+    from losh.training.checkpoint import load_model
     full = train(prepared, CONFIG, tmp_path / "full", settings(ema_decay=0.9), progress=False)
     ckpt = load_checkpoint(tmp_path / "full/checkpoints/last.pt")
     assert ckpt["model_ema"]["updates"] == full["steps"] and ckpt["model_ema"]["decay"] == 0.9

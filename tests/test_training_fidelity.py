@@ -11,12 +11,13 @@ import torch.multiprocessing as mp
 from typer.testing import CliRunner
 
 from cli.main import app
-from losh.criterion import average_over_processes
-from losh.data import swap_left_right
-from losh.evaluate import evaluate_checkpoint
-from losh.checkpoint import load_checkpoint
-from losh.train import SettingsChanged, train
-from schemas.config import get_config, with_overrides
+from losh.data.dataset import swap_left_right
+from losh.evaluation.evaluate import evaluate_checkpoint
+from losh.models.losh_m.criterion import average_over_processes
+from losh.training.checkpoint import load_checkpoint
+from losh.training.loop import SettingsChanged, train
+from schemas.config import with_overrides
+from schemas.presets import get_config
 from schemas.train import TrainSettings
 
 CONFIG = get_config("tiny:wo-fbc")
@@ -88,16 +89,16 @@ def test_cli_resume_starts_from_the_runs_settings(prepared, tmp_path):
 
 
 def test_nan_predictions_at_the_matcher_stop_with_exit_code_3_and_the_terms(prepared, tmp_path, monkeypatch):
-    import losh.losh as losh_module
+    import losh.models.losh_m.model as losh_module
 
-    real_run = losh_module.LoSh._run
+    real_run = losh_module.LoShM._run
 
     def poisoned(self, *args, **kwargs):
         out = real_run(self, *args, **kwargs)
         out["long"]["pred_masks"] = out["long"]["pred_masks"] * float("nan")
         return out
 
-    monkeypatch.setattr(losh_module.LoSh, "_run", poisoned)
+    monkeypatch.setattr(losh_module.LoShM, "_run", poisoned)
     result = CliRunner().invoke(app, ["train", "--data", str(prepared), "--out", str(tmp_path / "r"),
                                       "--config", "tiny:wo-fbc", "--max-steps", "1", "--workers", "0"])
     assert result.exit_code == 3, result.output
@@ -140,9 +141,9 @@ def test_evaluate_and_resume_do_not_need_the_backbone_weights_file(prepared, tmp
 
 
 def test_inference_runs_the_taggers_short_text_even_on_manually_prepared_data(prepared, monkeypatch):
-    from losh.evaluate import evaluate_model
-    from losh.data import RVOSDataset
-    from losh.losh import build_model
+    from losh.data.dataset import RVOSDataset
+    from losh.evaluation.evaluate import evaluate_model
+    from losh.models.registry import build_model
     from pipeline.shorten import Shortener
 
     torch.manual_seed(0)

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from losh.data import IMAGENET_MEAN, IMAGENET_STD
-from losh.losh import build_model
-from losh.video_inference import (ArrayFrames, FrameSource, predict_video, query_masks, video_windows)
-from schemas.config import get_config
+from losh.data.dataset import IMAGENET_MEAN, IMAGENET_STD
+from losh.inference.video_inference import ArrayFrames, FrameSource, predict_video, query_masks, video_windows
+from losh.models.registry import build_model
+from schemas.presets import get_config
 
 H, W = 32, 64                 # input size (stride-4 logits 8 x 16)
 OUT = (48, 96)                # the "original" video size
@@ -99,7 +99,7 @@ def test_spill_equals_in_memory_and_close_removes_the_file(model, video, tmp_pat
 
 
 def test_automatic_spill_beyond_the_threshold(model, video, monkeypatch):
-    import losh.video_inference as vi
+    import losh.inference.video_inference as vi
 
     monkeypatch.setattr(vi, "SPILL_BYTES", 1000)
     p = predict_video(model, ArrayFrames(video[:5]), LONG[:1], SHORT[:1], window=4)
@@ -110,7 +110,7 @@ def test_automatic_spill_beyond_the_threshold(model, video, monkeypatch):
 
 
 def test_two_passes_keep_only_the_chosen_queries_and_give_the_same_masks(model, video, monkeypatch):
-    import losh.video_inference as vi
+    import losh.inference.video_inference as vi
 
     source = ArrayFrames(video)
     every = predict_video(model, source, LONG[:2], SHORT[:2], window=4, output_size=OUT, keep="all")

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from losh.metrics import boundary_f, mask_iou
-from losh.video_metrics import (
+from losh.evaluation.frame_metrics import boundary_f, mask_iou
+from losh.evaluation.video_metrics import (
     JFAccumulator,
     compose_label_maps,
     davis_unsupervised,

@@ -1,6 +1,6 @@
 import numpy as np
 
-from losh.visualize import GT_COLOUR, PRED_COLOUR, comparison_picture
+from losh.inference.drawing import GT_COLOUR, PRED_COLOUR, comparison_picture
 
 
 def test_comparison_picture_puts_ground_truth_and_prediction_side_by_side():

@@ -1,0 +1,188 @@
+"""`losh evaluate`: a checkpoint's metrics on a split of PREP (MTTR's A2D protocol + J/F), with
+optional predicted-mask PNGs and side-by-side pictures."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from losh.data.dataset import ClipDataset, RVOSDataset, collate_clips, normalise_frames
+from losh.data.size_batches import size_grouped_batches
+from losh.evaluation.frame_metrics import MetricAccumulator, mask_iou
+from losh.evaluation.ground_truth import GroundTruth
+from losh.evaluation.predictions import mask_path, write_mask, write_scores
+from losh.inference.drawing import comparison_picture, save_picture
+from losh.inference.short_text import INFERENCE_TAGGER, tagger_short_texts
+from losh.inference.video_inference import query_masks
+from losh.models.registry import build_model
+from losh.training.checkpoint import load_model
+from losh.training.device import AMP_CHOICES, Dist, autocast_for, padding_mask_of, select_device, to_device
+from schemas.atomic import atomic_write_json
+from schemas.config import ModelConfig
+from schemas.prepared_reader import PreparedDataset, load_manifest
+
+
+@torch.no_grad()
+def evaluate_checkpoint(data: Path, checkpoint: Path, *, split: str | None = None, out: Path | None = None,
+                        save_predictions: Path | None = None, visualize: int = 0, visualize_dir: Path | None = None,
+                        batch_size: int = 2, num_workers: int = 0, device: str | None = None,
+                        progress: bool = True, use_ema: bool = True, amp: str = "off",
+                        resolution: str = "original", raw: Path | None = None, max_samples: int = 0,
+                        inference_short_pathway: str | None = None, submission: Path | None = None) -> dict:
+    """A checkpoint's metrics on `split` of `data` (default: the split the data set evaluates, e.g. A2D's
+    test), in float32 unless `amp` is 'bf16' (MTTR evaluates in float32, whatever the training used),
+    scored at the original video size unless `resolution` is 'prepared'. Whole-video splits
+    (Refer-YouTube-VOS, Refer-DAVIS17) give J&F, and with `submission` the server's zip."""
+    split = split or load_manifest(Path(data))["eval_split"]
+    if amp not in AMP_CHOICES:
+        raise ValueError(f"amp must be one of {AMP_CHOICES}, got {amp!r}")
+    dev = select_device(Dist(local_rank=int(os.environ.get("LOCAL_RANK", "0"))), device)   # one process
+    model, ckpt = load_model(checkpoint, dev, use_ema=use_ema, inference_short_pathway=inference_short_pathway)
+    metrics = evaluate_model(model, data, split=split, save_predictions=save_predictions, visualize=visualize,
+                             visualize_dir=visualize_dir or (Path(out).parent / "pictures" if out else Path("pictures")),
+                             batch_size=batch_size, num_workers=num_workers, amp=amp, progress=progress,
+                             resolution=resolution, raw=raw, max_samples=max_samples, submission=submission)
+    report = {**metrics, "split": split, "checkpoint": str(checkpoint), "data": str(data),
+              "model": ckpt["model_config"]["name"],
+              "weights": "ema" if use_ema and ckpt.get("model_ema") is not None else "trained",
+              "amp": amp, "precision": "bfloat16" if amp == "bf16" and dev.type == "cuda" else "float32",
+              "resolution": resolution, "batch_size": batch_size,
+              "inference_short_pathway": model.config.inference_short_pathway}
+    if out is not None:
+        atomic_write_json(Path(out), report)
+    return report
+
+
+EXPRESSIONS_PER_CLIP = 8
+
+
+@torch.no_grad()
+def evaluate_model(model: torch.nn.Module, data: Path, *, split: str = "test", save_predictions: Path | None = None,
+                   visualize: int = 0, visualize_dir: Path = Path("pictures"), batch_size: int = 2,
+                   num_workers: int = 0, amp: str = "off", progress: bool = True, resolution: str = "original",
+                   raw: Path | None = None, max_samples: int = 0, submission: Path | None = None) -> dict:
+    """MTTR's protocol: per sample, all queries' masks of the annotated frame with their mean reference
+    scores (mAP), the best-scoring one for IoU, precision@k, J and F, at the original video size (or the
+    prepared one). Batches hold clips of one frame size: nothing is padded, so the metrics do not depend
+    on `batch_size` or `num_workers`. NaN metrics become None."""
+    model.eval()
+    if load_manifest(Path(data))["splits"].get(split, {}).get("kind") == "video":
+        from losh.evaluation.evaluate_videos import evaluate_videos
+        videos = PreparedDataset(data, split)
+        shorts, source = inference_short_texts(videos, model.config)
+        return {**evaluate_videos(model, videos, split=split, inference_shorts=shorts, submission=submission,
+                                  amp=amp, progress=progress, max_samples=max_samples), "inference_short_text": source}
+    if submission is not None:
+        raise ValueError(f"--submission is for whole-video splits (Refer-YouTube-VOS valid); {split} is not one")
+    dev = next(model.parameters()).device
+    # batches of clips: the expressions of one annotated frame share one backbone pass (same results)
+    dataset = ClipDataset(data, split, max_expressions=EXPRESSIONS_PER_CLIP, max_samples=max_samples)
+    truth = GroundTruth(dataset.data, resolution, raw)
+    batches = size_grouped_batches([dataset.data.records[g[0]].size for g in dataset.groups], batch_size)
+    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate_clips, num_workers=num_workers,
+                        pin_memory=dev.type == "cuda")
+    inference_shorts, short_text_source = inference_short_texts(dataset.data, model.config)
+    acc = MetricAccumulator()
+    scores_out: dict[str, float] = {}
+    pictures_left = visualize
+    records = {r.sample_id: r for r in dataset.data.records}
+    for batch in tqdm(loader, desc=f"evaluate {split}", unit="batch", disable=not progress):
+        batch = to_device(batch, dev)
+        frames = normalise_frames(batch["frames"], batch["valid_size"])
+        padded = tuple(frames.shape[-2:])
+        padding = padding_mask_of(batch["valid_size"], padded, dev)
+        annotated = int(batch["annotated_index"][0])
+        shorts = ([inference_shorts[s] for s in batch["sample_id"]] if inference_shorts is not None
+                  else batch["short_text"])
+        with autocast_for(dev, amp):
+            result = model.infer(frames, batch["long_text"], shorts, annotated_index=annotated,
+                                 padding_mask=padding, upsample=False, clip_index=batch["clip_index"])
+        position = result["frame_indices"].index(annotated)
+        for b, sample_id in enumerate(batch["sample_id"]):
+            record = records[sample_id]
+            clip = int(batch["clip_index"][b])
+            valid = tuple(int(v) for v in batch["valid_size"][clip])
+            logits = result["pred_masks"][b, position]
+            masks = query_masks(logits, padded, valid, truth.size(record)).cpu().numpy()
+            scores = result["scores"][b].float().cpu().numpy()
+            gt = truth.long_mask(record, batch["long_mask"][b, 0, :valid[0], :valid[1]].cpu().numpy())
+            iou = acc.add(gt, masks, scores)
+            best = int(np.argmax(scores))
+            scores_out[sample_id] = float(scores[best])
+            if save_predictions is not None:
+                write_mask(mask_path(save_predictions, record), masks[best])
+            if pictures_left > 0:
+                pictures_left -= 1
+                pred_long = query_masks(logits[best:best + 1], padded, valid)[0].cpu().numpy()   # at the frame size
+                _picture(model, batch, b, clip, annotated, padded, valid, best, pred_long, iou, dev, amp,
+                         Path(visualize_dir) / f"{sample_id}.png")
+    if save_predictions is not None:
+        write_scores(Path(save_predictions), split, scores_out, resolution)
+    return {**{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in acc.result().items()},
+            "samples": len(dataset.data.records), "inference_short_text": short_text_source}
+
+
+def inference_short_texts(data, config: ModelConfig) -> tuple[dict[str, str] | None, str | None]:
+    """The short texts inference runs through the encoder ({sample_id: text}, or None to use the prepared
+    ones) and where they come from. At inference only the long expression is given (paper 3.8): its short
+    text is the tagger's, derived from it. Data prepared with the tagger's short text already holds it; data
+    prepared with manual short text (annotations a test set would not have) gets the tagger's here."""
+    if not config.inference_uses_short_text:
+        return None, None
+    info = data.manifest["short_text"]
+    if info["source"] == "machine":
+        return None, f"machine ({info['tagger']}/{info['rule']}, prepared)"
+    shorts = tagger_short_texts([r.long for r in data.records])
+    source = f"machine ({INFERENCE_TAGGER}, from the long expressions)"
+    return {r.sample_id: short for r, short in zip(data.records, shorts)}, source
+
+
+def _picture(model, batch, b, clip, annotated, padded, valid, best, pred_long, iou, dev, amp, path: Path) -> None:
+    """GT and prediction, long and (when the model has one) short, for sample b (of clip `clip`) of the batch."""
+    frames = normalise_frames(batch["frames"][clip:clip + 1], batch["valid_size"][clip:clip + 1])
+    padding = padding_mask_of(batch["valid_size"][clip:clip + 1], padded, dev)
+    pred_short = gt_short = None
+    if model.config.use_short_text:
+        with autocast_for(dev, amp):
+            out = model(frames, batch["long_text"][b:b + 1], batch["short_text"][b:b + 1], annotated_index=annotated,
+                        padding_mask=padding)
+        if "short" in out:
+            position = out["frame_indices"].index(annotated)
+            pred_short = query_masks(out["short"]["pred_masks"][0, position, best:best + 1], padded, valid)[0]
+            pred_short = pred_short.cpu().numpy()
+            gt_short = batch["short_mask"][b, 0, :valid[0], :valid[1]].cpu().numpy()
+    frame = batch["frames"][clip, annotated, :, :valid[0], :valid[1]].permute(1, 2, 0).cpu().numpy()
+    gt_long = batch["long_mask"][b, 0, :valid[0], :valid[1]].cpu().numpy()
+    picture = comparison_picture(frame, batch["long_text"][b], batch["short_text"][b], gt_long, pred_long,
+                                 gt_short, pred_short, iou)
+    save_picture(path, picture)
+
+
+def untrained_model_mean_iou(data: Path, config: ModelConfig, seed: int = 42, split: str = "test") -> float:
+    """Mean IoU of the model as initialised (its tokenizer fitted as training would): the floor that
+    training must rise above."""
+    torch.manual_seed(seed)
+    model = build_model(config)
+    if model.text_encoder.trained_tokenizer:
+        records = PreparedDataset(data).records
+        # fitted as training would (on the train texts); a set that is only scored (JHMDB) on its own texts
+        train_records = [r for r in records if r.split == "train"] or records
+        model.text_encoder.fit_tokenizer(sorted({t for r in train_records for t in (r.long, r.short)}))
+    return evaluate_model(model, data, split=split, progress=False)["mean_iou"]
+
+
+def trivial_baselines(data: Path, split: str = "test", resolution: str = "original",
+                      raw: Path | None = None) -> dict[str, float]:
+    """Mean IoU of the empty mask and of the full frame: what a model must clearly beat."""
+    dataset = RVOSDataset(data, split)
+    truth = GroundTruth(dataset.data, resolution, raw)
+    empty, full = [], []
+    for record in dataset.data.records:
+        gt = truth.long_mask(record, dataset.data.read(record).long_mask)
+        empty.append(mask_iou(np.zeros_like(gt), gt))
+        full.append(mask_iou(np.ones_like(gt), gt))
+    return {"empty_mask_mean_iou": float(np.mean(empty)), "full_frame_mean_iou": float(np.mean(full))}

@@ -1,0 +1,100 @@
+"""The training loss of LoSh-M (paper eq. 7) and of the MTTR baseline: matching, then each term.
+
+Targets and the loss's skeleton are `losh.models.shared.criterion`'s. Every annotated instance is a target:
+the long pathway's are the instance masks, the short pathway's the same with the referred one replaced by the
+short expression's (possibly merged) mask.
+As MTTR, a query's masks over the A frames are one sequence (matched, dice and focal over the whole
+sequence), its "is referred" target is "referred" in the frames where the referred instance is visible,
+and the "is referred" loss is summed over the frames and divided by the number of samples.
+Terms (unweighted), for the last decoder layer and, with "_aux{i}", for each earlier one:
+    loss_is_referred_{long,short}   2-way softmax CE, "not referred" weighted by eos_coef (0.1)
+    loss_dice_{long,short}          over all matched instances, / number of instances
+    loss_focal_{long,short}         idem (alpha 0.25, gamma 2, mean over pixels)
+    loss_lsi                        eq. 1 on the query matched to the referred instance, batch mean
+    loss_fbc                        eq. 6 (last layer only: it is on the backbone features)
+and "loss": the weighted total (is_referred 2, dice 5, focal 2, lsi 5, fbc 0.1 in the paper).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from losh.models.losh_m.matcher import FrameTargets, LongShortMatcher, upsampled_logits, upsampled_probs
+from losh.models.shared.criterion import LongShortCriterion, ReferredMasks, average_over_processes, parse_targets
+from losh.models.shared.losses import dice_loss, is_referred_loss, sigmoid_focal_loss
+from schemas.config import LossConfig
+
+
+class LoShMCriterion(LongShortCriterion):
+    def __init__(self, config: LossConfig, use_short_text: bool = True) -> None:
+        super().__init__(config, use_short_text,
+                         {"is_referred": config.is_referred, "dice": config.dice, "focal": config.focal})
+        self.matcher = LongShortMatcher(config.match_is_referred, config.match_dice, config.match_lsi,
+                                        config.lsi_threshold, config.lsi_epsilon)
+
+    def model_targets(self, parsed: list[ReferredMasks], outputs: dict) -> list[FrameTargets]:
+        grid = tuple(outputs["long"]["pred_masks"].shape[-2:]) if self.config.mask_resolution == "stride4" else None
+        return [frame_targets(t, grid) for t in parsed]
+
+    def normaliser(self, targets: list[FrameTargets]) -> float:
+        """MTTR's num_masks: the instances of the batch (all processes' mean)."""
+        return average_over_processes(sum(len(t.long_masks) for t in targets), targets[0].long_masks.device)
+
+    def at_frames(self, out: dict[str, Tensor], positions: list[int]) -> dict[str, Tensor]:
+        """"pred_is_referred" (B, A, Q, 2), "pred_masks" (B, Q, A, h, w), in float32 (losses in float32 even when
+        the model runs under autocast)."""
+        return {"pred_is_referred": out["pred_is_referred"][:, positions].float(),
+                "pred_masks": out["pred_masks"][:, positions].transpose(1, 2).float()}
+
+    def match(self, layer: dict[str, dict[str, Tensor]], targets: list[FrameTargets]) -> list[tuple[Tensor, Tensor]]:
+        return self.matcher(layer, targets)
+
+    def layer_losses(self, layer: dict[str, dict[str, Tensor]], targets: list[FrameTargets],
+                     indices: list[tuple[Tensor, Tensor]], num_masks: float) -> dict[str, Tensor]:
+        referred_queries = torch.stack([queries[instances == t.referred_index][0]
+                                        for (queries, instances), t in zip(indices, targets)])
+        frames = layer["long"]["pred_is_referred"].shape[1]
+        visible = torch.cat([t.visible.to(referred_queries.device) for t in targets])        # (B*A,)
+        losses = {}
+        for name, out in layer.items():
+            predicted = torch.cat([upsampled_logits(out["pred_masks"][b][queries], t.size)
+                                   for b, ((queries, _), t) in enumerate(zip(indices, targets))])
+            wanted = torch.cat([(t.long_masks if name == "long" else t.short_masks)[instances]
+                                for (_, instances), t in zip(indices, targets)])
+            losses[f"loss_is_referred_{name}"] = is_referred_loss(
+                out["pred_is_referred"].flatten(0, 1), referred_queries.repeat_interleave(frames),
+                self.config.eos_coef, visible, normaliser=len(targets))
+            losses[f"loss_dice_{name}"] = dice_loss(predicted, wanted, num_masks)
+            losses[f"loss_focal_{name}"] = sigmoid_focal_loss(predicted, wanted, num_masks)
+        if "short" in layer:
+            long_ref, short_ref = (torch.cat([upsampled_probs(layer[p]["pred_masks"][b][referred_queries[b], None],
+                                                              t.size) for b, t in enumerate(targets)])
+                                   for p in ("long", "short"))
+            losses["loss_lsi"] = self.lsi_term(long_ref, short_ref)
+        return losses
+
+
+def frame_targets(target: ReferredMasks, grid: tuple[int, int] | None = None) -> FrameTargets:
+    """A sample's targets as LoSh-M's matcher takes them: at the input size, or, with `grid`, area-averaged onto
+    that (coarser) grid and thresholded at one half (loss.mask_resolution "stride4"); each instance's masks over
+    the frames as one sequence (MTTR)."""
+    referred = target.referred_index
+    long_masks = target.instances.clone()
+    long_masks[:, referred] = target.long
+    short_masks = long_masks.clone()
+    short_masks[:, referred] = target.short
+    visible = target.long.flatten(1).any(dim=1)
+    if grid is not None:
+        long_masks, short_masks = ((F.interpolate(m, size=grid, mode="area") > 0.5).float()
+                                   for m in (long_masks, short_masks))
+    size = grid or tuple(target.instances.shape[-2:])
+    # (A, N, H, W) -> (N, A*H*W): an instance's masks over the frames as one sequence
+    long_masks, short_masks = (m.transpose(0, 1).flatten(1) for m in (long_masks, short_masks))
+    return FrameTargets(long_masks, short_masks, referred, size, visible)
+
+
+def prepare_targets(targets: list[dict], input_size: tuple[int, int], device: torch.device | None = None,
+                    grid: tuple[int, int] | None = None) -> list[FrameTargets]:
+    """The target dicts (`losh.models.shared.criterion`) as LoSh-M's `FrameTargets`."""
+    return [frame_targets(t, grid) for t in parse_targets(targets, input_size, device)]

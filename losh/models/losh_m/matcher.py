@@ -1,0 +1,119 @@
+"""Long-short matching (paper eq. 4-5 on top of MTTR's Hungarian matcher).
+
+As in MTTR, the queries are assigned one-to-one to all annotated instances of the frame; the
+instance referred by the long expression is the one whose matched query is supervised as
+"referred". The cost of query q for instance j sums, over the pathways (long, and short when
+present), with MTTR's weights:
+
+    cost_is_referred * (-p(q has j's class))      j's class: "referred" for the referred instance,
+                                                  "not referred" for the others (MTTR's soft cost)
+    cost_dice * (-dice(sigmoid(mask_q), target_j)) long targets: the instance masks; short targets:
+                                                  the same, the referred one replaced by the short
+                                                  expression's (possibly merged) mask
+
+and, for the referred instance only (L_lsi involves the referred prediction, eq. 5),
+    cost_lsi * L_lsi(long mask_q, short mask_q).
+
+Predicted masks are upsampled (bilinear) to the targets' resolution first, as MTTR does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor
+
+from losh.errors import NonFiniteOutputs
+from losh.models.shared.losses import dice_coefficient
+from losh.models.shared.matching import long_short_cost
+
+
+@dataclass
+class FrameTargets:
+    """Targets of one sample over its A supervised frames, each instance's masks concatenated over the
+    frames as MTTR does (one mask sequence a query): masks (N, A*H*W) float; `visible` (A,) bool whether
+    the referred instance is visible in each frame (default: all)."""
+
+    long_masks: Tensor
+    short_masks: Tensor
+    referred_index: int
+    size: tuple[int, int]
+    visible: Tensor | None = None
+
+
+@dataclass
+class LongShortMatcher:
+    cost_is_referred: float = 2.0
+    cost_dice: float = 5.0
+    cost_lsi: float = 5.0
+    lsi_threshold: float = 0.5
+    lsi_epsilon: float = 1.0
+
+    @torch.no_grad()
+    def cost_matrix(self, long_logits: Tensor, long_probs: Tensor, target: FrameTargets,
+                    short_logits: Tensor | None = None, short_probs: Tensor | None = None) -> Tensor:
+        """One sample: logits (Q, 2) or (A, Q, 2) per supervised frame, mask probabilities (Q, A*H*W) at the
+        target size -> cost (Q, N). The class cost is MTTR's, averaged over the frames: instance j's class in
+        frame a is "referred" when j is the referred instance and visible in that frame."""
+        n = target.long_masks.shape[0]
+        if long_logits.dim() == 2:
+            long_logits = long_logits[None]
+            short_logits = short_logits[None] if short_logits is not None else None
+        frames = long_logits.shape[0]
+        visible = (target.visible.to(long_logits.device).bool() if target.visible is not None
+                   else torch.ones(frames, dtype=torch.bool, device=long_logits.device))
+        is_referred_class = torch.zeros(frames, n, dtype=torch.bool, device=long_logits.device)
+        is_referred_class[:, target.referred_index] = visible
+        cost = long_logits.new_zeros(long_logits.shape[1], n)
+        pathways = [(long_logits, long_probs, target.long_masks)]
+        if short_logits is not None:
+            pathways.append((short_logits, short_probs, target.short_masks))
+        for logits, probs, masks in pathways:
+            p_referred = logits.softmax(-1)[..., 0:1]                                   # (A, Q, 1)
+            p_class = torch.where(is_referred_class[:, None, :], p_referred, 1 - p_referred).mean(0)
+            cost = cost - self.cost_is_referred * p_class - self.cost_dice * dice_coefficient(probs, masks)
+        if short_probs is not None and self.cost_lsi > 0:
+            cost[:, target.referred_index] += long_short_cost(long_probs, short_probs, self.cost_lsi,
+                                                              self.lsi_threshold, self.lsi_epsilon)
+        return cost
+
+    @torch.no_grad()
+    def __call__(self, layer: dict[str, dict[str, Tensor]], targets: list[FrameTargets]) -> list[tuple[Tensor, Tensor]]:
+        """layer: {"long": {...}, "short": {...}} with "pred_is_referred" (B, Q, 2) or (B, A, Q, 2) and
+        "pred_masks" (B, Q, h, w) or (B, Q, A, h, w) of the supervised frames. Returns per sample (query
+        indices, instance indices)."""
+        indices = []
+        short = layer.get("short")
+        for b, target in enumerate(targets):
+            long_probs = upsampled_probs(layer["long"]["pred_masks"][b], target.size)
+            short_probs = upsampled_probs(short["pred_masks"][b], target.size) if short is not None else None
+            cost = self.cost_matrix(layer["long"]["pred_is_referred"][b], long_probs, target,
+                                    short["pred_is_referred"][b] if short is not None else None, short_probs)
+            indices.append(assign(cost, f"sample {b}"))
+        return indices
+
+
+def assign(cost: Tensor, what: str = "the sample") -> tuple[Tensor, Tensor]:
+    """Minimum-cost one-to-one assignment of a (Q, N) cost, Q >= N: (query indices sorted, instance indices),
+    on the cost's device. scipy's solver, as in MTTR and DETR: deterministic, ties always resolve the same way."""
+    cost_np = cost.float().cpu().numpy()
+    if not np.isfinite(cost_np).all():   # NaN predictions: no assignment exists (the criterion reports it)
+        raise NonFiniteOutputs(f"the matching cost of {what} holds NaN/inf", {})
+    rows, cols = linear_sum_assignment(cost_np)
+    return torch.as_tensor(rows, device=cost.device), torch.as_tensor(cols, device=cost.device)
+
+
+def upsampled_probs(mask_logits: Tensor, size: tuple[int, int]) -> Tensor:
+    """(M, h, w) or (M, A, h, w) logits -> (M, A*H*W) probabilities at `size`."""
+    return upsampled_logits(mask_logits, size).sigmoid()
+
+
+def upsampled_logits(mask_logits: Tensor, size: tuple[int, int]) -> Tensor:
+    """(M, h, w) or (M, A, h, w) logits -> (M, A*H*W) at `size`, each frame upsampled bilinearly."""
+    frames = mask_logits if mask_logits.dim() == 4 else mask_logits[:, None]
+    if frames.shape[-2:] != tuple(size):
+        frames = F.interpolate(frames, size=size, mode="bilinear", align_corners=False)
+    return frames.flatten(1)

@@ -1,0 +1,1 @@
+"""What every base model shares: LoSh's own parts and the common encoders (`losh.models` says which)."""

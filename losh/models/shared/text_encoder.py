@@ -1,0 +1,117 @@
+"""Linguistic encoder: a Hugging Face encoder (RoBERTa-base for the paper), loaded from local files only.
+
+Long and short expressions are tokenized and encoded in one batched call. Frozen by default, as in
+MTTR: no gradients, and kept in eval mode (no dropout) even while the rest of the model trains.
+With `pretrained = False` (the `tiny` preset, the FLOPs benchmark) the encoder is a randomly
+initialised RoBERTa of the configured dims with a byte-level BPE tokenizer trained on the fly.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoModel, AutoTokenizer, RobertaConfig, RobertaModel
+
+from losh.errors import TextEncoderMissing
+from losh.models.shared.tiny_tokenizer import builtin_corpus, train_bpe_tokenizer, wrap_tokenizer_json
+from schemas.config import TextConfig
+
+
+def _how_to_provide(name: str) -> str:
+    hf_home = os.environ.get("HF_HOME", os.path.join(os.path.expanduser("~"), ".cache", "huggingface"))
+    return (
+        f"The text encoder {name!r} (model and tokenizer files) is not available locally, and nothing is "
+        "downloaded. Provide it in one of these ways:\n"
+        f"  1. a local directory holding config.json, the weights (model.safetensors or pytorch_model.bin) and "
+        "the tokenizer files (vocab.json, merges.txt or tokenizer.json): set text.encoder to its path;\n"
+        f"  2. the Hugging Face cache: on a machine with internet run `hf download {name}` "
+        f"(older hubs: `huggingface-cli download {name}`; or `python -c \"from transformers import AutoModel, "
+        f"AutoTokenizer; AutoModel.from_pretrained('{name}'); AutoTokenizer.from_pretrained('{name}')\"`), "
+        "then copy the cache folder to this machine; it is looked "
+        f"up under HF_HOME (now {hf_home}).\n"
+        "For tests and demos without it, use the `tiny` preset (text.pretrained = false)."
+    )
+
+
+class TextEncoder(nn.Module):
+    """texts -> (token features (N, S, hidden), padding mask (N, S), True on padding)."""
+
+    def __init__(self, config: TextConfig) -> None:
+        super().__init__()
+        self.frozen = config.freeze
+        self.max_tokens = config.max_tokens
+        self.lowercase = config.lowercase
+        self.trained_tokenizer = not config.pretrained
+        self.vocab_size = config.vocab_size
+        if config.pretrained:
+            try:
+                self.tokenizer = AutoTokenizer.from_pretrained(config.encoder, local_files_only=True)
+                self.model = AutoModel.from_pretrained(config.encoder, local_files_only=True)
+            except (OSError, ValueError) as error:
+                raise TextEncoderMissing(_how_to_provide(config.encoder)) from error
+            if getattr(self.model, "pooler", None) is not None:
+                self.model.pooler = None  # never used; unused parameters would get no gradient
+        else:
+            self.model = RobertaModel(RobertaConfig(
+                vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+                num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
+                intermediate_size=config.intermediate_size, max_position_embeddings=config.max_tokens + 2,
+                type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+            ), add_pooling_layer=False)
+            self.fit_tokenizer(())
+        self.hidden_size = self.model.config.hidden_size
+        if self.frozen:
+            for parameter in self.model.parameters():
+                parameter.requires_grad_(False)
+            self.model.eval()
+
+    def fit_tokenizer(self, texts: Sequence[str]) -> None:
+        """Retrains the on-the-fly tokenizer on the built-in word list plus `texts` (e.g. the training
+        expressions). Only for randomly initialised encoders; call before training."""
+        if not self.trained_tokenizer:
+            raise RuntimeError("fit_tokenizer is for randomly initialised text encoders (text.pretrained = false)")
+        tokenizer = train_bpe_tokenizer([*builtin_corpus(), *self._normalise(texts)], self.vocab_size,
+                                        self.max_tokens)
+        self._tokenizer_json = tokenizer.backend_tokenizer.to_str()
+        self.tokenizer = tokenizer
+
+    def get_extra_state(self) -> dict:
+        # a checkpoint carries the trained tokenizer, so it encodes texts exactly as in training
+        return {"tokenizer_json": self._tokenizer_json if self.trained_tokenizer else None}
+
+    def set_extra_state(self, state: dict) -> None:
+        if state and state.get("tokenizer_json") and self.trained_tokenizer:
+            self._tokenizer_json = state["tokenizer_json"]
+            self.tokenizer = wrap_tokenizer_json(self._tokenizer_json, self.max_tokens)
+
+    def train(self, mode: bool = True) -> "TextEncoder":
+        super().train(mode)
+        if self.frozen:
+            self.model.eval()
+        return self
+
+    def _normalise(self, texts: Sequence[str]) -> list[str]:
+        return [t.lower() for t in texts] if self.lowercase else list(texts)
+
+    def encode(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        device = next(self.model.parameters()).device
+        tokens = self.tokenizer(self._normalise(texts), padding="longest", truncation=True, max_length=self.max_tokens,
+                                return_tensors="pt")
+        tokens = {k: v.to(device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            hidden = self.model(**tokens).last_hidden_state
+        return hidden, tokens["attention_mask"] == 0
+
+    def forward(self, long_texts: Sequence[str], short_texts: Sequence[str] | None = None
+                ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """Long and (optionally) short texts in one batched call, padded to the longest of both."""
+        if short_texts is None:
+            hidden, padding = self.encode(long_texts)
+            return hidden, padding, None, None
+        if len(short_texts) != len(long_texts):
+            raise ValueError(f"{len(long_texts)} long texts but {len(short_texts)} short texts")
+        hidden, padding = self.encode([*long_texts, *short_texts])
+        n = len(long_texts)
+        return hidden[:n], padding[:n], hidden[n:], padding[n:]

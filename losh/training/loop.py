@@ -1,0 +1,337 @@
+"""`losh train`: LoSh-M, LoSh-S, their baselines and ablations on the prepared shards, one GPU, many (torchrun), or CPU.
+
+Read top to bottom: set-up (devices, seeds, run folder), data, model, optimiser, resume, then the
+loop. The data loader reads only shards (frames, masks, flows); the GPU never waits on video
+decoding or optical flow.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from losh.data.dataset import Augment, ClipDataset, RVOSDataset, collate, collate_clips, normalise_frames
+from losh.errors import NonFiniteOutputs
+from losh.models.registry import build_criterion, build_model
+from losh.training.checkpoint import CHECKPOINT_SCHEMA, CHECKPOINT_VERSION, atomic_copy, atomic_save, load_checkpoint
+from losh.training.device import (
+    autocast_for,
+    padding_mask_of,
+    seed_everything,
+    select_device,
+    setup_distributed,
+    to_device,
+)
+from losh.training.ema import WeightAverage
+from losh.training.optim import main_lr, param_groups, warmed_up
+from schemas.config import ModelConfig
+from schemas.train import SAFE_TO_CHANGE_ON_RESUME, TrainSettings
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training stopped: a loss became NaN/inf. The last checkpoint on disk is the last good one."""
+
+
+class RunExists(RuntimeError):
+    """RUN already holds a checkpoint and --resume was not given."""
+
+
+class SettingsChanged(ValueError):
+    """--resume with settings that would make it another run (the message names them)."""
+
+
+def run_settings(out: Path) -> TrainSettings:
+    """The settings a run in `out` was trained with (from its last checkpoint): the base that --resume
+    starts from, so that only the options given on the command line change."""
+    return TrainSettings.from_dict(load_checkpoint(Path(out) / "checkpoints" / "last.pt")["train_settings"])
+
+
+def forward_and_loss(model, criterion, batch: dict, device: torch.device, amp: str) -> dict[str, torch.Tensor]:
+    """One batch through the model and the loss (shared by the trainer and the benchmarks)."""
+    frames = normalise_frames(batch["frames"], batch["valid_size"])
+    size = tuple(frames.shape[-2:])
+    annotated = batch["annotated_index"]
+    if not bool((annotated == annotated[0]).all()):
+        raise ValueError("a batch must share the annotated frame's window position")
+    padding = padding_mask_of(batch["valid_size"], size, device)
+    # valid_size: the frame's unpadded size (LoSh-S's box targets are normalised by it)
+    clip_of = batch["clip_index"].tolist() if batch.get("clip_index") is not None else range(len(batch["long_text"]))
+    targets = [{"instance_masks": m, "referred_index": int(r), "long_mask": lm, "short_mask": sm,
+                "valid_size": batch["valid_size"][c]}
+               for m, r, lm, sm, c in zip(batch["instance_masks"], batch["referred_index"], batch["long_mask"],
+                                          batch["short_mask"], clip_of)]
+    # LoSh-S matches in its forward (as SgMg) to refine only the matched query: it takes the targets
+    matching = {"targets": targets} if getattr(getattr(model, "module", model), "matches_in_forward", False) else {}
+    with autocast_for(device, amp):
+        outputs = model(frames, batch["long_text"], batch["short_text"], annotated_index=int(annotated[0]),
+                        padding_mask=padding, clip_index=batch.get("clip_index"), supervised=batch.get("supervised"),
+                        **matching)
+    return criterion(outputs, targets, flows=batch.get("flows"), flow_valid=batch.get("flow_valid"),
+                     flow_frame_size=size)
+
+
+def dataset_manifest(data: Path) -> dict:
+    from schemas.prepared_reader import load_manifest
+    return load_manifest(Path(data))
+
+
+def validation_for_data(settings: TrainSettings, manifest: dict) -> TrainSettings:
+    """The validation split and metric this data set can give: a split it lacks (A2D's default "test" on
+    Refer-YouTube-VOS) becomes the data set's own evaluation split, and a whole-video split ranks best.pt by
+    J&F (it has no mean IoU)."""
+    split = settings.eval_split if settings.eval_split in manifest["splits"] else manifest["eval_split"]
+    metric = settings.best_metric
+    if manifest["splits"][split]["kind"] == "video" and metric not in ("jf", "j", "f"):
+        metric = "jf"
+    if (split, metric) == (settings.eval_split, settings.best_metric):
+        return settings
+    return TrainSettings.from_dict({**settings.to_dict(), "eval_split": split, "best_metric": metric})
+
+
+def check_data_matches_config(manifest: dict, config: ModelConfig) -> None:
+    """Refuse a prepared set whose window or short-text source differs from what the config trains."""
+    if manifest["window"] != config.window:
+        raise ValueError(f"the config trains on windows of {config.window} frames but the data was prepared with "
+                         f"--window {manifest['window']} ({manifest['dataset']}); pass `losh train --window "
+                         f"{manifest['window']}` or prepare again with --window {config.window}")
+    source = manifest["short_text"]["source"]
+    if config.use_short_text and source != config.short_text_source:
+        hint = ("append ':msh' to the preset (machine short text, the paper's LoSh-M w/ MSh)"
+                if source == "machine" else "use a config with short_text_source 'manual'")
+        raise ValueError(f"config {config.name!r} trains on {config.short_text_source} short text, but the data "
+                         f"holds {source} short text (prepare-data --short-text {source}); {hint}, or re-prepare "
+                         f"with --short-text {config.short_text_source}")
+
+
+def non_finite_loss(what: str, terms: dict[str, float], ckpt_path: Path) -> NonFiniteLoss:
+    return NonFiniteLoss(f"{what}: {terms}; the last good checkpoint is "
+                         f"{ckpt_path if ckpt_path.exists() else 'not written yet'}")
+
+
+def train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, *, resume: bool = False,
+          device: str | None = None, progress: bool = True) -> dict:
+    """Train and return a summary (epochs, steps, last losses, checkpoint path)."""
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
+    try:
+        return _train(data, config, out, settings, resume=resume, device=device, progress=progress)
+    finally:
+        torch.use_deterministic_algorithms(deterministic_before)
+
+
+def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, *, resume: bool,
+           device: str | None, progress: bool) -> dict:
+    settings.validate()
+    d = setup_distributed()
+    dev = select_device(d, device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    out = Path(out)
+    ckpt_path = out / "checkpoints" / "last.pt"
+    checkpoint = None
+    if ckpt_path.exists():
+        if not resume:
+            raise RunExists(f"{out} already holds a run ({ckpt_path}); pass --resume to continue it, "
+                            "or choose another --out")
+        checkpoint = load_checkpoint(ckpt_path)
+        saved = ModelConfig.from_dict(checkpoint["model_config"])
+        if saved.training_part() != config.training_part():
+            raise ValueError(f"--resume: {out} was trained with config {saved.name!r}; resume it with that config")
+        safe_changes, unsafe_changes = settings.changes_from(TrainSettings.from_dict(checkpoint["train_settings"]))
+        if unsafe_changes:
+            raise SettingsChanged(
+                f"--resume: {out} was trained with other settings: "
+                + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in unsafe_changes.items())
+                + f"; resume with the run's settings ({out / 'train.json'}) or start a new run in another --out "
+                  f"(what may change on resume: {', '.join(SAFE_TO_CHANGE_ON_RESUME)})")
+    elif resume:
+        raise FileNotFoundError(f"--resume: no checkpoint in {out / 'checkpoints'}")
+    seed_everything(settings.seed + d.rank)
+    if settings.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+    # ---- data: shards only, prepared the way this config expects
+    manifest = dataset_manifest(data)
+    check_data_matches_config(manifest, config)
+    settings = validation_for_data(settings, manifest)
+    with_flows = config.loss.fbc > 0
+    augment = Augment(settings.scales, settings.max_long_side, settings.flip_p)
+    if settings.expressions_per_clip > 1:
+        dataset = ClipDataset(data, "train", max_expressions=settings.expressions_per_clip, with_flows=with_flows,
+                              seed=settings.seed, augment=augment)
+        collate_fn = collate_clips
+    else:
+        dataset = RVOSDataset(data, "train", with_flows=with_flows, seed=settings.seed, augment=augment)
+        collate_fn = collate
+    sampler = DistributedSampler(dataset, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=settings.seed)
+    loader = DataLoader(dataset, batch_size=settings.batch_size, sampler=sampler, collate_fn=collate_fn,
+                        num_workers=settings.num_workers, pin_memory=dev.type == "cuda",
+                        persistent_workers=settings.num_workers > 0, drop_last=False)
+
+    # ---- model, loss, optimiser
+    model = build_model(config, load_pretrained=checkpoint is None)   # resuming: the checkpoint has the weights
+    if model.text_encoder.trained_tokenizer and checkpoint is None:
+        # randomly initialised text encoder (tiny): its tokenizer learns the training vocabulary
+        model.text_encoder.fit_tokenizer(sorted({t for r in dataset.data.records for t in (r.long, r.short)}))
+    model.to(dev)
+    criterion = build_criterion(config).to(dev)
+    optimizer = torch.optim.AdamW(param_groups(model, settings.lr, settings.backbone_lr, settings.weight_decay,
+                                               settings.text_encoder_lr), lr=settings.lr,
+                                  weight_decay=settings.weight_decay, fused=True)   # one kernel: 16 -> 5 ms a demo step
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(settings.lr_milestones), settings.lr_gamma)
+    scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda" and settings.amp == "fp16")
+    epoch, step_in_epoch, global_step = 0, 0, 0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        epoch, step_in_epoch, global_step = checkpoint["epoch"], checkpoint["step_in_epoch"], checkpoint["global_step"]
+        rng = checkpoint["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+    ema = WeightAverage(model, settings.ema_decay) if settings.ema_decay > 0 else None
+    if ema is not None and checkpoint is not None and checkpoint.get("model_ema") is not None:
+        ema.load_state_dict(checkpoint["model_ema"])
+    # static_graph: the same parameters take part in every step (some configs leave a few out, e.g. aux heads
+    # without aux losses); DDP learns which on the first step instead of searching the graph every step
+    net = DistributedDataParallel(model, static_graph=True) if d.world_size > 1 else model
+
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+        (out / "train.json").write_text(json.dumps(settings.to_dict(), indent=1))
+    log = open(out / "metrics.jsonl", "a", encoding="utf-8") if d.main else None
+    if log and checkpoint is not None:
+        log.write(json.dumps({"resume": {"epoch": epoch, "step": global_step,
+                                         "changed": {k: list(v) for k, v in safe_changes.items()}}}) + "\n")
+        log.flush()
+    best = checkpoint.get("best") if checkpoint is not None else None   # {"metric", "value", "epoch"}
+
+    def save(epoch_: int, step_in_epoch_: int) -> None:
+        if not d.main:
+            return
+        atomic_save({
+            "schema": CHECKPOINT_SCHEMA, "version": CHECKPOINT_VERSION, "model_config": config.to_dict(),
+            "train_settings": settings.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch_,
+            "step_in_epoch": step_in_epoch_, "global_step": global_step, "data": str(Path(data).resolve()),
+            # how the training frames were prepared: `losh predict` resizes a user's video the same way
+            "data_preparation": {"dataset": manifest["dataset"], "window": manifest["window"],
+                                 "resolution": manifest["resolution"]},
+            "model_ema": ema.state_dict() if ema is not None else None, "best": best,
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+        }, ckpt_path)
+
+    last: dict[str, float] = {}
+    start = time.time()
+    stop = False
+    while epoch < settings.epochs and not stop:
+        sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        net.train()
+        sums: dict[str, float] = {}
+        n_steps = 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=not (progress and d.main))
+        for i, batch in enumerate(bar):
+            if i < step_in_epoch:  # resuming inside an epoch: the sampler order is the same, skip what was done
+                continue
+            batch = to_device(batch, dev)
+            where = f"at epoch {epoch + 1}, step {i + 1} (samples {batch['sample_id']})"
+            try:
+                losses = forward_and_loss(net, criterion, batch, dev, settings.amp)
+            except NonFiniteOutputs as error:   # NaN predictions reach the matcher before any loss is summed
+                raise non_finite_loss(f"non-finite loss ({error}) {where}", error.terms, ckpt_path) from None
+            loss = losses["loss"]
+            if not torch.isfinite(loss):
+                raise non_finite_loss(f"non-finite loss {where}", {k: float(v.detach()) for k, v in losses.items()},
+                                      ckpt_path)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if settings.clip_max_norm > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_max_norm)
+            with warmed_up(optimizer, global_step, settings.lr_warmup_steps):
+                scaler.step(optimizer)
+            scaler.update()
+            if ema is not None:
+                ema.update(model)
+            global_step += 1
+            n_steps += 1
+            step_in_epoch = i + 1
+            last = {k: float(v.detach()) for k, v in losses.items() if "_aux" not in k}
+            for k, v in last.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in last.items()
+                             if k in ("loss", "loss_dice_long", "loss_lsi", "loss_fbc")})
+            if log and global_step % settings.log_every_steps == 0:
+                warm = min(1.0, global_step / settings.lr_warmup_steps) if settings.lr_warmup_steps else 1.0
+                log.write(json.dumps({"epoch": epoch + 1, "step": global_step, "lr": main_lr(optimizer) * warm,
+                                      "time_s": round(time.time() - start, 2), **last}) + "\n")
+                log.flush()
+            if settings.checkpoint_every_steps and global_step % settings.checkpoint_every_steps == 0:
+                save(epoch, step_in_epoch)
+            if settings.max_steps and global_step >= settings.max_steps:
+                stop = True
+                break
+        if not stop:
+            scheduler.step()
+            epoch, step_in_epoch = epoch + 1, 0
+        improved = False
+        if settings.eval_every and step_in_epoch == 0 and (epoch % settings.eval_every == 0 or epoch == settings.epochs):
+            if d.main:
+                metrics = validation_metrics(model, ema, data, settings)
+                value = metrics.get(settings.best_metric)
+                improved = value is not None and (best is None or value > best["value"])
+                if improved:
+                    best = {"metric": settings.best_metric, "value": value, "epoch": epoch}
+                scores = {k: metrics.get(k) for k in ("mean_iou", "overall_iou", "map", "jf")}
+                log.write(json.dumps({"eval": {"epoch": epoch, "step": global_step, "split": settings.eval_split,
+                                               "samples": metrics["samples"], "resolution": "prepared", **scores},
+                                      "best": best}) + "\n")
+            if d.world_size > 1:
+                dist.barrier()   # the other ranks wait for rank 0's evaluation
+        save(epoch, step_in_epoch)
+        if improved:
+            atomic_copy(ckpt_path, ckpt_path.with_name("best.pt"))
+        if log:
+            log.write(json.dumps({"epoch_end": epoch, "step": global_step, "time_s": round(time.time() - start, 2),
+                                  **{f"mean_{k}": v / max(n_steps, 1) for k, v in sums.items()}}) + "\n")
+            log.flush()
+    if log:
+        log.close()
+    process_group = None
+    if dist.is_initialized():
+        process_group = f"{dist.get_backend()} x{d.world_size}"
+        dist.barrier()
+        dist.destroy_process_group()
+    return {"epochs": epoch, "steps": global_step, "last_losses": last, "checkpoint": str(ckpt_path),
+            "seconds": round(time.time() - start, 1), "device": str(dev), "process_group": process_group, "best": best}
+
+
+def validation_metrics(model: torch.nn.Module, ema: WeightAverage | None, data: Path, settings: TrainSettings) -> dict:
+    """Metrics of the weights that `losh evaluate` would score (the average when there is one) on the
+    validation split or its subset; the training weights and mode are left as they were."""
+    import copy
+
+    from losh.evaluation.evaluate import evaluate_model
+
+    scored = model
+    if ema is not None:
+        scored = copy.deepcopy(model)
+        scored.load_state_dict(ema.state_dict()["weights"])
+    was_training = model.training
+    try:
+        # at the prepared size: no raw data set needed during training (`losh evaluate` scores the original size)
+        return evaluate_model(scored, data, split=settings.eval_split, max_samples=settings.eval_samples,
+                              resolution="prepared", progress=False)
+    finally:
+        model.train(was_training)
