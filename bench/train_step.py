@@ -28,16 +28,35 @@ import torch
 from losh.data.dataset import Augment, RVOSDataset, collate
 from losh.models.registry import build_criterion, build_model
 from losh.training.device import autocast_for, to_device
-from losh.training.loop import forward_and_loss
+from losh.training.loop import train_step
 from losh.training.optim import param_groups
 from schemas.config import with_overrides
 from schemas.presets import get_config
+from schemas.train import TrainSettings
 
 BATCH = 3
 NO_DOWNLOAD = {"backbone.require_weights": False, "text.pretrained": False}
 
 
 def synthetic_batch(size: tuple[int, int], device: torch.device, frames: int = 8) -> dict:
+    """A batch of 3 random clips and masks on `device`."""
+    return to_device(_host_batch(size, frames), device)
+
+
+def host_batch(size: tuple[int, int], frames: int, model: torch.nn.Module, pin: bool = False) -> dict:
+    """The batch as the training loader hands it over: on the host (pinned with `pin`), the texts' token ids made
+    by the model's batch tokenizer."""
+    batch = _host_batch(size, frames)
+    batch["text_tokens"] = model.text_encoder.batch_tokenizer(model.config.use_short_text)(batch["long_text"],
+                                                                                          batch["short_text"])
+    if pin:
+        batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else
+                 [t.pin_memory() for t in v] if isinstance(v, list) and v and isinstance(v[0], torch.Tensor) else
+                 {n: t.pin_memory() for n, t in v.items()} if isinstance(v, dict) else v for k, v in batch.items()}
+    return batch
+
+
+def _host_batch(size: tuple[int, int], frames: int) -> dict:
     h, w = size
     g = torch.Generator().manual_seed(0)
     masks = torch.rand(BATCH, 2, h, w, generator=g) > 0.7
@@ -52,7 +71,7 @@ def synthetic_batch(size: tuple[int, int], device: torch.device, frames: int = 8
         "flows": torch.randn(BATCH, 4, 2, h // 4, w // 4, generator=g),
         "flow_valid": torch.ones(BATCH, 4, dtype=torch.bool),
     }
-    return to_device(batch, device)
+    return batch
 
 
 def _sync(device: torch.device) -> None:
@@ -61,33 +80,37 @@ def _sync(device: torch.device) -> None:
 
 
 class Timed:
-    """One config's model, loss, optimiser and batch, timed a step at a time."""
+    """One config's model, loss, optimiser (the trainer's fused AdamW) and batch, timed a step at a time: the
+    trainer's own step (`losh.training.loop.train_step`) on a batch as the loader hands it over."""
 
     def __init__(self, spec: str, size: tuple[int, int], device: torch.device, amp: str) -> None:
         torch.manual_seed(0)
-        config = with_overrides(get_config(spec), NO_DOWNLOAD)
+        self.config = config = with_overrides(get_config(spec), NO_DOWNLOAD)
         self.device, self.amp = device, amp
         self.model = build_model(config).to(device)
         self.criterion = build_criterion(config).to(device)
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, 1e-4, 1e-5, 1e-4))
-        self.batch = synthetic_batch(size, device, config.window)
+        self.settings = TrainSettings(amp=amp)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, self.settings.lr, self.settings.backbone_lr,
+                                                        self.settings.weight_decay, self.settings.text_encoder_lr),
+                                           lr=self.settings.lr, fused=True)
+        self.batch = host_batch(size, config.window, self.model, pin=device.type == "cuda")
+        self.device_batch = to_device(self.batch, device)
         self.annotated = config.window // 2
+        self.steps = 0
 
     def train_step(self) -> float:
         self.model.train()
         _sync(self.device)
         start = time.perf_counter()
-        losses = forward_and_loss(self.model, self.criterion, self.batch, self.device, self.amp)
-        self.optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 0.1)
-        self.optimizer.step()
+        train_step(self.model, self.model, self.criterion, self.optimizer, None, self.batch, self.device,
+                   self.settings, self.steps)
+        self.steps += 1
         _sync(self.device)
         return time.perf_counter() - start
 
     def infer_step(self) -> float:
         self.model.eval()
-        frames = self.batch["frames"].float() / 255
+        frames = self.device_batch["frames"].float() / 255
         _sync(self.device)
         start = time.perf_counter()
         with torch.no_grad(), autocast_for(self.device, self.amp):

@@ -6,8 +6,10 @@ host-to-device copy 4x smaller than float32.
 """
 from __future__ import annotations
 
+import functools
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,19 +174,20 @@ class ClipDataset(RVOSDataset):
         return self._read_clip([self.data.records[i] for i in self.groups[index]], key=index)
 
 
-def collate(items: list[dict]) -> dict:
+def collate(items: list[dict], tokenize: Callable | None = None) -> dict:
     """Pad a batch to its largest frame size (bottom/right, zeros); `valid_size` keeps the true sizes.
-    Masks are per supervised position: long_mask/short_mask (B, A, H, W), instance_masks [(A, N, H, W)]."""
-    return _collate([[item] for item in items], with_clip_index=False)
+    Masks are per supervised position: long_mask/short_mask (B, A, H, W), instance_masks [(A, N, H, W)].
+    With `tokenize` (the model's `TextEncoder.batch_tokenizer`), also the texts' token ids ("text_tokens")."""
+    return _collate([[item] for item in items], with_clip_index=False, tokenize=tokenize)
 
 
-def collate_clips(clips: list[list[dict]]) -> dict:
+def collate_clips(clips: list[list[dict]], tokenize: Callable | None = None) -> dict:
     """A batch of `ClipDataset` items: frames, flows and `valid_size` once per clip, the rest once per
     expression, and `clip_index` (one per expression) saying which clip's frames it refers to."""
-    return _collate(clips, with_clip_index=True)
+    return _collate(clips, with_clip_index=True, tokenize=tokenize)
 
 
-def _collate(clips: list[list[dict]], with_clip_index: bool) -> dict:
+def _collate(clips: list[list[dict]], with_clip_index: bool, tokenize: Callable | None = None) -> dict:
     heads = [clip[0] for clip in clips]
     items = [item for clip in clips for item in clip]
     supervised = heads[0]["supervised"]
@@ -218,15 +221,23 @@ def _collate(clips: list[list[dict]], with_clip_index: bool) -> dict:
         batch["flows"] = torch.stack([F.pad(it["flows"], (0, fw - it["flows"].shape[-1], 0, fh - it["flows"].shape[-2]))
                                       for it in heads])
         batch["flow_valid"] = torch.stack([it["flow_valid"] for it in heads])
+    if tokenize is not None:
+        batch["text_tokens"] = tokenize(batch["long_text"], batch["short_text"])
     return batch
+
+
+@functools.lru_cache(maxsize=8)
+def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet's mean and std (1, 1, 3, 1, 1) on `device`, made once (a copy to the GPU every step would wait
+    for it)."""
+    return tuple(torch.tensor(values).view(1, 1, 3, 1, 1).to(device) for values in (IMAGENET_MEAN, IMAGENET_STD))
 
 
 def normalise_frames(frames: torch.Tensor, valid_size: torch.Tensor | None = None) -> torch.Tensor:
     """uint8 (B, T, 3, H, W) on any device -> float ImageNet-normalised; with `valid_size` (B, 2), the
     bottom/right padding that `collate` added is 0 after normalising, as DETR's NestedTensor pads the
     normalised tensor (collate's black padding would otherwise become -mean/std)."""
-    mean = torch.tensor(IMAGENET_MEAN, device=frames.device).view(1, 1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=frames.device).view(1, 1, 3, 1, 1)
+    mean, std = _mean_std(frames.device)
     out = (frames.float() / 255.0 - mean) / std
     if valid_size is not None:
         h = torch.arange(out.shape[-2], device=out.device)[None, :, None]

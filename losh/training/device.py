@@ -71,6 +71,8 @@ def padding_mask_of(valid_size: torch.Tensor, size: tuple[int, int], device: tor
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
+    """The batch's tensors (also in lists and nested dicts) on `device`, copied without waiting for it (the loader
+    pins them on CUDA)."""
     non_blocking = device.type == "cuda"
     out = {}
     for k, v in batch.items():
@@ -78,6 +80,8 @@ def to_device(batch: dict, device: torch.device) -> dict:
             out[k] = v.to(device, non_blocking=non_blocking)
         elif isinstance(v, list) and v and isinstance(v[0], torch.Tensor):
             out[k] = [t.to(device, non_blocking=non_blocking) for t in v]
+        elif isinstance(v, dict):
+            out[k] = to_device(v, device)
         else:
             out[k] = v
     return out

@@ -7,8 +7,10 @@ decoding or optical flow.
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -55,27 +57,89 @@ def run_settings(out: Path) -> TrainSettings:
 
 
 def forward_and_loss(model, criterion, batch: dict, device: torch.device, amp: str) -> dict[str, torch.Tensor]:
-    """One batch through the model and the loss (shared by the trainer and the benchmarks)."""
-    frames = normalise_frames(batch["frames"], batch["valid_size"])
-    size = tuple(frames.shape[-2:])
-    annotated = batch["annotated_index"]
-    if not bool((annotated == annotated[0]).all()):
+    """One batch through the model and the loss (shared by the trainer and the benchmarks). `batch` as the loader
+    gives it (on the host, pinned): its small integers (window positions, referred instances, clips, frame sizes)
+    are read there, so that nothing in the step waits for the GPU to hand a number back; then it moves to
+    `device`."""
+    annotated = batch["annotated_index"].tolist()                     # host tensors: no device sync
+    if any(a != annotated[0] for a in annotated):
         raise ValueError("a batch must share the annotated frame's window position")
-    padding = padding_mask_of(batch["valid_size"], size, device)
+    valid_sizes = [tuple(v) for v in batch["valid_size"].tolist()]
+    clip_index = batch.get("clip_index")
+    clip_of = clip_index.tolist() if clip_index is not None else list(range(len(batch["long_text"])))
+    referred = batch["referred_index"].tolist()
+    on_device = to_device(batch, device)
+    frames = normalise_frames(on_device["frames"], on_device["valid_size"])
+    size = tuple(frames.shape[-2:])
+    padded = any(v != size for v in valid_sizes)
+    padding = padding_mask_of(on_device["valid_size"], size, device) if padded else None
     # valid_size: the frame's unpadded size (LoSh-S's box targets are normalised by it)
-    clip_of = batch["clip_index"].tolist() if batch.get("clip_index") is not None else range(len(batch["long_text"]))
-    targets = [{"instance_masks": m, "referred_index": int(r), "long_mask": lm, "short_mask": sm,
-                "valid_size": batch["valid_size"][c]}
-               for m, r, lm, sm, c in zip(batch["instance_masks"], batch["referred_index"], batch["long_mask"],
-                                          batch["short_mask"], clip_of)]
+    targets = [{"instance_masks": m, "referred_index": r, "long_mask": lm, "short_mask": sm,
+                "valid_size": valid_sizes[c]}
+               for m, r, lm, sm, c in zip(on_device["instance_masks"], referred, on_device["long_mask"],
+                                          on_device["short_mask"], clip_of)]
     # LoSh-S matches in its forward (as SgMg) to refine only the matched query: it takes the targets
     matching = {"targets": targets} if getattr(getattr(model, "module", model), "matches_in_forward", False) else {}
     with autocast_for(device, amp):
-        outputs = model(frames, batch["long_text"], batch["short_text"], annotated_index=int(annotated[0]),
-                        padding_mask=padding, clip_index=batch.get("clip_index"), supervised=batch.get("supervised"),
-                        **matching)
-    return criterion(outputs, targets, flows=batch.get("flows"), flow_valid=batch.get("flow_valid"),
+        outputs = model(frames, batch["long_text"], batch["short_text"], annotated_index=annotated[0],
+                        padding_mask=padding, clip_index=clip_index.cpu() if clip_index is not None else None,
+                        supervised=batch.get("supervised"), text_tokens=on_device.get("text_tokens"), **matching)
+    return criterion(outputs, targets, flows=on_device.get("flows"), flow_valid=on_device.get("flow_valid"),
                      flow_frame_size=size)
+
+
+def train_step(net: torch.nn.Module, model: torch.nn.Module, criterion: torch.nn.Module,
+               optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, batch: dict,
+               device: torch.device, settings: TrainSettings, global_step: int,
+               ema: WeightAverage | None = None) -> dict[str, torch.Tensor]:
+    """One optimiser step on `batch` (the loop's body, also what the benchmarks time and count): forward, loss,
+    backward, clipping, AdamW (with the warm-up), EMA. Returns the detached loss terms, still on the device;
+    raises `NonFiniteOutputs` (with the terms) when the predictions or the loss are not finite (the weights are
+    then not updated). One host sync: the finiteness check."""
+    losses = forward_and_loss(net, criterion, batch, device, settings.amp)
+    loss = losses["loss"]
+    if not torch.isfinite(loss):                     # the step's one sync: never step on a NaN
+        raise NonFiniteOutputs("non-finite loss", {k: float(v.detach()) for k, v in losses.items()})
+    optimizer.zero_grad(set_to_none=True)
+    scale = scaler is not None and scaler.is_enabled()
+    (scaler.scale(loss) if scale else loss).backward()
+    if settings.clip_max_norm > 0:
+        if scale:
+            scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_max_norm)
+    with warmed_up(optimizer, global_step, settings.lr_warmup_steps):
+        if scale:
+            scaler.step(optimizer)
+        else:
+            optimizer.step()
+    if scale:
+        scaler.update()
+    if ema is not None:
+        ema.update(model)
+    return {k: v.detach() for k, v in losses.items() if "_aux" not in k}
+
+
+class LossLog:
+    """Sums of the loss terms over steps, kept on the device: read back to the host in one transfer when the
+    loop logs (every `log_every_steps`), not at every step."""
+
+    def __init__(self) -> None:
+        self._sums: dict[str, torch.Tensor] = {}
+        self.steps = 0
+
+    def add(self, losses: dict[str, torch.Tensor]) -> None:
+        for key, value in losses.items():
+            self._sums[key] = self._sums[key] + value if key in self._sums else value.clone()
+        self.steps += 1
+
+    def mean_and_reset(self) -> dict[str, float]:
+        """The mean of each term since the last call (one device -> host copy), and a fresh start."""
+        if not self.steps:
+            return {}
+        keys = list(self._sums)
+        values = (torch.stack([self._sums[k].float() for k in keys]) / self.steps).tolist()
+        self._sums, self.steps = {}, 0
+        return dict(zip(keys, values))
 
 
 def dataset_manifest(data: Path) -> dict:
@@ -166,14 +230,8 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
     if settings.expressions_per_clip > 1:
         dataset = ClipDataset(data, "train", max_expressions=settings.expressions_per_clip, with_flows=with_flows,
                               seed=settings.seed, augment=augment)
-        collate_fn = collate_clips
     else:
         dataset = RVOSDataset(data, "train", with_flows=with_flows, seed=settings.seed, augment=augment)
-        collate_fn = collate
-    sampler = DistributedSampler(dataset, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=settings.seed)
-    loader = DataLoader(dataset, batch_size=settings.batch_size, sampler=sampler, collate_fn=collate_fn,
-                        num_workers=settings.num_workers, pin_memory=dev.type == "cuda",
-                        persistent_workers=settings.num_workers > 0, drop_last=False)
 
     # ---- model, loss, optimiser
     model = build_model(config, load_pretrained=checkpoint is None)   # resuming: the checkpoint has the weights
@@ -198,6 +256,16 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])
         torch.set_rng_state(rng["torch"])
+    # the loader's workers tokenize the texts (with the model's tokenizer: fitted above, or the checkpoint's) and
+    # pin the token ids with the batch
+    # (one batch's texts need no tokenizer threads, and forked workers must not inherit a used thread pool)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    collate_fn = partial(collate_clips if settings.expressions_per_clip > 1 else collate,
+                         tokenize=model.text_encoder.batch_tokenizer(config.use_short_text))
+    sampler = DistributedSampler(dataset, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=settings.seed)
+    loader = DataLoader(dataset, batch_size=settings.batch_size, sampler=sampler, collate_fn=collate_fn,
+                        num_workers=settings.num_workers, pin_memory=dev.type == "cuda",
+                        persistent_workers=settings.num_workers > 0, drop_last=False)
     ema = WeightAverage(model, settings.ema_decay) if settings.ema_decay > 0 else None
     if ema is not None and checkpoint is not None and checkpoint.get("model_ema") is not None:
         ema.load_state_dict(checkpoint["model_ema"])
@@ -231,52 +299,37 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
             "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
         }, ckpt_path)
 
-    last: dict[str, float] = {}
+    last_step: dict[str, torch.Tensor] = {}
     start = time.time()
     stop = False
     while epoch < settings.epochs and not stop:
         sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
         net.train()
-        sums: dict[str, float] = {}
-        n_steps = 0
+        window, whole_epoch = LossLog(), LossLog()      # since the last log line / this epoch, on the device
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=not (progress and d.main))
         for i, batch in enumerate(bar):
             if i < step_in_epoch:  # resuming inside an epoch: the sampler order is the same, skip what was done
                 continue
-            batch = to_device(batch, dev)
-            where = f"at epoch {epoch + 1}, step {i + 1} (samples {batch['sample_id']})"
             try:
-                losses = forward_and_loss(net, criterion, batch, dev, settings.amp)
-            except NonFiniteOutputs as error:   # NaN predictions reach the matcher before any loss is summed
-                raise non_finite_loss(f"non-finite loss ({error}) {where}", error.terms, ckpt_path) from None
-            loss = losses["loss"]
-            if not torch.isfinite(loss):
-                raise non_finite_loss(f"non-finite loss {where}", {k: float(v.detach()) for k, v in losses.items()},
-                                      ckpt_path)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if settings.clip_max_norm > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_max_norm)
-            with warmed_up(optimizer, global_step, settings.lr_warmup_steps):
-                scaler.step(optimizer)
-            scaler.update()
-            if ema is not None:
-                ema.update(model)
+                last_step = train_step(net, model, criterion, optimizer, scaler, batch, dev, settings, global_step, ema)
+            except NonFiniteOutputs as error:   # NaN predictions or loss: stop before the weights change
+                where = f"at epoch {epoch + 1}, step {i + 1} (samples {batch['sample_id']})"
+                detail = "" if str(error) == "non-finite loss" else f" ({error})"
+                raise non_finite_loss(f"non-finite loss{detail} {where}", error.terms, ckpt_path) from None
+            window.add(last_step)
+            whole_epoch.add(last_step)
             global_step += 1
-            n_steps += 1
             step_in_epoch = i + 1
-            last = {k: float(v.detach()) for k, v in losses.items() if "_aux" not in k}
-            for k, v in last.items():
-                sums[k] = sums.get(k, 0.0) + v
-            bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in last.items()
-                             if k in ("loss", "loss_dice_long", "loss_lsi", "loss_fbc")})
-            if log and global_step % settings.log_every_steps == 0:
-                warm = min(1.0, global_step / settings.lr_warmup_steps) if settings.lr_warmup_steps else 1.0
-                log.write(json.dumps({"epoch": epoch + 1, "step": global_step, "lr": main_lr(optimizer) * warm,
-                                      "time_s": round(time.time() - start, 2), **last}) + "\n")
-                log.flush()
+            if global_step % settings.log_every_steps == 0:
+                means = window.mean_and_reset()      # the one device -> host copy of these steps' losses
+                bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in means.items()
+                                 if k in ("loss", "loss_dice_long", "loss_lsi", "loss_fbc")})
+                if log:
+                    warm = min(1.0, global_step / settings.lr_warmup_steps) if settings.lr_warmup_steps else 1.0
+                    log.write(json.dumps({"epoch": epoch + 1, "step": global_step, "lr": main_lr(optimizer) * warm,
+                                          "time_s": round(time.time() - start, 2), **means}) + "\n")
+                    log.flush()
             if settings.checkpoint_every_steps and global_step % settings.checkpoint_every_steps == 0:
                 save(epoch, step_in_epoch)
             if settings.max_steps and global_step >= settings.max_steps:
@@ -285,26 +338,24 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
         if not stop:
             scheduler.step()
             epoch, step_in_epoch = epoch + 1, 0
-        improved = False
+        save(epoch, step_in_epoch)       # before any evaluation: an evaluation that fails loses no training
         if settings.eval_every and step_in_epoch == 0 and (epoch % settings.eval_every == 0 or epoch == settings.epochs):
             if d.main:
                 metrics = validation_metrics(model, ema, data, settings)
                 value = metrics.get(settings.best_metric)
-                improved = value is not None and (best is None or value > best["value"])
-                if improved:
+                if value is not None and (best is None or value > best["value"]):
                     best = {"metric": settings.best_metric, "value": value, "epoch": epoch}
+                    save(epoch, step_in_epoch)   # last.pt records the new best
+                    atomic_copy(ckpt_path, ckpt_path.with_name("best.pt"))
                 scores = {k: metrics.get(k) for k in ("mean_iou", "overall_iou", "map", "jf")}
                 log.write(json.dumps({"eval": {"epoch": epoch, "step": global_step, "split": settings.eval_split,
                                                "samples": metrics["samples"], "resolution": "prepared", **scores},
                                       "best": best}) + "\n")
             if d.world_size > 1:
                 dist.barrier()   # the other ranks wait for rank 0's evaluation
-        save(epoch, step_in_epoch)
-        if improved:
-            atomic_copy(ckpt_path, ckpt_path.with_name("best.pt"))
         if log:
             log.write(json.dumps({"epoch_end": epoch, "step": global_step, "time_s": round(time.time() - start, 2),
-                                  **{f"mean_{k}": v / max(n_steps, 1) for k, v in sums.items()}}) + "\n")
+                                  **{f"mean_{k}": v for k, v in whole_epoch.mean_and_reset().items()}}) + "\n")
             log.flush()
     if log:
         log.close()
@@ -313,6 +364,8 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
         process_group = f"{dist.get_backend()} x{d.world_size}"
         dist.barrier()
         dist.destroy_process_group()
+    # the last step's losses, read back once
+    last = dict(zip(last_step, torch.stack(list(last_step.values())).float().tolist())) if last_step else {}
     return {"epochs": epoch, "steps": global_step, "last_losses": last, "checkpoint": str(ckpt_path),
             "seconds": round(time.time() - start, 1), "device": str(dev), "process_group": process_group, "best": best}
 

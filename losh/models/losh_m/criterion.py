@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from losh.models.losh_m.matcher import FrameTargets, LongShortMatcher, upsampled_logits, upsampled_probs
+from losh.models.losh_m.matcher import Assignment, FrameTargets, LongShortMatcher, upsampled_logits, upsampled_probs
 from losh.models.shared.criterion import LongShortCriterion, ReferredMasks, average_over_processes, parse_targets
 from losh.models.shared.losses import dice_loss, is_referred_loss, sigmoid_focal_loss
 from schemas.config import LossConfig
@@ -37,7 +37,7 @@ class LoShMCriterion(LongShortCriterion):
         grid = tuple(outputs["long"]["pred_masks"].shape[-2:]) if self.config.mask_resolution == "stride4" else None
         return [frame_targets(t, grid) for t in parsed]
 
-    def normaliser(self, targets: list[FrameTargets]) -> float:
+    def normaliser(self, targets: list[FrameTargets]) -> Tensor:
         """MTTR's num_masks: the instances of the batch (all processes' mean)."""
         return average_over_processes(sum(len(t.long_masks) for t in targets), targets[0].long_masks.device)
 
@@ -47,29 +47,31 @@ class LoShMCriterion(LongShortCriterion):
         return {"pred_is_referred": out["pred_is_referred"][:, positions].float(),
                 "pred_masks": out["pred_masks"][:, positions].transpose(1, 2).float()}
 
-    def match(self, layer: dict[str, dict[str, Tensor]], targets: list[FrameTargets]) -> list[tuple[Tensor, Tensor]]:
-        return self.matcher(layer, targets)
+    def match_layers(self, layers: list[dict[str, dict[str, Tensor]]], targets: list[FrameTargets]
+                     ) -> list[list[Assignment]]:
+        return self.matcher.match_layers(layers, targets)    # all layers' costs read back at once
 
     def layer_losses(self, layer: dict[str, dict[str, Tensor]], targets: list[FrameTargets],
-                     indices: list[tuple[Tensor, Tensor]], num_masks: float) -> dict[str, Tensor]:
-        referred_queries = torch.stack([queries[instances == t.referred_index][0]
-                                        for (queries, instances), t in zip(indices, targets)])
+                     matched: list[Assignment], num_masks: Tensor) -> dict[str, Tensor]:
+        referred = [m.referred_query for m in matched]                                  # on the host
         frames = layer["long"]["pred_is_referred"].shape[1]
-        visible = torch.cat([t.visible.to(referred_queries.device) for t in targets])        # (B*A,)
+        device = layer["long"]["pred_is_referred"].device
+        referred_queries = torch.tensor(referred).repeat_interleave(frames).to(device, non_blocking=True)
+        visible = torch.cat([t.visible.to(device) for t in targets])                  # (B*A,)
         losses = {}
         for name, out in layer.items():
-            predicted = torch.cat([upsampled_logits(out["pred_masks"][b][queries], t.size)
-                                   for b, ((queries, _), t) in enumerate(zip(indices, targets))])
-            wanted = torch.cat([(t.long_masks if name == "long" else t.short_masks)[instances]
-                                for (_, instances), t in zip(indices, targets)])
+            predicted = torch.cat([upsampled_logits(out["pred_masks"][b][m.queries], t.size)
+                                   for b, (m, t) in enumerate(zip(matched, targets))])
+            wanted = torch.cat([(t.long_masks if name == "long" else t.short_masks)[m.instances]
+                                for m, t in zip(matched, targets)])
             losses[f"loss_is_referred_{name}"] = is_referred_loss(
-                out["pred_is_referred"].flatten(0, 1), referred_queries.repeat_interleave(frames),
-                self.config.eos_coef, visible, normaliser=len(targets))
+                out["pred_is_referred"].flatten(0, 1), referred_queries, self.config.eos_coef, visible,
+                normaliser=len(targets))
             losses[f"loss_dice_{name}"] = dice_loss(predicted, wanted, num_masks)
             losses[f"loss_focal_{name}"] = sigmoid_focal_loss(predicted, wanted, num_masks)
         if "short" in layer:
-            long_ref, short_ref = (torch.cat([upsampled_probs(layer[p]["pred_masks"][b][referred_queries[b], None],
-                                                              t.size) for b, t in enumerate(targets)])
+            long_ref, short_ref = (torch.cat([upsampled_probs(layer[p]["pred_masks"][b][q, None], t.size)
+                                              for b, (q, t) in enumerate(zip(referred, targets))])
                                    for p in ("long", "short"))
             losses["loss_lsi"] = self.lsi_term(long_ref, short_ref)
         return losses

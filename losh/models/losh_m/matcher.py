@@ -81,28 +81,75 @@ class LongShortMatcher:
         return cost
 
     @torch.no_grad()
-    def __call__(self, layer: dict[str, dict[str, Tensor]], targets: list[FrameTargets]) -> list[tuple[Tensor, Tensor]]:
+    def costs(self, layer: dict[str, dict[str, Tensor]], targets: list[FrameTargets]) -> list[Tensor]:
         """layer: {"long": {...}, "short": {...}} with "pred_is_referred" (B, Q, 2) or (B, A, Q, 2) and
-        "pred_masks" (B, Q, h, w) or (B, Q, A, h, w) of the supervised frames. Returns per sample (query
-        indices, instance indices)."""
-        indices = []
+        "pred_masks" (B, Q, h, w) or (B, Q, A, h, w) of the supervised frames -> each sample's cost (Q, N), in
+        float32 whatever the autocast around it (a bf16 dice numerator steps by 1/128 of itself, which can change
+        the match)."""
+        with torch.autocast(targets[0].long_masks.device.type, enabled=False):
+            layer = {name: {k: v.float() for k, v in out.items()} for name, out in layer.items()}
+            return self._costs(layer, targets)
+
+    def _costs(self, layer: dict[str, dict[str, Tensor]], targets: list[FrameTargets]) -> list[Tensor]:
         short = layer.get("short")
+        costs = []
         for b, target in enumerate(targets):
             long_probs = upsampled_probs(layer["long"]["pred_masks"][b], target.size)
             short_probs = upsampled_probs(short["pred_masks"][b], target.size) if short is not None else None
-            cost = self.cost_matrix(layer["long"]["pred_is_referred"][b], long_probs, target,
-                                    short["pred_is_referred"][b] if short is not None else None, short_probs)
-            indices.append(assign(cost, f"sample {b}"))
-        return indices
+            costs.append(self.cost_matrix(layer["long"]["pred_is_referred"][b], long_probs, target,
+                                          short["pred_is_referred"][b] if short is not None else None, short_probs))
+        return costs
+
+    @torch.no_grad()
+    def match_layers(self, layers: list[dict[str, dict[str, Tensor]]], targets: list[FrameTargets]
+                     ) -> list[list[Assignment]]:
+        """Every layer's matching in one read-back: the cost matrices of all layers and samples come to the host
+        together, the assignments go back to the device together (without waiting for it)."""
+        costs = [self.costs(layer, targets) for layer in layers]
+        flat = [cost for layer_costs in costs for cost in layer_costs]
+        values = torch.cat([cost.float().flatten() for cost in flat]).cpu().numpy()   # the one device -> host copy
+        chunks = np.split(values, np.cumsum([cost.numel() for cost in flat])[:-1])
+        solved = []
+        for k, (cost, chunk) in enumerate(zip(flat, chunks)):
+            layer, b = divmod(k, len(targets))
+            solved.append(_solve(chunk.reshape(cost.shape), f"layer {layer}, sample {b}"))
+        packed = torch.from_numpy(np.concatenate([np.concatenate(pair) for pair in solved]).astype(np.int64))
+        packed = packed.to(flat[0].device, non_blocking=True)             # host -> device, no wait
+        assignments, start = [], 0
+        for k, (rows, cols) in enumerate(solved):
+            n = len(rows)
+            target = targets[k % len(targets)]
+            assignments.append(Assignment(packed[start:start + n], packed[start + n:start + 2 * n],
+                                          int(rows[cols == target.referred_index][0])))
+            start += 2 * n
+        return [assignments[i:i + len(targets)] for i in range(0, len(assignments), len(targets))]
+
+    def __call__(self, layer: dict[str, dict[str, Tensor]], targets: list[FrameTargets]) -> list[tuple[Tensor, Tensor]]:
+        """One layer: per sample (query indices, instance indices)."""
+        return [(a.queries, a.instances) for a in self.match_layers([layer], targets)[0]]
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """One sample's matching: its queries and the instances they are matched to (on the device), and the query
+    matched to the referred instance (on the host)."""
+
+    queries: Tensor
+    instances: Tensor
+    referred_query: int
+
+
+def _solve(cost: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """scipy's minimum-cost assignment of a (Q, N) cost on the host: (query indices sorted, instance indices)."""
+    if not np.isfinite(cost).all():   # NaN predictions: no assignment exists (the criterion reports it)
+        raise NonFiniteOutputs(f"the matching cost of {what} holds NaN/inf", {})
+    return linear_sum_assignment(cost)
 
 
 def assign(cost: Tensor, what: str = "the sample") -> tuple[Tensor, Tensor]:
     """Minimum-cost one-to-one assignment of a (Q, N) cost, Q >= N: (query indices sorted, instance indices),
     on the cost's device. scipy's solver, as in MTTR and DETR: deterministic, ties always resolve the same way."""
-    cost_np = cost.float().cpu().numpy()
-    if not np.isfinite(cost_np).all():   # NaN predictions: no assignment exists (the criterion reports it)
-        raise NonFiniteOutputs(f"the matching cost of {what} holds NaN/inf", {})
-    rows, cols = linear_sum_assignment(cost_np)
+    rows, cols = _solve(cost.float().cpu().numpy(), what)
     return torch.as_tensor(rows, device=cost.device), torch.as_tensor(cols, device=cost.device)
 
 

@@ -77,7 +77,8 @@ class LoShM(nn.Module):
 
     def forward(self, frames: Tensor, long_texts: Sequence[str], short_texts: Sequence[str] | None = None,
                 *, annotated_index: int, padding_mask: Tensor | None = None,
-                clip_index: Tensor | None = None, supervised: Sequence[int] | None = None) -> dict:
+                clip_index: Tensor | None = None, supervised: Sequence[int] | None = None,
+                text_tokens: dict[str, Tensor] | None = None) -> dict:
         """frames (B, T, 3, H, W), one text per clip; or, with `clip_index` (N,), N texts of which text i
         refers to clip clip_index[i] (several expressions of a clip share one backbone pass). Outputs are
         per text; `fbc_features` (visual, text-independent) stay per clip. `annotated_index`: the window
@@ -85,7 +86,7 @@ class LoShM(nn.Module):
         all decoded also when the config decodes only annotated frames."""
         use_short = self.config.use_short_text and short_texts is not None
         return self._run(frames, long_texts, short_texts if use_short else None, annotated_index, padding_mask,
-                         keep_fbc_features=True, clip_index=clip_index, supervised=supervised)
+                         keep_fbc_features=True, clip_index=clip_index, supervised=supervised, text_tokens=text_tokens)
 
     @torch.no_grad()
     def infer(self, frames: Tensor, long_texts: Sequence[str], short_texts: Sequence[str] | None = None, *,
@@ -111,7 +112,7 @@ class LoShM(nn.Module):
     def _run(self, frames: Tensor, long_texts: Sequence[str], short_texts: Sequence[str] | None,
              annotated_index: int, padding_mask: Tensor | None, keep_fbc_features: bool,
              clip_index: Tensor | None = None, decode_short: bool = True,
-             supervised: Sequence[int] | None = None) -> dict:
+             supervised: Sequence[int] | None = None, text_tokens: dict[str, Tensor] | None = None) -> dict:
         b = len(long_texts)
         visual = frames_per_text(self.backbone, frames, b, annotated_index, padding_mask, clip_index, supervised,
                                  self.config.transformer.decode_frames)
@@ -127,7 +128,7 @@ class LoShM(nn.Module):
         video_pos = sine_position_encoding_2d(video_padding, video.shape[1]).flatten(1, 2)
         video = video.flatten(2).transpose(1, 2)
 
-        long_text, long_pad, short_text, short_pad = self.text_encoder(long_texts, short_texts)
+        long_text, long_pad, short_text, short_pad = self.text_encoder(long_texts, short_texts, tokens=text_tokens)
         long_seq = self._sequence(video, video_pos, video_padding, long_text, long_pad, n_frames)
         short_seq = (self._sequence(video, video_pos, video_padding, short_text, short_pad, n_frames)
                      if short_text is not None else (None, None, None))

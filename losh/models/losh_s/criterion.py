@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from losh.models.losh_s.matcher import ReferredTarget, low_resolution, match_referred, referred_target
-from losh.models.shared.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
+from losh.models.shared.box_ops import box_cxcywh_to_xyxy, elementwise_generalized_box_iou
 from losh.models.shared.criterion import LongShortCriterion, ReferredMasks, average_over_processes
 from losh.models.shared.losses import dice_loss, sigmoid_focal_elements, sigmoid_focal_loss
 from schemas.config import LossConfig
@@ -42,7 +42,7 @@ class LoShSCriterion(LongShortCriterion):
 
     def normaliser(self, targets: list[ReferredTarget]) -> float:
         """SgMg's num_boxes: the supervised frames where the referred object is visible (all processes' mean)."""
-        return average_over_processes(int(sum(int(t.visible.sum()) for t in targets)), targets[0].long_masks.device)
+        return average_over_processes(sum(t.visible.sum() for t in targets), targets[0].long_masks.device)
 
     def at_frames(self, out: dict[str, Tensor], positions: list[int]) -> dict[str, Tensor]:
         """The supervised frames' predictions (B, A, Q, ...) in float32 (losses in float32 under autocast), and
@@ -58,27 +58,27 @@ class LoShSCriterion(LongShortCriterion):
         return matched if matched is not None else match_referred(layer, targets, self.config)
 
     def layer_losses(self, layer: dict[str, dict[str, Tensor]], targets: list[ReferredTarget], matched: Tensor,
-                     num_boxes: float) -> dict[str, Tensor]:
+                     num_boxes: Tensor) -> dict[str, Tensor]:
         batch = torch.arange(len(targets), device=matched.device)
         losses = {}
         for name, out in layer.items():
-            masks_of, visible_of, boxes_of = zip(*(t.of(name) for t in targets))
-            visible = torch.stack(visible_of)                                     # (B, A)
+            wanted, visible, wanted_boxes = (torch.stack(parts) for parts in zip(*(t.of(name) for t in targets)))
+            seen = visible.to(out["pred_logits"].dtype)                            # (B, A): 1 where visible
             logits = out["pred_logits"]                                           # (B, A, Q)
             is_referred = torch.zeros_like(logits)
-            is_referred[batch, :, matched] = visible.to(logits.dtype)
+            is_referred[batch, :, matched] = seen
             losses[f"loss_is_referred_{name}"] = sigmoid_focal_elements(logits, is_referred).sum() / num_boxes
-            boxes = out["pred_boxes"][batch, :, matched][visible]                 # (visible frames, 4)
-            wanted_boxes = torch.cat([b[v] for b, v in zip(boxes_of, visible_of)])
-            losses[f"loss_box_l1_{name}"] = F.l1_loss(boxes, wanted_boxes, reduction="sum") / num_boxes
-            giou = torch.diag(generalized_box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(wanted_boxes)))
-            losses[f"loss_giou_{name}"] = (1 - giou).sum() / num_boxes
-            wanted = torch.stack(masks_of)                                        # (B, A, H, W)
+            # the matched query's boxes in the frames where the target is visible (masked: no boolean indexing)
+            boxes = out["pred_boxes"][batch, :, matched]                          # (B, A, 4)
+            l1 = F.l1_loss(boxes, wanted_boxes, reduction="none").sum(-1)         # (B, A)
+            losses[f"loss_box_l1_{name}"] = (l1 * seen).sum() / num_boxes
+            giou = elementwise_generalized_box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(wanted_boxes))
+            losses[f"loss_giou_{name}"] = ((1 - giou) * seen).sum() / num_boxes
             # (B, A, H, W): the matched query's, or the only one refined (matched in the model's forward)
             refined = matched if out["pred_masks"].shape[2] > 1 else torch.zeros_like(matched)
             masks = out["pred_masks"][batch, :, refined]
             low = out["pred_masks_low"][batch, :, matched]
-            wanted_low = torch.stack([low_resolution(w, low.shape[-2:]) for w in wanted])
+            wanted_low = low_resolution(wanted, low.shape[-2:])
             for suffix, predicted, target in (("", masks, wanted), ("_low", low, wanted_low)):
                 predicted, target = predicted.flatten(1), target.flatten(1)
                 losses[f"loss_focal{suffix}_{name}"] = sigmoid_focal_loss(predicted, target, num_boxes)

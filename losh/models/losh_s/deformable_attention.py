@@ -8,14 +8,32 @@ the map), so weights trained with either form give the same outputs.
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# id(tensor) -> the Python (H_l, W_l) of the spatial_shapes tensors made by `spatial_shapes_tensor` (forgotten when
+# the tensor goes), so that they are read without a device sync
+_KNOWN_SHAPES: dict[int, list[tuple[int, int]]] = {}
+
+
+def spatial_shapes_tensor(shapes: list[tuple[int, int]], device: torch.device) -> Tensor:
+    """The (L, 2) long tensor of the levels' (H_l, W_l) on `device` (the argument SgMg's op takes), copied without
+    waiting for the device; `level_shapes` gives its Python ints back without reading the device."""
+    tensor = torch.tensor(shapes, dtype=torch.long).to(device, non_blocking=True)
+    _KNOWN_SHAPES[id(tensor)] = [(int(h), int(w)) for h, w in shapes]
+    weakref.finalize(tensor, _KNOWN_SHAPES.pop, id(tensor), None)
+    return tensor
+
 
 def level_shapes(spatial_shapes: Tensor) -> list[tuple[int, int]]:
-    """spatial_shapes (L, 2) long -> [(H_l, W_l), ...] as Python ints (the loops over levels need them)."""
+    """spatial_shapes (L, 2) long -> [(H_l, W_l), ...] as Python ints (the loops over levels need them): known
+    without a device read for tensors of `spatial_shapes_tensor`."""
+    known = _KNOWN_SHAPES.get(id(spatial_shapes))
+    if known is not None:
+        return known
     return [(int(height), int(width)) for height, width in spatial_shapes.tolist()]
 
 
@@ -126,7 +144,7 @@ class MSDeformAttn(nn.Module):
         """
         batch, length, _ = input_flatten.shape
         if sum(height * width for height, width in level_shapes(spatial_shapes)) != length:
-            raise ValueError(f"spatial_shapes {spatial_shapes.tolist()} do not cover the {length} inputs")
+            raise ValueError(f"spatial_shapes {level_shapes(spatial_shapes)} do not cover the {length} inputs")
         if level_start_index.numel() != self.n_levels:
             raise ValueError(f"expected {self.n_levels} levels, got {level_start_index.numel()}")
         # locations need full precision (a bf16 offset is off by pixels on large maps): autocast off,

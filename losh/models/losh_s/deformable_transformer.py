@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from losh.models.losh_s.deformable_attention import MSDeformAttn, level_shapes
+from losh.models.losh_s.deformable_attention import MSDeformAttn, level_shapes, spatial_shapes_tensor
 from losh.models.shared.long_short import cross_attention_layers
 
 
@@ -280,7 +280,7 @@ class DeformableTransformer(nn.Module):
         pos_flatten = torch.cat(pos_flatten, 1)
         short_flatten = (torch.cat([src.flatten(2).transpose(1, 2) for src in short_srcs], 1)
                          if short_srcs is not None else None)
-        spatial_shapes = torch.as_tensor([src.shape[-2:] for src in srcs], dtype=torch.long, device=src_flatten.device)
+        spatial_shapes = spatial_shapes_tensor([tuple(src.shape[-2:]) for src in srcs], src_flatten.device)
         level_start_index = torch.cat((spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]))
         # references in full precision even under autocast (the attention casts them to its weights' dtype)
         dtype = self.level_embed.dtype

@@ -21,8 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from losh.errors import NonFiniteOutputs
-from losh.models.shared.box_ops import box_cxcywh_to_xyxy, generalized_box_iou, normalised_cxcywh_from_masks
+from losh.models.shared.box_ops import box_cxcywh_to_xyxy, elementwise_generalized_box_iou, normalised_cxcywh_from_masks
 from losh.models.shared.criterion import ReferredMasks, parse_targets
 from losh.models.shared.losses import dice_coefficient, sigmoid_focal_cost
 from losh.models.shared.matching import long_short_cost
@@ -73,45 +72,45 @@ def low_resolution(masks: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def _class_cost(logits: Tensor, visible: Tensor) -> Tensor:
-    """SgMg's focal class cost of (A, Q) logits, averaged over the visible frames -> (Q,)."""
-    if not visible.any():
-        return logits.new_zeros(logits.shape[1])
-    probs = logits[visible].sigmoid()
+    """SgMg's focal class cost of (B, A, Q) logits, averaged over each sample's visible frames (B, A) -> (B, Q);
+    0 for a sample without one."""
+    probs = logits.sigmoid()
     negative = (1 - FOCAL_ALPHA) * probs ** FOCAL_GAMMA * -(1 - probs + 1e-8).log()
     positive = FOCAL_ALPHA * (1 - probs) ** FOCAL_GAMMA * -(probs + 1e-8).log()
-    return (positive - negative).mean(0)
+    return _visible_mean(positive - negative, visible)
+
+
+def _visible_mean(per_frame: Tensor, visible: Tensor) -> Tensor:
+    """(B, A, Q) values, (B, A) bool -> (B, Q) their mean over the visible frames (0 where none is)."""
+    weights = visible.to(per_frame.dtype)[..., None]
+    return (per_frame * weights).sum(1) / weights.sum(1).clamp(min=1)
 
 
 @torch.no_grad()
 def match_referred(layer: dict[str, dict[str, Tensor]], targets: list[ReferredTarget], c: LossConfig) -> Tensor:
-    """The query matched to the referred object in each sample: (B,) indices. `layer`: per pathway
-    "pred_logits" (B, A, Q), "pred_boxes" (B, A, Q, 4), "pred_masks_low" (B, A, Q, h, w) of the supervised frames."""
-    chosen = []
-    for b, target in enumerate(targets):
+    """The query matched to the referred object in each sample: (B,) indices, left on the device (nothing is read
+    back). `layer`: per pathway "pred_logits" (B, A, Q), "pred_boxes" (B, A, Q, 4), "pred_masks_low"
+    (B, A, Q, h, w) of the supervised frames. In float32 whatever the autocast around it (a bf16 dice numerator
+    steps by 1/128 of itself, which can change the match). Non-finite predictions give a non-finite loss, which
+    the trainer reports."""
+    with torch.autocast(targets[0].long_masks.device.type, enabled=False):
         cost = 0
         low_probs = {}
         for name, out in layer.items():
-            wanted, visible, wanted_boxes = target.of(name)
-            low = out["pred_masks_low"][b]                                    # (A, Q, h, w)
-            logits = low.transpose(0, 1).flatten(1)                           # (Q, A*h*w)
-            wanted_low = low_resolution(wanted, low.shape[-2:]).flatten()[None]
+            wanted, visible, wanted_boxes = (torch.stack(parts) for parts in zip(*(t.of(name) for t in targets)))
+            low = out["pred_masks_low"].float()                                # (B, A, Q, h, w)
+            logits = low.transpose(1, 2).flatten(2)                            # (B, Q, A*h*w)
+            wanted_low = low_resolution(wanted, low.shape[-2:]).flatten(1)[:, None]   # (B, 1, A*h*w)
             low_probs[name] = logits.sigmoid()
-            cost = cost + c.match_is_referred * _class_cost(out["pred_logits"][b], visible)
-            cost = cost + c.match_focal * sigmoid_focal_cost(logits, wanted_low)[:, 0]
-            cost = cost - c.match_dice * dice_coefficient(low_probs[name], wanted_low)[:, 0]
-            if visible.any():
-                boxes = out["pred_boxes"][b][visible]                         # (A', Q, 4)
-                seen = wanted_boxes[visible][:, None]                         # (A', 1, 4)
-                cost = cost + c.match_box_l1 * (boxes - seen).abs().sum(-1).mean(0)
-                giou = torch.stack([generalized_box_iou(box_cxcywh_to_xyxy(p), box_cxcywh_to_xyxy(w))[:, 0]
-                                    for p, w in zip(boxes, seen)])
-                cost = cost - c.match_giou * giou.mean(0)
+            cost = cost + c.match_is_referred * _class_cost(out["pred_logits"].float(), visible)
+            cost = cost + c.match_focal * sigmoid_focal_cost(logits, wanted_low)[..., 0]
+            cost = cost - c.match_dice * dice_coefficient(low_probs[name], wanted_low)[..., 0]
+            boxes = out["pred_boxes"].float()                                  # (B, A, Q, 4)
+            seen = wanted_boxes[:, :, None]                                    # (B, A, 1, 4)
+            cost = cost + c.match_box_l1 * _visible_mean((boxes - seen).abs().sum(-1), visible)
+            giou = elementwise_generalized_box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(seen))
+            cost = cost - c.match_giou * _visible_mean(giou, visible)
         if "short" in low_probs and c.match_lsi > 0:
             cost = cost + long_short_cost(low_probs["long"], low_probs["short"], c.match_lsi,
                                           c.lsi_threshold, c.lsi_epsilon)
-        if not torch.isfinite(cost).all():
-            raise NonFiniteOutputs(f"the matching cost of sample {b} holds NaN/inf: the model's predictions "
-                                   "are not finite", {})
-        chosen.append(int(cost.argmin()))
-    return torch.tensor(chosen, device=targets[0].long_masks.device)
-
+        return cost.argmin(dim=1)

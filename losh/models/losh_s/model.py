@@ -115,13 +115,14 @@ class LoShS(nn.Module):
     def forward(self, frames: Tensor, long_texts: Sequence[str], short_texts: Sequence[str] | None = None,
                 *, annotated_index: int, padding_mask: Tensor | None = None,
                 clip_index: Tensor | None = None, supervised: Sequence[int] | None = None,
-                targets: list[dict] | None = None) -> dict:
+                targets: list[dict] | None = None, text_tokens: dict[str, Tensor] | None = None) -> dict:
         """As `LoShM.forward` (see the module docstring for the outputs). With `targets` (the trainer's,
         as the criterion takes them) each layer matches the referred object here, as SgMg does, and refines only
         the matched query: "pred_masks" (B, T', 1, H, W) and "matched_query" (B,) per pathway and layer."""
         use_short = self.config.use_short_text and short_texts is not None
         return self._run(frames, long_texts, short_texts if use_short else None, annotated_index, padding_mask,
-                         training_outputs=True, clip_index=clip_index, supervised=supervised, targets=targets)
+                         training_outputs=True, clip_index=clip_index, supervised=supervised, targets=targets,
+                         text_tokens=text_tokens)
 
     @torch.no_grad()
     def infer(self, frames: Tensor, long_texts: Sequence[str], short_texts: Sequence[str] | None = None, *,
@@ -145,7 +146,8 @@ class LoShS(nn.Module):
     def _run(self, frames: Tensor, long_texts: Sequence[str], short_texts: Sequence[str] | None,
              annotated_index: int | None, padding_mask: Tensor | None, training_outputs: bool,
              clip_index: Tensor | None = None, decode_short: bool = True,
-             supervised: Sequence[int] | None = None, targets: list[dict] | None = None) -> dict:
+             supervised: Sequence[int] | None = None, targets: list[dict] | None = None,
+             text_tokens: dict[str, Tensor] | None = None) -> dict:
         b = len(long_texts)
         visual = frames_per_text(self.backbone, frames, b, annotated_index, padding_mask, clip_index, supervised,
                                  self.config.transformer.decode_frames)   # strides 4, 8, 16, 32
@@ -154,7 +156,7 @@ class LoShS(nn.Module):
         n_frames = len(frame_indices)
         frame_padding = padding_mask.repeat_interleave(n_frames, dim=0)            # (B*T', H, W)
 
-        long_words, long_pad, short_words, short_pad = self.text_encoder(long_texts, short_texts)
+        long_words, long_pad, short_words, short_pad = self.text_encoder(long_texts, short_texts, tokens=text_tokens)
         pathways = [(long_words, long_pad)] + ([(short_words, short_pad)] if short_words is not None else [])
         # both pathways' SCF in one batched call: the visual levels repeated, each copy fused with its own words
         copies = len(pathways)

@@ -56,6 +56,22 @@ def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return iou - (enclosing - union + EPS) / (enclosing + EPS)
 
 
+def elementwise_generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """GIoU of (..., 4) and (..., 4) xyxy boxes, broadcast against each other -> (...). No check of the boxes (the
+    losses' and the matcher's are well formed: predictions are sigmoid (cx, cy, w, h), targets come from masks), so
+    that nothing is read back from the device."""
+    area1, area2 = box_area(boxes1), box_area(boxes2)
+    top_left = torch.max(boxes1[..., :2], boxes2[..., :2])
+    bottom_right = torch.min(boxes1[..., 2:], boxes2[..., 2:])
+    wh = (bottom_right - top_left).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area1 + area2 - inter
+    iou = (inter + EPS) / (union + EPS)
+    outer = (torch.max(boxes1[..., 2:], boxes2[..., 2:]) - torch.min(boxes1[..., :2], boxes2[..., :2])).clamp(min=0)
+    enclosing = outer[..., 0] * outer[..., 1]
+    return iou - (enclosing - union + EPS) / (enclosing + EPS)
+
+
 def masks_to_boxes(masks: Tensor) -> Tensor:
     """(N, H, W) bool or float masks (non-zero = inside) -> (N, 4) float xyxy in pixels.
 
@@ -83,5 +99,5 @@ def normalised_cxcywh_from_masks(masks: Tensor, size: tuple[int, int] | None = N
     With the max-index convention a full-width mask has w = (W - 1) / W. Empty masks give zeros.
     """
     h, w = size if size is not None else masks.shape[-2:]
-    scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=masks.device)
-    return box_xyxy_to_cxcywh(masks_to_boxes(masks)) / scale
+    cx, cy, bw, bh = box_xyxy_to_cxcywh(masks_to_boxes(masks)).unbind(-1)
+    return torch.stack([cx / w, cy / h, bw / w, bh / h], dim=-1)      # Python divisors: nothing to copy to the GPU

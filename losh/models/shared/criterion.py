@@ -12,9 +12,11 @@ padded in the batch, are zero-padded bottom/right as MTTR and SgMg do):
 
 `LongShortCriterion.forward` checks the outputs against the targets, takes the supervised frames of the last
 decoder layer and (with `aux_loss`) of each earlier one, adds L_fbc (eq. 6, once: it is on the backbone
-features), then per layer lets the base model match and compute its terms, and sums them with their weights
-("loss"). A base model's criterion defines `model_targets`, `normaliser`, `at_frames`, `match` and
-`layer_losses`; the L_lsi term (eq. 1) is `lsi_term` on the matched query's long and short masks.
+features), lets the base model match every layer and compute each layer's terms, and sums them with their
+weights ("loss"). A base model's criterion defines `model_targets`, `normaliser`, `at_frames`, `match` (or
+`match_layers`) and `layer_losses`; the L_lsi term (eq. 1) is `lsi_term` on the matched query's long and short
+masks. Nothing here reads a number back from the device (the losses stay tensors; a base model's matching may,
+once).
 Keys: "loss_<term>[_long|_short][_aux<i>]", weighted by `weights[<term>]`.
 """
 from __future__ import annotations
@@ -79,14 +81,15 @@ def parse_targets(targets: list[dict], input_size: tuple[int, int], device: torc
     return parsed
 
 
-def average_over_processes(count: int, device: torch.device) -> float:
-    """The mean of `count` over the DDP processes, at least 1 (DETR, MTTR and SgMg normalise their losses by the
-    number of targets averaged across processes, so every process's loss has the same scale)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return max(float(count), 1.0)
-    total = torch.tensor([float(count)], device=device)
-    dist.all_reduce(total)
-    return max(total.item() / dist.get_world_size(), 1.0)
+def average_over_processes(count: int | Tensor, device: torch.device) -> Tensor:
+    """The mean of `count` over the DDP processes, at least 1, as a 0-dim float tensor on `device` (DETR, MTTR and
+    SgMg normalise their losses by the number of targets averaged across processes, so every process's loss has
+    the same scale). Nothing is read back to the host: a count computed on the device stays there."""
+    total = count.float().to(device) if isinstance(count, Tensor) else torch.full((), float(count), device=device)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(total)
+        total = total / dist.get_world_size()
+    return total.clamp(min=1.0)
 
 
 def fbc_term(outputs: dict, config: LossConfig, flows: Tensor | None, flow_valid: Tensor | None,
@@ -147,13 +150,13 @@ class LongShortCriterion(nn.Module):
         if self.weights["fbc"] > 0:
             losses["loss_fbc"] = fbc_term(outputs, self.config, flows, flow_valid, flow_frame_size)
         normaliser = self.normaliser(model_targets)
-        for suffix, layer in layers:
-            try:
-                matched = self.match(layer, model_targets)
-            except NonFiniteOutputs as error:
-                raise NonFiniteOutputs(f"{error}: the model's predictions are not finite",
-                                       {**{k: float(v.detach()) for k, v in losses.items()},
-                                        **non_finite_counts(outputs)}) from None
+        try:
+            matches = self.match_layers([layer for _, layer in layers], model_targets)
+        except NonFiniteOutputs as error:
+            raise NonFiniteOutputs(f"{error}: the model's predictions are not finite",
+                                   {**{k: float(v.detach()) for k, v in losses.items()},
+                                    **non_finite_counts(outputs)}) from None
+        for (suffix, layer), matched in zip(layers, matches):
             terms = self.layer_losses(layer, model_targets, matched, normaliser)
             losses.update({k + suffix: v for k, v in terms.items()})
         losses["loss"] = sum(self.weight_of(k) * v for k, v in losses.items())
@@ -173,7 +176,7 @@ class LongShortCriterion(nn.Module):
         """The base model's form of the targets (e.g. at its mask resolution)."""
         raise NotImplementedError
 
-    def normaliser(self, targets: list) -> float:
+    def normaliser(self, targets: list) -> Tensor:
         """What the mask and class terms are divided by (a count of targets, averaged over processes)."""
         raise NotImplementedError
 
@@ -185,7 +188,11 @@ class LongShortCriterion(nn.Module):
         """Which queries are supervised by which targets, in this layer."""
         raise NotImplementedError
 
-    def layer_losses(self, layer: dict[str, dict[str, Tensor]], targets: list, matched, normaliser: float
+    def match_layers(self, layers: list[dict[str, dict[str, Tensor]]], targets: list) -> list:
+        """`match` of every layer (a base model may match all layers at once, e.g. to read costs back once)."""
+        return [self.match(layer, targets) for layer in layers]
+
+    def layer_losses(self, layer: dict[str, dict[str, Tensor]], targets: list, matched, normaliser: Tensor
                      ) -> dict[str, Tensor]:
         """The unweighted terms of one layer (without the "_aux" suffix)."""
         raise NotImplementedError

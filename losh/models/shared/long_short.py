@@ -30,7 +30,7 @@ class TextFrames(NamedTuple):
     """The backbone's features of a batch, seen per text."""
 
     clip_features: list[Tensor]   # per level (clips, T, C, h, w): the backbone's output, once per clip
-    clip_padding: Tensor          # (clips, H, W) True on padding
+    clip_padding: Tensor | None   # (clips, H, W) True on padding; None: no frame is padded
     features: list[Tensor]        # per level (B, T, C, h, w): each text's clip
     padding: Tensor               # (B, H, W)
     frame_indices: list[int]      # the window positions decoded
@@ -47,7 +47,9 @@ def frames_per_text(backbone: nn.Module, frames: Tensor, texts: int, annotated_i
                     decode_frames: str) -> TextFrames:
     """Checks the inputs, runs the backbone once per clip and gives each text its clip's features (several
     expressions of a clip share one pass; their gradients add up in it). Decoded frames: the annotated and
-    supervised positions when `decode_frames` is "annotated" (MTTR and SgMg on A2D), else the whole window."""
+    supervised positions when `decode_frames` is "annotated" (MTTR and SgMg on A2D), else the whole window.
+    `clip_index` is best given on the host (its check then needs nothing back from the GPU); `padding_mask` None:
+    no frame is padded."""
     clips, t = frames.shape[:2]
     if clip_index is None and texts != clips:
         raise ValueError(f"{clips} clips but {texts} long texts")
@@ -58,17 +60,18 @@ def frames_per_text(backbone: nn.Module, frames: Tensor, texts: int, annotated_i
     wanted = ([] if annotated_index is None else [annotated_index]) + list(supervised or [])
     if not all(0 <= i < t for i in wanted):
         raise ValueError(f"annotated/supervised positions {wanted} outside the window of {t} frames")
+    clip_padding = padding_mask
     if padding_mask is None:
         padding_mask = torch.zeros((clips, *frames.shape[-2:]), dtype=torch.bool, device=frames.device)
     clip_features = backbone(frames)
     features, padding = clip_features, padding_mask
     if clip_index is not None:
-        clip_index = clip_index.to(frames.device)
+        clip_index = clip_index.to(frames.device, non_blocking=True)   # checked above: on the host, no sync
         features = [level.index_select(0, clip_index) for level in clip_features]
         padding = padding_mask.index_select(0, clip_index)
     frame_indices = sorted(set(wanted)) if decode_frames == "annotated" and wanted else list(range(t))
     selected = [level[:, frame_indices].flatten(0, 1) for level in features]
-    return TextFrames(clip_features, padding_mask, features, padding, frame_indices, selected)
+    return TextFrames(clip_features, clip_padding, features, padding, frame_indices, selected)
 
 
 def short_texts_for_inference(config: ModelConfig, short_texts: Sequence[str] | None) -> Sequence[str] | None:
@@ -94,11 +97,11 @@ def resize_padding(padding_mask: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(padding_mask[:, None].float(), size=tuple(size)).to(torch.bool)[:, 0]
 
 
-def fbc_outputs(clip_features: list[Tensor], clip_padding: Tensor, level: int) -> dict:
+def fbc_outputs(clip_features: list[Tensor], clip_padding: Tensor | None, level: int) -> dict:
     """What L_fbc reads from a model's outputs: the visual features of `loss.fbc_level` and their padding (None
-    when the clip has none)."""
+    when no frame is padded)."""
     features = clip_features[level]
-    padding = resize_padding(clip_padding, features.shape[-2:]) if clip_padding.any() else None
+    padding = resize_padding(clip_padding, features.shape[-2:]) if clip_padding is not None else None
     return {"fbc_features": features, "fbc_padding_mask": padding}
 
 

@@ -44,17 +44,17 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, num_masks: float, alpha:
 
 
 def sigmoid_focal_cost(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
-    """Pairwise mean focal loss of mask logits (Q, P) against binary targets (N, P) -> (Q, N) (SgMg's matching
-    cost of masks), computed without a (Q, N, P) tensor: the focal term is linear in the target."""
+    """Pairwise mean focal loss of mask logits (..., Q, P) against binary targets (..., N, P) -> (..., Q, N) (SgMg's
+    matching cost of masks), computed without a (Q, N, P) tensor: the focal term is linear in the target."""
     positive = sigmoid_focal_elements(logits, torch.ones_like(logits), alpha, gamma)
     negative = sigmoid_focal_elements(logits, torch.zeros_like(logits), alpha, gamma)
-    return (positive @ targets.T + negative @ (1 - targets).T) / logits.shape[-1]
+    return (positive @ targets.transpose(-1, -2) + negative @ (1 - targets).transpose(-1, -2)) / logits.shape[-1]
 
 
 def dice_coefficient(probs: Tensor, targets: Tensor, smooth: float = 1.0) -> Tensor:
-    """Pairwise dice of probabilities (Q, P) and binary targets (N, P) -> (Q, N) (matching cost)."""
-    numerator = 2 * probs @ targets.T
-    denominator = probs.sum(-1)[:, None] + targets.sum(-1)[None, :]
+    """Pairwise dice of probabilities (..., Q, P) and binary targets (..., N, P) -> (..., Q, N) (matching cost)."""
+    numerator = 2 * probs @ targets.transpose(-1, -2)
+    denominator = probs.sum(-1)[..., :, None] + targets.sum(-1)[..., None, :]
     return (numerator + smooth) / (denominator + smooth)
 
 
@@ -121,8 +121,8 @@ def fbc_loss(features: Tensor, flows: Tensor, flow_valid: Tensor, annotated_inde
     total = features.new_zeros(b)
     for index, offset in enumerate(offsets):
         position = annotated_index + offset
-        usable = flow_valid[:, index].to(features.dtype)
-        if not 0 <= position < t or not usable.any():
+        usable = flow_valid[:, index].to(features.dtype)   # a term outside the video counts 0 (no read-back)
+        if not 0 <= position < t:
             continue
         neighbour = features[:, position]
         flow = resize_flow(flows[:, index].float(), (h, w), frame_size)

@@ -95,23 +95,50 @@ class TextEncoder(nn.Module):
     def _normalise(self, texts: Sequence[str]) -> list[str]:
         return [t.lower() for t in texts] if self.lowercase else list(texts)
 
-    def encode(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
+    def batch_tokenizer(self, with_short: bool) -> "BatchTokenizer":
+        """What the training loader's collate runs on each batch's texts (long, then short with `with_short`): the
+        token ids `forward(..., tokens=)` takes, made in the loader's workers and pinned with the batch."""
+        return BatchTokenizer(self.tokenizer, self.lowercase, self.max_tokens, with_short)
+
+    def encode(self, texts: Sequence[str], tokens: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         device = next(self.model.parameters()).device
-        tokens = self.tokenizer(self._normalise(texts), padding="longest", truncation=True, max_length=self.max_tokens,
-                                return_tensors="pt")
-        tokens = {k: v.to(device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
+        if tokens is None:
+            tokens = tokenize(self.tokenizer, self._normalise(texts), self.max_tokens)
+        elif tokens["input_ids"].shape[0] != len(texts):
+            raise ValueError(f"{tokens['input_ids'].shape[0]} tokenized texts for {len(texts)} texts")
+        # host -> device without waiting for the GPU (pinned by the loader, or small)
+        tokens = {k: tokens[k].to(device, non_blocking=True) for k in ("input_ids", "attention_mask")}
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
             hidden = self.model(**tokens).last_hidden_state
         return hidden, tokens["attention_mask"] == 0
 
-    def forward(self, long_texts: Sequence[str], short_texts: Sequence[str] | None = None
-                ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-        """Long and (optionally) short texts in one batched call, padded to the longest of both."""
+    def forward(self, long_texts: Sequence[str], short_texts: Sequence[str] | None = None,
+                tokens: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """Long and (optionally) short texts in one batched call, padded to the longest of both. `tokens`: their
+        token ids as `batch_tokenizer` made them (else they are tokenized here)."""
         if short_texts is None:
-            hidden, padding = self.encode(long_texts)
+            hidden, padding = self.encode(long_texts, tokens)
             return hidden, padding, None, None
         if len(short_texts) != len(long_texts):
             raise ValueError(f"{len(long_texts)} long texts but {len(short_texts)} short texts")
-        hidden, padding = self.encode([*long_texts, *short_texts])
+        hidden, padding = self.encode([*long_texts, *short_texts], tokens)
         n = len(long_texts)
         return hidden[:n], padding[:n], hidden[n:], padding[n:]
+
+
+def tokenize(tokenizer, texts: Sequence[str], max_tokens: int) -> dict[str, Tensor]:
+    """input_ids and attention_mask (N, S) of `texts` (already normalised), padded to the longest."""
+    tokens = tokenizer(list(texts), padding="longest", truncation=True, max_length=max_tokens, return_tensors="pt")
+    return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+
+
+class BatchTokenizer:
+    """A batch's texts -> token ids, as `TextEncoder.encode` would make them (picklable: it runs in the loader's
+    workers)."""
+
+    def __init__(self, tokenizer, lowercase: bool, max_tokens: int, with_short: bool) -> None:
+        self.tokenizer, self.lowercase, self.max_tokens, self.with_short = tokenizer, lowercase, max_tokens, with_short
+
+    def __call__(self, long_texts: Sequence[str], short_texts: Sequence[str]) -> dict[str, Tensor]:
+        texts = [*long_texts, *short_texts] if self.with_short else list(long_texts)
+        return tokenize(self.tokenizer, [t.lower() for t in texts] if self.lowercase else texts, self.max_tokens)
