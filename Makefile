@@ -30,7 +30,7 @@ demo: install
 bench: install
 	$(BIN)/python -m bench.run $(BENCH)
 
-# One CUDA GPU, under 8 minutes, one JSON file (a dry run on tiny sizes where CUDA is absent).
+# One CUDA GPU, five minutes, one JSON file (a dry run on tiny sizes where CUDA is absent).
 gpu-check:
 	PYTHONPATH=. $(GPU_PYTHON) -m bench.gpu_check --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
 

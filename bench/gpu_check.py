@@ -1,22 +1,35 @@
 """`make gpu-check`: everything a machine with one CUDA GPU should check, in one run, one JSON file.
 
-    PYTHONPATH=. python3 -m bench.gpu_check [--out gpu_check.json] [--steps 200] [--compile-steps 100]
-    PYTHONPATH=. python3 -m bench.gpu_check --dry-run        # the same code paths, tiny, on the CPU
+    python3 -m bench.gpu_check --out OUT/gpu_check.json [--quick] [--budget 300] [--steps 60]
+    python3 -m bench.gpu_check --dry-run --out dry.json     # the same code paths, tiny, on the CPU
 
-Parts, each in its own process with its own time box (a part that fails or runs out of time is
-recorded with its error and the run goes on; the whole run stays under 8 minutes):
+Quick parts first (a short lease still learns whether the code runs there), then the measuring ones; the JSON is
+rewritten after every part, so a run cut short keeps what it did. Each part runs in its own process group with its
+own time box; a part that fails or runs out of time is recorded with its error and the run goes on; the whole run
+stays within `--budget` seconds (default 300). Stopped early (SIGTERM, SIGINT), the runner kills the running part,
+its children included, and writes the JSON with `interrupted`; a part also dies with the runner. Part logs (their
+last lines) go to `<out stem>_logs.txt` beside the JSON.
+
+Quick:
     cuda_tests          pytest of the tests marked `cuda` (tests/test_cuda.py): passed/failed counts
-    step_time           LoSh-M vs MTTR at paper dims (random weights), 3 x 8 x 320 x 576, bf16
-                        autocast, taking turns: median/mean training and inference step
-                        (cuda-synchronised), peak memory, samples/s, the LoSh/MTTR ratios
-    step_time_compiled  the same with the model's parts torch.compile'd (compile time apart)
-    torchrun            `torchrun --nproc-per-node 1 -m cli.main train` on a small synthetic set, and
-                        a probe that joins the NCCL process group under the same launcher
-    loader              seconds to load a batch of 3 with flows, with the trainer's default workers,
-                        against the measured LoSh-M step (`loader_vs_step_ratio`, < 1: it keeps up)
+    smoke               one training step (the trainer's: fused AdamW) and one inference of LoSh-M, MTTR, LoSh-S
+                        and SgMg at paper dims, bf16: finite gradients, cold step time, peak memory
+Measuring:
+    step_time           LoSh-M vs MTTR (random weights), 3 x 8 x 320 x 576, bf16, taking turns: median/mean
+                        training and inference step (cuda-synchronised), peak memory, the ratios; then one
+                        profiled step each: wall vs CPU-operator vs GPU-kernel time, and the host-device syncs
+                        (torch.cuda.set_sync_debug_mode) with their source lines
+    step_time_s         LoSh-S vs SgMg, 3 x 5 x 360 x 640, the same
+    deformable_attention  LoSh-S's grid_sample deformable attention, forward + backward, at 5 x 360 x 640
+    ddp                 two processes train LoSh-M's dims under DDP on the one GPU (NCCL if it allows, else gloo)
+    torchrun            `torchrun --nproc-per-node 1 -m cli.main train` on a small synthetic set, and a probe that
+                        joins the NCCL process group under the same launcher
+    loader              seconds to load a batch of 3 with flows, with the trainer's default workers, against the
+                        measured LoSh-M step (`loader_vs_step_ratio`, < 1: it keeps up)
+    step_time_compiled  LoSh-M vs MTTR with their tensor-only parts torch.compile'd (last: compiling is slow)
 
-Needs only torch, torchvision, transformers, tokenizers, h5py, opencv, typer, tqdm, numpy and pytest
-(no spaCy, NLTK, Dask, pycocotools or PyAV). Without CUDA the run is a dry run (said in the JSON).
+Needs only torch, torchvision, transformers, tokenizers, h5py, opencv, typer, tqdm, numpy, scipy and pytest (no
+spaCy, NLTK, Dask, pycocotools or PyAV). Without CUDA the run is a dry run (said in the JSON).
 """
 from __future__ import annotations
 
@@ -40,32 +53,40 @@ from bench.gpu_parts import PROBE_OUT_ENV, ROOT, Plan
 from schemas.atomic import atomic_write_text
 
 SCHEMA = "losh.gpu_check"
-PARTS = ("cuda_tests", "step_time", "step_time_compiled", "torchrun", "loader")
-TOTAL_BUDGET_S = 450          # under the 8 minutes the check promises, with room for start-up
+QUICK_PARTS = ("cuda_tests", "smoke")
+PARTS = QUICK_PARTS + ("step_time", "step_time_s", "deformable_attention", "ddp", "torchrun", "loader",
+                       "step_time_compiled")
+TOTAL_BUDGET_S = 300          # five minutes: a 15-minute lease, its start included, leaves room for a second run
+DRY_RUN_BUDGET_S = 900        # the same parts on a small CPU
+
 
 
 def make_plan(dry_run: bool, steps: int | None, compile_steps: int | None) -> Plan:
     if dry_run:   # every code path, at sizes a 2-core CPU runs in seconds
-        return Plan(dry_run=True, models=("tiny", "tiny:baseline"), size=(32, 48), steps=steps or 2,
+        return Plan(dry_run=True, models=("tiny", "tiny:baseline"), size=(32, 48),
+                    models_s=("tiny-s", "tiny-s:baseline"), size_s=(32, 48), steps=steps or 2,
                     compile_steps=compile_steps or 0, warmup=1, amp="off", compile_backend=None,
                     torchrun_config="tiny", torchrun_size=(64, 88), torchrun_steps=2, torchrun_workers=0,
                     loader_size=(64, 88), loader_videos=3, loader_batches=3, loader_workers=2,
-                    budgets={"cuda_tests": 120, "step_time": 120, "step_time_compiled": 60, "torchrun": 150,
+                    budgets={"cuda_tests": 150, "smoke": 90, "step_time": 90, "step_time_s": 90,
+                             "deformable_attention": 60, "ddp": 120, "step_time_compiled": 60, "torchrun": 150,
                              "loader": 90})
     from schemas.train import TrainSettings
-    return Plan(dry_run=False, models=("losh-m", "mttr"), size=(320, 576), steps=steps or 200,
-                compile_steps=compile_steps or 100, warmup=5, amp="bf16", compile_backend="inductor",
-                torchrun_config="losh-m", torchrun_size=(128, 176), torchrun_steps=5, torchrun_workers=2,
-                loader_size=(320, 576), loader_videos=6, loader_batches=30,
+    return Plan(dry_run=False, models=("losh-m", "mttr"), size=(320, 576), models_s=("losh-s", "sgmg"),
+                size_s=(360, 640), steps=steps or 60, compile_steps=compile_steps or 30, warmup=3, amp="bf16",
+                compile_backend="inductor", torchrun_config="losh-m", torchrun_size=(128, 176), torchrun_steps=5,
+                torchrun_workers=2, loader_size=(320, 576), loader_videos=6, loader_batches=30,
                 loader_workers=TrainSettings().num_workers,
-                budgets={"cuda_tests": 70, "step_time": 95, "step_time_compiled": 150, "torchrun": 90,
-                         "loader": 45})
+                budgets={"cuda_tests": 75, "smoke": 50, "step_time": 45, "step_time_s": 50,
+                         "deformable_attention": 15, "ddp": 40, "torchrun": 45, "loader": 25,
+                         "step_time_compiled": 90})
 
 
 def environment(dry_run: bool) -> dict:
     cuda = torch.cuda.is_available()
     env = {"dry_run": dry_run, "python": platform.python_version(), "torch": torch.__version__,
            "cuda": torch.version.cuda, "cuda_available": cuda, "cpus": os.cpu_count(), "platform": platform.platform()}
+    env.update(pinned_versions(torch.__version__))
     if cuda:
         props = torch.cuda.get_device_properties(0)
         env.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
@@ -84,6 +105,22 @@ def environment(dry_run: bool) -> dict:
     return env
 
 
+def pinned_versions(torch_version: str) -> dict:
+    """The torch this project pins (pyproject.toml) beside the one that runs: figures of another version are
+    said to be so."""
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    pin = re.search(r'"torch>=([0-9.]+)"', text)
+    if pin is None:
+        return {"torch_pinned": None}
+    wanted = tuple(int(x) for x in pin.group(1).split("."))
+    have = tuple(int(x) for x in re.findall(r"\d+", torch_version.split("+")[0])[:3])
+    out = {"torch_pinned": f">={pin.group(1)}", "torch_meets_pin": have >= wanted}
+    if have < wanted:
+        out["warning"] = (f"torch {torch_version} runs here, the project pins >= {pin.group(1)}: these figures are "
+                          f"torch {torch_version}'s")
+    return out
+
+
 def _child_env(dry_run: bool) -> dict:
     env = {**os.environ, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
@@ -93,18 +130,43 @@ def _child_env(dry_run: bool) -> dict:
     return env
 
 
+RUNNING: set[int] = set()     # process groups of the parts running now (killed when the runner is stopped)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: a new session, and SIGKILL when the runner dies (Linux)."""
+    os.setsid()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def run_isolated(cmd: list[str], timeout: float, log: Path, dry_run: bool = False) -> tuple[int | None, str]:
-    """Run in a new process group (killed whole on timeout); (exit code or None on timeout, log tail)."""
+    """Run in a new process group (killed whole on timeout or when the runner stops); (exit code or None on
+    timeout, log tail)."""
     with open(log, "w", encoding="utf-8") as handle:
         proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT, env=_child_env(dry_run),
-                                start_new_session=True)
+                                preexec_fn=_die_with_parent)
+        RUNNING.add(proc.pid)
         try:
             code = proc.wait(timeout=max(timeout, 1))
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            _kill_group(proc.pid)
             proc.wait()
             code = None
+        finally:
+            RUNNING.discard(proc.pid)
     return code, log.read_text(encoding="utf-8", errors="replace")[-3000:]
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def cuda_test_files() -> list[str]:
@@ -173,13 +235,20 @@ def child_main(part: str, plan_file: Path, result_file: Path, seconds: float) ->
         write_json(Path(result_file), {"figures": figures, "partial": True})
 
     try:
-        if part in ("step_time", "step_time_compiled"):
+        if part in ("step_time", "step_time_s", "step_time_compiled"):
             result = {"figures": gpu_parts.step_time(plan, compiled=part == "step_time_compiled",
-                                                     deadline=deadline - 10, save_partial=save_partial)}
+                                                     deadline=deadline - 10, save_partial=save_partial,
+                                                     pair="s" if part == "step_time_s" else "m")}
         elif part == "torchrun":
             result = {"figures": gpu_parts.torchrun(plan, deadline)}
         elif part == "loader":
             result = {"figures": gpu_parts.loader(plan, deadline - 5)}
+        elif part == "smoke":
+            result = {"figures": gpu_parts.smoke(plan, deadline - 5)}
+        elif part == "deformable_attention":
+            result = {"figures": gpu_parts.deformable_attention(plan, deadline - 3)}
+        elif part == "ddp":
+            result = {"figures": gpu_parts.ddp_two_processes(plan, deadline - 5)}
         else:
             raise ValueError(f"unknown part {part!r}")
     except Exception as error:  # noqa: BLE001 - recorded, the runner goes on
@@ -205,52 +274,91 @@ def loader_vs_step(parts: dict, losh_spec: str) -> dict | None:
             "main_process_ratio": float(f"{1000 * loader['main_process_s_per_batch'] / step_ms:.4g}")}
 
 
-def run_check(out: Path, plan: Plan, parts: tuple[str, ...] = PARTS) -> dict:
+class Stopped(Exception):
+    """The runner got SIGTERM/SIGINT/SIGHUP: its parts are killed and the JSON says so."""
+
+
+def _stop(signum, frame) -> None:   # noqa: ARG001 - a signal handler's signature
+    for pid in list(RUNNING):
+        _kill_group(pid)
+    raise Stopped(signal.Signals(signum).name)
+
+
+def run_check(out: Path, plan: Plan, parts: tuple[str, ...] = PARTS, budget_s: float = TOTAL_BUDGET_S) -> dict:
     from tqdm import tqdm
 
     start = time.monotonic()
-    report: dict = {"schema": SCHEMA, "version": 1, "environment": environment(plan.dry_run),
-                    "plan": plan.to_dict(), "parts": {}}
-    with tempfile.TemporaryDirectory(prefix="gpu_check_") as work:
-        work = Path(work)
-        for part in tqdm(parts, desc="gpu-check", unit="part", file=sys.stderr):
-            if part == "step_time_compiled" and plan.compile_backend is None:
-                report["parts"][part] = {"status": "skipped", "reason": "dry run: no torch.compile"}
-                continue
-            left = TOTAL_BUDGET_S - (time.monotonic() - start)
-            budget = min(plan.budgets[part], left)
-            if budget < 15:
-                report["parts"][part] = {"status": "skipped", "reason": f"total time box of {TOTAL_BUDGET_S} s spent"}
-                continue
-            part_start = time.monotonic()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    logs = out.with_name(f"{out.stem}_logs.txt")
+    report: dict = {"schema": SCHEMA, "version": 2, "environment": environment(plan.dry_run),
+                    "plan": plan.to_dict(), "budget_s": budget_s, "parts": {}}
+    if "warning" in report["environment"]:
+        print(f"gpu-check: {report['environment']['warning']}", file=sys.stderr)
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        with tempfile.TemporaryDirectory(prefix="gpu_check_") as work:
+            work = Path(work)
             try:
-                figures = (run_cuda_tests(budget, work, plan.dry_run) if part == "cuda_tests"
-                           else run_child_part(part, plan, budget, work))
-                entry = {"status": "ok", "figures": figures}
-            except Exception as error:  # noqa: BLE001 - recorded, the next part runs
-                entry = {"status": "timeout" if isinstance(error, TimeoutError) else "error",
-                         "error": f"{type(error).__name__}: {error}"[:4000]}
-                if getattr(error, "figures", None):
-                    entry["partial_figures"] = error.figures
-            entry["seconds"] = round(time.monotonic() - part_start, 1)
-            report["parts"][part] = entry
-            tqdm.write(f"gpu-check: {part} {entry['status']} in {entry['seconds']} s", file=sys.stderr)
-            write_json(out, {**report, "complete": False})   # a stop midway still leaves the parts done
+                for part in tqdm(parts, desc="gpu-check", unit="part", file=sys.stderr):
+                    report["parts"][part] = _run_part(part, plan, work, budget_s - (time.monotonic() - start))
+                    tqdm.write(f"gpu-check: {part} {report['parts'][part]['status']} in "
+                               f"{report['parts'][part].get('seconds', 0)} s", file=sys.stderr)
+                    write_json(out, {**report, "complete": False})   # a stop midway still leaves the parts done
+            except Stopped as stop:
+                report["interrupted"] = f"{stop} after {time.monotonic() - start:.0f} s: its running part was killed"
+            finally:
+                _collect_logs(work, logs)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if "loader" in report["parts"] and "step_time" in report["parts"]:
         report["loader_vs_step_ratio"] = loader_vs_step(report["parts"], plan.models[0])
     report["total_s"] = round(time.monotonic() - start, 1)
-    report["complete"] = True
+    report["complete"] = "interrupted" not in report
     write_json(out, report)
     return report
+
+
+def _run_part(part: str, plan: Plan, work: Path, left: float) -> dict:
+    if part == "step_time_compiled" and plan.compile_backend is None:
+        return {"status": "skipped", "reason": "dry run: no torch.compile"}
+    budget = min(plan.budgets[part], left)
+    if budget < 15:
+        return {"status": "skipped", "reason": "the run's time box is spent"}
+    part_start = time.monotonic()
+    try:
+        figures = (run_cuda_tests(budget, work, plan.dry_run) if part == "cuda_tests"
+                   else run_child_part(part, plan, budget, work))
+        entry = {"status": "ok", "figures": figures}
+    except Stopped:
+        raise
+    except Exception as error:  # noqa: BLE001 - recorded, the next part runs
+        entry = {"status": "timeout" if isinstance(error, TimeoutError) else "error",
+                 "error": f"{type(error).__name__}: {error}"[:4000]}
+        if getattr(error, "figures", None):
+            entry["partial_figures"] = error.figures
+    entry["seconds"] = round(time.monotonic() - part_start, 1)
+    return entry
+
+
+def _collect_logs(work: Path, logs: Path) -> None:
+    """The last lines of every part's log, in one file beside the JSON."""
+    text = "".join(f"===== {log.name}\n{log.read_text(encoding='utf-8', errors='replace')[-6000:]}\n"
+                   for log in sorted(work.glob("*.log")))
+    atomic_write_text(logs, text)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("gpu_check.json"), help="JSON file to write")
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU (also when CUDA is absent)")
-    parser.add_argument("--steps", type=int, default=None, help="timed rounds of the eager models (GPU: 200)")
-    parser.add_argument("--compile-steps", type=int, default=None, help="timed rounds compiled (GPU: 100)")
+    parser.add_argument("--steps", type=int, default=None, help="timed rounds of the eager models (GPU: 60)")
+    parser.add_argument("--compile-steps", type=int, default=None, help="timed rounds compiled (GPU: 30)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
+    parser.add_argument("--quick", action="store_true", help=f"the quick parts only ({', '.join(QUICK_PARTS)})")
+    parser.add_argument("--budget", type=float, default=None,
+                        help=f"seconds for the whole run (default {TOTAL_BUDGET_S}; a dry run {DRY_RUN_BUDGET_S})")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--plan", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -264,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.child:
         return child_main(args.child, args.plan, args.result, args.seconds)
-    parts = tuple(p for p in args.parts.split(",") if p)
+    parts = QUICK_PARTS if args.quick else tuple(p for p in args.parts.split(",") if p)
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
         parser.error(f"unknown part(s) {unknown}; parts: {','.join(PARTS)}")
@@ -275,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     if dry_run and not args.dry_run:
         print("gpu-check: no CUDA device, so this is a dry run (tiny sizes on the CPU; no GPU figure)",
               file=sys.stderr)
-    report = run_check(args.out, make_plan(dry_run, args.steps, args.compile_steps), parts)
+    budget = args.budget or (DRY_RUN_BUDGET_S if dry_run else TOTAL_BUDGET_S)
+    report = run_check(args.out, make_plan(dry_run, args.steps, args.compile_steps), parts, budget)
     bad = [name for name, part in report["parts"].items() if part["status"] not in ("ok", "skipped")]
     print(f"gpu-check: {len(report['parts']) - len(bad)}/{len(report['parts'])} parts ok or skipped "
           f"in {report['total_s']} s; {args.out}" + (f"; failed: {', '.join(bad)}" if bad else ""))

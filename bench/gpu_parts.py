@@ -35,7 +35,9 @@ class Plan:
 
     dry_run: bool
     models: tuple[str, str]            # (LoSh-M, MTTR) config specs
-    size: tuple[int, int]              # H x W of the step-time input (8 frames, batch 3)
+    size: tuple[int, int]              # H x W of their step-time input (8 frames, batch 3)
+    models_s: tuple[str, str]          # (LoSh-S, SgMg) config specs
+    size_s: tuple[int, int]            # H x W of theirs (5 frames, batch 3)
     steps: int                         # timed rounds of the eager models
     compile_steps: int                 # timed rounds of the compiled models
     warmup: int                        # rounds dropped before timing (compilation happens there)
@@ -56,7 +58,7 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Plan":
-        tuples = ("models", "size", "torchrun_size", "loader_size")
+        tuples = ("models", "size", "models_s", "size_s", "torchrun_size", "loader_size")
         return cls(**{k: tuple(v) if k in tuples else v for k, v in data.items()})
 
 
@@ -88,24 +90,29 @@ def compile_in_place(model: torch.nn.Module, backend: str) -> list[str]:
     return list(COMPILED_PARTS)
 
 
-def step_time(plan: Plan, compiled: bool, deadline: float, save_partial=None) -> dict:
-    """Training and inference step times of the two models, taking turns round by round after the
-    warm-up, until `plan.steps` rounds or the deadline; peak memory of each model's own steps.
-    `save_partial(figures)` is called after each model's warm-up (a compile that outlasts the time
-    box still leaves what was measured)."""
+def step_time(plan: Plan, compiled: bool, deadline: float, save_partial=None, pair: str = "m") -> dict:
+    """Training and inference step times of a pair of models (`pair` "m": LoSh-M and MTTR, "s": LoSh-S and SgMg),
+    taking turns round by round after the warm-up, until `plan.steps` rounds or the deadline; peak memory of each
+    model's own steps. Each training step is the trainer's (`losh.training.loop.train_step`: fused AdamW, the
+    batch from pinned host memory). `save_partial(figures)` is called after each model's warm-up (a compile that
+    outlasts the time box still leaves what was measured)."""
     from tqdm import tqdm
+
+    from schemas.presets import get_config
 
     device = _device()
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True
     steps = plan.compile_steps if compiled else plan.steps
-    out: dict = {"input": f"{BATCH}x8x{plan.size[0]}x{plan.size[1]}", "amp": plan.amp, "device": str(device),
-                 "warmup_rounds": plan.warmup, "models": {}}
+    models, size = (plan.models, plan.size) if pair == "m" else (plan.models_s, plan.size_s)
+    frames = get_config(models[0]).window
+    out: dict = {"input": f"{BATCH}x{frames}x{size[0]}x{size[1]}", "amp": plan.amp, "device": str(device),
+                 "warmup_rounds": plan.warmup, "optimizer": "AdamW (fused, the trainer's)", "models": {}}
     if compiled:
         out.update(backend=plan.compile_backend, compiled_parts=list(COMPILED_PARTS))
     timed: dict[str, Timed] = {}
-    for spec in plan.models:
+    for spec in models:
         entry = out["models"].setdefault(spec, {})
         try:
             if cuda:
@@ -113,7 +120,7 @@ def step_time(plan: Plan, compiled: bool, deadline: float, save_partial=None) ->
                 torch.cuda.reset_peak_memory_stats()
             resident_before = torch.cuda.memory_allocated() if cuda else 0   # the other model, if built
             start = time.perf_counter()
-            model = Timed(spec, plan.size, device, plan.amp)
+            model = Timed(spec, size, device, plan.amp)
             if compiled:
                 compile_in_place(model.model, plan.compile_backend)
             entry["build_s"] = round(time.perf_counter() - start, 2)
@@ -144,14 +151,23 @@ def step_time(plan: Plan, compiled: bool, deadline: float, save_partial=None) ->
         entry.update(status="ok", train=_summary(train), infer=_summary(infer))
         if train:
             entry["samples_per_s"] = round(BATCH / statistics.median(train), 2)
-    losh, mttr = plan.models
+    for spec, model in timed.items():         # then one profiled step each (CPU vs GPU time, syncs)
+        if compiled or time.monotonic() > deadline:
+            break
+        try:
+            out["models"][spec]["profile"] = profile_step(model)
+        except Exception as error:   # noqa: BLE001 - the timings stand without it
+            out["models"][spec]["profile"] = {"error": f"{type(error).__name__}: {error}"[:1000]}
+    losh, base = models
+    name = "losh_vs_mttr" if pair == "m" else "losh_s_vs_sgmg"
     for phase in ("train", "infer"):
-        a, b = (out["models"].get(spec, {}).get(phase, {}).get("median_ms") for spec in (losh, mttr))
-        paper = PAPER_MS[phase]
-        out[f"{phase}_ratio_losh_vs_mttr"] = round(a / b, 4) if a and b else None
-        out[f"{phase}_ratio_paper"] = f"{paper[0]}/{paper[1]} ms = {paper[0] / paper[1]:.3f}"
-    failed = [spec for spec in plan.models if out["models"][spec].get("status") != "ok"]
-    if len(failed) == len(plan.models):
+        a, b = (out["models"].get(spec, {}).get(phase, {}).get("median_ms") for spec in (losh, base))
+        out[f"{phase}_ratio_{name}"] = round(a / b, 4) if a and b else None
+        if pair == "m":
+            paper = PAPER_MS[phase]
+            out[f"{phase}_ratio_paper"] = f"{paper[0]}/{paper[1]} ms = {paper[0] / paper[1]:.3f}"
+    failed = [spec for spec in models if out["models"][spec].get("status") != "ok"]
+    if len(failed) == len(models):
         raise RuntimeError("; ".join(f"{s}: {out['models'][s]['error']}" for s in failed))
     return out
 
@@ -201,7 +217,8 @@ def torchrun(plan: Plan, deadline: float) -> dict:
     backend = "nccl" if cuda else "gloo"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1"]
     # NCCL prints its version when it initialises; the trainer prints the process group it joined
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    paths = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env = {**os.environ, "PYTHONPATH": paths,
            "NCCL_DEBUG": "VERSION"}
     out: dict = {"backend": backend}
     with tempfile.TemporaryDirectory(prefix="gpu_check_torchrun_") as tmp:
@@ -313,3 +330,186 @@ def loader(plan: Plan, deadline: float) -> dict:
             "main_process_s_per_batch": round(statistics.median(main_process), 5),
             "workers": plan.loader_workers,
             "workers_s_per_batch": round(statistics.fmean(workers), 5), "batches_timed": len(workers)}
+
+
+def smoke(plan: Plan, deadline: float) -> dict:
+    """One training step (the trainer's: forward, loss, backward, fused AdamW) and one inference of each of the
+    four models at their input size (paper dims, random weights): does each run on this device at all, with
+    finite losses and gradients. The first step of a model is cold (kernel selection, allocations)."""
+    device = _device()
+    cuda = device.type == "cuda"
+    out: dict = {"amp": plan.amp, "device": str(device), "models": {}}
+    for spec, size in ((plan.models[0], plan.size), (plan.models[1], plan.size),
+                       (plan.models_s[0], plan.size_s), (plan.models_s[1], plan.size_s)):
+        if time.monotonic() > deadline:
+            out["models"][spec] = {"status": "skipped", "reason": "time box reached"}
+            continue
+        entry = out["models"][spec] = {}
+        try:
+            if cuda:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            start = time.perf_counter()
+            model = Timed(spec, size, device, plan.amp)
+            entry["build_s"] = round(time.perf_counter() - start, 2)
+            entry["input"] = f"{BATCH}x{model.config.window}x{size[0]}x{size[1]}"
+            entry["train_step_s"] = round(model.train_step(), 3)
+            grads = [p.grad for p in model.model.parameters() if p.grad is not None]
+            entry["grads_finite"] = bool(torch.stack([g.float().abs().sum() for g in grads]).isfinite().all())
+            entry["infer_s"] = round(model.infer_step(), 3)
+            if cuda:
+                entry["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            entry["status"] = "ok" if entry["grads_finite"] else "error"
+            del model
+        except Exception as error:   # noqa: BLE001 - one model failing must not hide the others
+            entry.update(status="error", error=f"{type(error).__name__}: {error}"[:2000])
+    failed = [spec for spec, e in out["models"].items() if e.get("status") == "error"]
+    if failed:
+        raise RuntimeError(f"{failed} failed: " + "; ".join(out["models"][s].get("error", "non-finite gradients")
+                                                           for s in failed))
+    return out
+
+
+def profile_step(model: Timed) -> dict:
+    """One more training step of a warmed-up model: its wall time, the CPU time of its operators and the GPU time
+    of its kernels (torch.profiler), and the host-device synchronisations it makes, counted by
+    `torch.cuda.set_sync_debug_mode` (each one a warning; their source lines). A step whose GPU time is well under
+    its wall time is CPU-bound: the GPU waits on Python."""
+    import warnings
+    from collections import Counter
+
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = model.device.type == "cuda"
+    entry: dict = {"wall_ms": round(1000 * model.train_step(), 2)}
+    if cuda:
+        sources: Counter = Counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                model.train_step()
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        for w in caught:
+            if "synchroniz" in str(w.message):
+                sources[f"{Path(w.filename).name}:{w.lineno}"] += 1
+        entry["syncs"] = sum(sources.values())
+        entry["sync_sources"] = dict(sources.most_common(10))
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        model.train_step()
+    events = prof.key_averages()
+    entry["cpu_ops_ms"] = round(sum(e.self_cpu_time_total for e in events) / 1000, 2)
+    if cuda:
+        gpu_us = sum(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)) for e in events)
+        entry["gpu_kernels_ms"] = round(gpu_us / 1000, 2)
+        entry["gpu_busy_share"] = round(entry["gpu_kernels_ms"] / entry["wall_ms"], 3)
+    return entry
+
+
+def deformable_attention(plan: Plan, deadline: float) -> dict:
+    """LoSh-S's multi-scale deformable attention (the grid_sample form) forward and backward at the encoder's size
+    of a 5 x 360 x 640 clip: 4 levels (strides 8-64), 8 heads, 4 points; float32 inside, as SgMg runs its op."""
+    from losh.models.losh_s.deformable_attention import MSDeformAttn, spatial_shapes_tensor
+
+    device = _device()
+    h, w = plan.size_s
+    shapes = [(-(-h // s), -(-w // s)) for s in (8, 16, 32, 64)]
+    length = sum(a * b for a, b in shapes)
+    clips = BATCH * 5
+    attention = MSDeformAttn(256, 4, 8, 4).to(device)
+    spatial = spatial_shapes_tensor(shapes, device)
+    starts = torch.cat((spatial.new_zeros(1), spatial.prod(1).cumsum(0)[:-1]))
+    value = torch.randn(clips, length, 256, device=device, requires_grad=True)
+    references = torch.rand(clips, length, 4, 2, device=device)
+    times = []
+    while len(times) < 12 and time.monotonic() < deadline:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = attention(value, references, value, spatial, starts)
+        out.float().square().mean().backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return {"tokens": length, "clips": clips, "levels": shapes, "forward_backward": _summary(times[2:] or times)}
+
+
+def ddp_two_processes(plan: Plan, deadline: float) -> dict:
+    """Two processes train LoSh-M's paper dims under DistributedDataParallel (static graph, as the trainer) for
+    three steps each on this machine's one GPU: with NCCL if it accepts two ranks on one device, else with gloo
+    (NCCL refuses a GPU shared by ranks: one GPU cannot run a multi-GPU NCCL job, only its code path). Checks
+    that both ranks end with the same weights."""
+    import torch.multiprocessing as mp
+
+    results: dict = {}
+    backends = ("nccl", "gloo") if torch.cuda.is_available() else ("gloo",)
+    for index, backend in enumerate(backends):
+        left = deadline - time.monotonic()
+        if left < 10:
+            results[backend] = {"status": "skipped", "reason": "time box reached"}
+            break
+        until = time.monotonic() + (left / 2 if index < len(backends) - 1 else left)
+        with tempfile.TemporaryDirectory(prefix="gpu_check_ddp_") as tmp:
+            port = 29500 + os.getpid() % 1000
+            context = mp.get_context("spawn")
+            procs = [context.Process(target=_ddp_rank, args=(rank, 2, backend, port, plan, tmp)) for rank in range(2)]
+            for proc in procs:
+                proc.start()
+            for proc in procs:
+                proc.join(timeout=max(1.0, until - time.monotonic()))
+            alive = [proc for proc in procs if proc.is_alive()]
+            for proc in alive:
+                proc.kill()
+            files = [Path(tmp, f"rank{r}.json") for r in range(2)]
+            ranks = [json.loads(f.read_text()) for f in files if f.is_file()]
+        entry = {"exit_codes": [proc.exitcode for proc in procs], "ranks": ranks}
+        entry["status"] = ("ok" if len(ranks) == 2 and all(r.get("ok") for r in ranks)
+                           and ranks[0]["checksum"] == ranks[1]["checksum"] else "error")
+        if alive:
+            entry["status"], entry["reason"] = "timeout", "killed at the time box"
+        results[backend] = entry
+        if entry["status"] == "ok":
+            break
+    if not any(r.get("status") == "ok" for r in results.values()):
+        raise RuntimeError(f"no backend ran 2-process DDP: {json.dumps(results)[:2000]}")
+    return results
+
+
+def _ddp_rank(rank: int, world: int, backend: str, port: int, plan: Plan, folder: str) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from losh.training.loop import train_step
+    from schemas.train import TrainSettings
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    result: dict = {"rank": rank, "backend": backend}
+    try:
+        device = _device()
+        if device.type == "cuda":
+            torch.cuda.set_device(0)                       # both ranks on the one GPU
+        dist.init_process_group(backend, rank=rank, world_size=world)
+        timed = Timed(plan.models[0], plan.torchrun_size, device, plan.amp)
+        net = DistributedDataParallel(timed.model, static_graph=True)
+        settings = TrainSettings(amp=plan.amp)
+        times = []
+        for step in range(3):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            train_step(net, timed.model, timed.criterion, timed.optimizer, None, timed.batch, device, settings, step)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        checksum = float(sum(p.detach().double().sum() for p in timed.model.parameters()))
+        dist.barrier()
+        result.update(ok=True, step_ms=[round(1000 * t, 1) for t in times], checksum=checksum,
+                      input=f"{BATCH}x8x{plan.torchrun_size[0]}x{plan.torchrun_size[1]}")
+    except Exception as error:   # noqa: BLE001 - written for the parent
+        result.update(ok=False, error=f"{type(error).__name__}: {error}"[:1500])
+    finally:
+        Path(folder, f"rank{rank}.json").write_text(json.dumps(result))
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,3 +1,4 @@
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -6,6 +7,13 @@ import pytest
 from pipeline.synth import write_synthetic_a2d
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:          # a finder that refuses it (the GPU machine's, as the tests make it)
+        return False
 
 
 @pytest.fixture(scope="session")
@@ -30,8 +38,10 @@ def prepared(synth_root, tmp_path_factory) -> Path:
     from pipeline.prepare import PrepareSettings, prepare_a2d
 
     out = tmp_path_factory.mktemp("prepared") / "prep"
+    # PyAV (the default decoder, as MTTR reads A2D) where installed; OpenCV where not (the lent GPU machine)
+    decoder = "pyav" if _installed("av") else "opencv"
     prepare_a2d(synth_root, out, short_source="manual", settings=PrepareSettings(window=8, short_side=64,
-                max_long_side=88), workers=1, progress=False)
+                max_long_side=88, decoder=decoder), workers=1, progress=False)
     return out
 
 

@@ -16,10 +16,18 @@ from schemas.config import with_overrides
 from schemas.presets import get_config
 from schemas.train import TrainSettings
 
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = [pytest.mark.cuda]
 
 CUDA = torch.device("cuda")
+
+
+@pytest.fixture()
+def cuda():
+    """Skips without a GPU. Asked for last, so that the data fixtures before it are set up first: the dry run
+    of `make gpu-check` (no GPU) still builds them, as the GPU machine will (without PyAV, spaCy, ...)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    return CUDA
 T, H, W = 8, 64, 96
 
 
@@ -37,7 +45,7 @@ def _batch(b: int, device: torch.device, seed: int = 0) -> dict:
     return to_device(batch, device)
 
 
-def test_bf16_training_step_of_losh_m_dims_on_cuda():
+def test_bf16_training_step_of_losh_m_dims_on_cuda(cuda):
     """Paper dims (random weights): the forward runs in bf16 under autocast, the loss in float32,
     every gradient finite, and an AdamW step changes the weights."""
     torch.manual_seed(0)
@@ -62,11 +70,13 @@ def test_bf16_training_step_of_losh_m_dims_on_cuda():
     assert not torch.equal(before, model.video_proj.weight)
 
 
-def test_cuda_float32_matches_the_cpu():
+@pytest.mark.parametrize("spec", ["tiny", "tiny-s"])
+def test_cuda_float32_matches_the_cpu(spec, cuda):
     """The same weights and batch give the same loss terms on the GPU as on the CPU (float32, TF32
-    off): the model's kernels, the warp of L_fbc and the matching agree across devices."""
+    off): the model's kernels (LoSh-S: FFT, grid_sample attention), the warp of L_fbc and the matching agree
+    across devices."""
     torch.manual_seed(0)
-    config = get_config("tiny")
+    config = get_config(spec)
     model = build_model(config).eval()
     criterion = build_criterion(config)
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
@@ -82,7 +92,7 @@ def test_cuda_float32_matches_the_cpu():
         assert gpu[key].item() == pytest.approx(cpu[key].item(), rel=1e-3, abs=1e-5), key
 
 
-def test_loader_pins_memory_and_the_batch_reaches_the_gpu(prepared_with_flows):
+def test_loader_pins_memory_and_the_batch_reaches_the_gpu(prepared_with_flows, cuda):
     """The trainer's loader path: workers, pinned host memory, non-blocking copies to the GPU."""
     dataset = RVOSDataset(prepared_with_flows, "train", with_flows=True)
     loader = DataLoader(dataset, batch_size=3, collate_fn=collate, num_workers=2, pin_memory=True)
@@ -98,7 +108,7 @@ def test_loader_pins_memory_and_the_batch_reaches_the_gpu(prepared_with_flows):
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
-def test_trainer_runs_on_cuda(prepared_with_flows, tmp_path, amp):
+def test_trainer_runs_on_cuda(prepared_with_flows, tmp_path, amp, cuda):
     """`losh train` on the GPU: bf16 autocast, or fp16 with the gradient scaler; a checkpoint that
     loads, with finite losses."""
     settings = TrainSettings(epochs=1, batch_size=2, num_workers=2, amp=amp, max_steps=3, log_every_steps=1)
@@ -107,3 +117,31 @@ def test_trainer_runs_on_cuda(prepared_with_flows, tmp_path, amp):
     assert all(torch.isfinite(torch.tensor(v)) for v in summary["last_losses"].values())
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert ckpt["global_step"] == 3 and ckpt["train_settings"]["amp"] == amp
+
+
+@pytest.mark.parametrize("spec, bound", [("tiny", 15), ("tiny-s", 30)])
+def test_a_training_step_makes_few_host_syncs_on_cuda(spec, bound, cuda):
+    """The trainer's step counted by CUDA itself (`set_sync_debug_mode`): the CPU count's bound holds."""
+    import warnings
+
+    from bench.train_step import host_batch
+    from losh.training.loop import train_step
+    from losh.training.optim import param_groups
+
+    torch.manual_seed(0)
+    config = get_config(spec)
+    model = build_model(config).to(CUDA).train()
+    criterion = build_criterion(config).to(CUDA)
+    settings = TrainSettings(amp="bf16")
+    optimizer = torch.optim.AdamW(param_groups(model, 1e-4, 1e-5, 1e-4), lr=1e-4, fused=True)
+    batch = host_batch((H, W), config.window, model, pin=True)
+    train_step(model, model, criterion, optimizer, None, batch, CUDA, settings, 0)      # warm-up
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            train_step(model, model, criterion, optimizer, None, batch, CUDA, settings, 1)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    syncs = [f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
+    assert len(syncs) <= bound, syncs

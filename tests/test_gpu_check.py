@@ -34,7 +34,10 @@ def dry_run(tmp_path_factory):
     out = tmp / "gpu_check.json"
     done = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--dry-run", "--out", str(out)], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=600)
-    return done, json.loads(out.read_text()) if out.is_file() else None
+    report = json.loads(out.read_text()) if out.is_file() else None
+    if report is not None:
+        report["_out"] = str(out)
+    return done, report
 
 
 def test_dry_run_runs_every_part_and_writes_the_json(dry_run):
@@ -44,16 +47,80 @@ def test_dry_run_runs_every_part_and_writes_the_json(dry_run):
     env = report["environment"]
     assert env["dry_run"] is True and env["cuda_available"] is False and env["torch"]
     parts = report["parts"]
-    assert list(parts) == ["cuda_tests", "step_time", "step_time_compiled", "torchrun", "loader"]
+    assert list(parts) == ["cuda_tests", "smoke", "step_time", "step_time_s", "deformable_attention", "ddp",
+                           "torchrun", "loader", "step_time_compiled"]         # the quick parts first
     assert {name: p["status"] for name, p in parts.items()} == {
-        "cuda_tests": "ok", "step_time": "ok", "step_time_compiled": "skipped", "torchrun": "ok", "loader": "ok"}
+        **{name: "ok" for name in parts}, "step_time_compiled": "skipped"}
+    assert env["torch_pinned"] and env["torch_meets_pin"] is True
+    logs = (Path(report["_out"]).with_name("gpu_check_logs.txt")).read_text()
+    assert "===== smoke.log" in logs and "===== cuda_tests.log" in logs
 
 
 def test_dry_run_cuda_tests_are_collected_and_skipped_without_a_gpu(dry_run):
+    """Their data fixtures are set up before the skip (without PyAV here), as they will be on the GPU machine."""
     tests = dry_run[1]["parts"]["cuda_tests"]["figures"]
     assert "tests/test_cuda.py" in tests["files"]
-    assert tests["collected"] >= 5 and tests["skipped"] == tests["collected"]
+    assert tests["collected"] >= 8 and tests["skipped"] == tests["collected"]
     assert tests["passed"] == tests["failed"] == 0
+
+
+def test_dry_run_smoke_steps_and_profiles_all_four_models(dry_run):
+    parts = dry_run[1]["parts"]
+    models = ["tiny", "tiny:baseline", "tiny-s", "tiny-s:baseline"]
+    smoke = parts["smoke"]["figures"]["models"]
+    assert list(smoke) == models and all(m["status"] == "ok" and m["grads_finite"] for m in smoke.values())
+    assert smoke["tiny-s"]["input"] == "3x5x32x48" and smoke["tiny"]["input"] == "3x8x32x48"
+    profiles = [model["profile"] for pair in ("step_time", "step_time_s")
+                for model in parts[pair]["figures"]["models"].values()]
+    assert len(profiles) == 4 and all(p["wall_ms"] > 0 and p["cpu_ops_ms"] > 0 for p in profiles)
+    losh_s = parts["step_time_s"]["figures"]
+    assert losh_s["input"] == "3x5x32x48" and losh_s["train_ratio_losh_s_vs_sgmg"] > 0
+    attention = parts["deformable_attention"]["figures"]
+    assert attention["forward_backward"]["steps"] > 0 and len(attention["levels"]) == 4
+
+
+def test_dry_run_trains_under_ddp_with_two_processes(dry_run):
+    ddp = dry_run[1]["parts"]["ddp"]["figures"]
+    gloo = ddp["gloo"]
+    assert gloo["status"] == "ok" and [r["rank"] for r in gloo["ranks"]] == [0, 1]
+    assert gloo["ranks"][0]["checksum"] == gloo["ranks"][1]["checksum"]      # the same weights after 3 steps
+    assert all(len(r["step_ms"]) == 3 for r in gloo["ranks"])
+
+
+def test_another_torch_than_the_pin_is_said():
+    from bench.gpu_check import pinned_versions
+
+    old = pinned_versions("2.11.0+cu130")
+    assert old["torch_meets_pin"] is False and "2.11.0" in old["warning"]
+    assert pinned_versions("2.15.0")["torch_meets_pin"] is True
+
+
+def test_a_stopped_run_kills_its_part_and_keeps_the_json(tmp_path):
+    """SIGTERM to the runner midway: the running part (its whole process group) dies with it, and the JSON says
+    what ran and that it was stopped."""
+    import signal
+    import time
+
+    out = tmp_path / "out" / "gpu_check.json"
+    runner = subprocess.Popen([sys.executable, "-m", "bench.gpu_check", "--dry-run", "--out", str(out),
+                               "--parts", "smoke,torchrun,loader"], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:         # wait for the second part to start
+        if out.is_file() and "smoke" in json.loads(out.read_text())["parts"]:
+            break
+        time.sleep(0.5)
+    time.sleep(2)
+    children = subprocess.run(["pgrep", "-f", "bench.gpu_check --child"], capture_output=True, text=True).stdout.split()
+    assert children, "the torchrun part should be running"
+    runner.send_signal(signal.SIGTERM)
+    runner.wait(timeout=60)
+    time.sleep(1)
+    left = subprocess.run(["pgrep", "-f", "bench.gpu_check --child"], capture_output=True, text=True).stdout.split()
+    assert not set(children) & set(left)
+    report = json.loads(out.read_text())
+    assert report["complete"] is False and report["interrupted"].startswith("SIGTERM")
+    assert report["parts"]["smoke"]["status"] == "ok" and "loader" not in report["parts"]
 
 
 def test_dry_run_times_both_models_taking_turns(dry_run):

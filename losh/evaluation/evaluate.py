@@ -64,16 +64,17 @@ EXPRESSIONS_PER_CLIP = 8
 def evaluate_model(model: torch.nn.Module, data: Path, *, split: str = "test", save_predictions: Path | None = None,
                    visualize: int = 0, visualize_dir: Path = Path("pictures"), batch_size: int = 2,
                    num_workers: int = 0, amp: str = "off", progress: bool = True, resolution: str = "original",
-                   raw: Path | None = None, max_samples: int = 0, submission: Path | None = None) -> dict:
+                   raw: Path | None = None, max_samples: int = 0, submission: Path | None = None,
+                   require_tagger: bool = True) -> dict:
     """MTTR's protocol: per sample, all queries' masks of the annotated frame with their mean reference
     scores (mAP), the best-scoring one for IoU, precision@k, J and F, at the original video size (or the
     prepared one). Batches hold clips of one frame size: nothing is padded, so the metrics do not depend
-    on `batch_size` or `num_workers`. NaN metrics become None."""
+    on `batch_size` or `num_workers`. NaN metrics become None. `require_tagger`: see `inference_short_texts`."""
     model.eval()
     if load_manifest(Path(data))["splits"].get(split, {}).get("kind") == "video":
         from losh.evaluation.evaluate_videos import evaluate_videos
         videos = PreparedDataset(data, split)
-        shorts, source = inference_short_texts(videos, model.config)
+        shorts, source = inference_short_texts(videos, model.config, require_tagger)
         return {**evaluate_videos(model, videos, split=split, inference_shorts=shorts, submission=submission,
                                   amp=amp, progress=progress, max_samples=max_samples), "inference_short_text": source}
     if submission is not None:
@@ -85,7 +86,7 @@ def evaluate_model(model: torch.nn.Module, data: Path, *, split: str = "test", s
     batches = size_grouped_batches([dataset.data.records[g[0]].size for g in dataset.groups], batch_size)
     loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate_clips, num_workers=num_workers,
                         pin_memory=dev.type == "cuda")
-    inference_shorts, short_text_source = inference_short_texts(dataset.data, model.config)
+    inference_shorts, short_text_source = inference_short_texts(dataset.data, model.config, require_tagger)
     acc = MetricAccumulator()
     scores_out: dict[str, float] = {}
     pictures_left = visualize
@@ -126,17 +127,28 @@ def evaluate_model(model: torch.nn.Module, data: Path, *, split: str = "test", s
             "samples": len(dataset.data.records), "inference_short_text": short_text_source}
 
 
-def inference_short_texts(data, config: ModelConfig) -> tuple[dict[str, str] | None, str | None]:
+def inference_short_texts(data, config: ModelConfig, require_tagger: bool = True
+                          ) -> tuple[dict[str, str] | None, str | None]:
     """The short texts inference runs through the encoder ({sample_id: text}, or None to use the prepared
     ones) and where they come from. At inference only the long expression is given (paper 3.8): its short
     text is the tagger's, derived from it. Data prepared with the tagger's short text already holds it; data
-    prepared with manual short text (annotations a test set would not have) gets the tagger's here."""
+    prepared with manual short text (annotations a test set would not have) gets the tagger's here. Where the
+    tagger is not installed: an error naming it, or with `require_tagger` False (validation during training) the
+    prepared short texts, said in the source."""
     if not config.inference_uses_short_text:
         return None, None
     info = data.manifest["short_text"]
     if info["source"] == "machine":
         return None, f"machine ({info['tagger']}/{info['rule']}, prepared)"
-    shorts = tagger_short_texts([r.long for r in data.records])
+    from pipeline.shorten import TaggerUnavailable
+
+    try:
+        shorts = tagger_short_texts([r.long for r in data.records])
+    except TaggerUnavailable as error:
+        if require_tagger:
+            raise TaggerUnavailable(f"this model runs the short text through its encoder at inference, and the "
+                                    f"tagger that derives it from the long text is missing: {error}") from error
+        return None, f"manual (prepared: the tagger is not installed, {INFERENCE_TAGGER} would be used)"
     source = f"machine ({INFERENCE_TAGGER}, from the long expressions)"
     return {r.sample_id: short for r, short in zip(data.records, shorts)}, source
 

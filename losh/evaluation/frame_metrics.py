@@ -9,7 +9,9 @@ Two protocols (SPEC.md, "Metrics"):
   - ``mean_iou``: mean of the per-image IoUs.
   - ``precision@k`` (k = 0.5 ... 0.9): fraction of images whose IoU is strictly above k.
   - ``map``: COCO mask AP averaged over IoU 0.50:0.05:0.95 (``COCOeval(iouType='segm')``,
-    ``stats[0]``) over *all* scored predictions, one ground-truth annotation per image.
+    ``stats[0]``) over *all* scored predictions, one ground-truth annotation per image. It needs pycocotools,
+    imported when first used: where it is not installed, ``map`` is None and ``map_unavailable`` says why (the
+    other metrics do not need it).
 * DAVIS / YouTube-VOS style, on the same highest-scoring mask:
   - ``j``: region IoU; ``f``: boundary F-measure (DAVIS toolkit definition); ``jf``: their mean.
 
@@ -32,14 +34,12 @@ import contextlib
 import io
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
 import cv2
 import numpy as np
-from pycocotools import mask as coco_mask
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +154,7 @@ class MetricAccumulator:
 
     def __init__(self, bound_th: float = 0.008) -> None:
         self.bound_th = bound_th
+        self._coco = _pycocotools()            # None where pycocotools is not installed: no mAP
         self._total_intersection = 0
         self._total_union = 0
         self._ious: list[float] = []
@@ -187,11 +188,14 @@ class MetricAccumulator:
         self._ious.append(iou)
         self._boundary_fs.append(boundary_f(best, gt, self.bound_th))
 
+        if self._coco is None:
+            return iou
+        coco_mask = self._coco[0]
         # an empty ground truth stays in COCO, as in MTTR: a ground truth that no prediction matches
         image_id = len(self._coco_images) + 1  # COCOeval treats id 0 as "unmatched"
         height, width = gt.shape
         self._coco_images.append({"id": image_id, "height": height, "width": width})
-        gt_rle = _encode(gt)
+        gt_rle = _encode(coco_mask, gt)
         self._coco_gt.append(
             {
                 "id": image_id,
@@ -204,7 +208,7 @@ class MetricAccumulator:
             }
         )
         for mask, score in zip(preds, scores):
-            prediction = {"image_id": image_id, "category_id": _CATEGORY_ID, "segmentation": _encode(mask)}
+            prediction = {"image_id": image_id, "category_id": _CATEGORY_ID, "segmentation": _encode(coco_mask, mask)}
             self._coco_predictions.append({**prediction, "score": float(score)})
         return iou
 
@@ -218,8 +222,10 @@ class MetricAccumulator:
         metrics: dict[str, float] = {
             "overall_iou": float(overall),
             "mean_iou": float(ious.mean()),
-            "map": self._coco_map(),
+            "map": self._coco_map() if self._coco is not None else None,
         }
+        if self._coco is None:
+            metrics["map_unavailable"] = MAP_NEEDS
         for k in PRECISION_THRESHOLDS:
             metrics[f"precision@{k}"] = float((ious > k).mean())
         j, f = float(ious.mean()), float(boundary_fs.mean())
@@ -229,6 +235,7 @@ class MetricAccumulator:
     def _coco_map(self) -> float:
         if not self._coco_gt:
             return float("nan")
+        _, COCO, COCOeval = self._coco
         captured = io.StringIO()
         with contextlib.redirect_stdout(captured):  # pycocotools prints progress and the summary table
             coco_gt = COCO()
@@ -300,6 +307,21 @@ def _iou_from_counts(intersection: int, union: int) -> float:
     return 1.0 if union == 0 else intersection / union
 
 
-def _encode(mask: np.ndarray) -> dict:
+def _encode(coco_mask, mask: np.ndarray) -> dict:
     """COCO compressed RLE of a binary HxW mask (pycocotools wants Fortran-ordered uint8)."""
     return coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+
+
+MAP_NEEDS = "mAP needs pycocotools, which is not installed (pip install pycocotools)"
+
+
+def _pycocotools():
+    """(mask, COCO, COCOeval) of pycocotools, or None (with a warning, once) where it is not installed."""
+    try:
+        from pycocotools import mask
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    except ImportError:
+        warnings.warn(f"{MAP_NEEDS}; the other metrics are computed", stacklevel=3)
+        return None
+    return mask, COCO, COCOeval

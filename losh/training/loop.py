@@ -385,6 +385,6 @@ def validation_metrics(model: torch.nn.Module, ema: WeightAverage | None, data: 
     try:
         # at the prepared size: no raw data set needed during training (`losh evaluate` scores the original size)
         return evaluate_model(scored, data, split=settings.eval_split, max_samples=settings.eval_samples,
-                              resolution="prepared", progress=False)
+                              resolution="prepared", progress=False, require_tagger=False)
     finally:
         model.train(was_training)

@@ -3,6 +3,8 @@ MTTR and SgMg adapt it.
 
 - temporal patch size 1 instead of 2, so every input frame keeps its own feature maps;
 - window (8, 7, 7), stochastic depth 0.1 spread over the blocks of the full 4-stage model;
+- the window attention through `scaled_dot_product_attention` (`window_attention.py`: torchvision's function and
+  parameters, a fused kernel on the GPU);
 - `backbone.num_stages` 3 (MTTR, LoSh-M): the 4th stage (and the patch merging before it) is dropped,
   outputs at strides 4, 8 and 16; 4 (SgMg, LoSh-S): strides 4, 8, 16 and 32. Outputs are taken after each
   stage and before its patch merging (no final norm), per frame.
@@ -15,13 +17,16 @@ official Video Swin checkpoint (`swin_tiny_patch244_window877_kinetics400_1k.pth
 from __future__ import annotations
 
 import re
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torchvision.models.swin_transformer import SwinTransformerBlock
 from torchvision.models.video.swin_transformer import SwinTransformer3d
 
 from losh.errors import WeightsMissing
+from losh.models.shared.window_attention import SDPAShiftedWindowAttention3d
 from schemas.config import BackboneConfig
 
 _HOW_TO_GET_WEIGHTS = (
@@ -48,6 +53,8 @@ class VideoSwinBackbone(nn.Module):
             patch_size=list(config.patch_size), embed_dim=config.embed_dim, depths=list(config.depths),
             num_heads=list(config.num_heads), window_size=list(config.window_size),
             stochastic_depth_prob=config.stochastic_depth, num_classes=1,
+            # the same function and parameters, the attention through scaled_dot_product_attention
+            block=partial(SwinTransformerBlock, attn_layer=SDPAShiftedWindowAttention3d),
         )
         # features = [stage0, merge0, stage1, merge1, stage2, merge2, stage3]: keep num_stages of them
         stages = config.num_stages
