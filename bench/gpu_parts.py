@@ -138,6 +138,15 @@ def step_time(plan: Plan, compiled: bool, deadline: float, save_partial=None, pa
             entry.update(status="error", error=f"{type(error).__name__}: {error}"[:2000])
         if save_partial is not None:
             save_partial(out)
+    for spec, model in timed.items():         # one profiled step each, warmed up (CPU vs GPU time, syncs)
+        if compiled or time.monotonic() > deadline:
+            break
+        try:
+            out["models"][spec]["profile"] = profile_step(model)
+        except Exception as error:   # noqa: BLE001 - the timings stand without it
+            out["models"][spec]["profile"] = {"error": f"{type(error).__name__}: {error}"[:1000]}
+    if save_partial is not None:
+        save_partial(out)
     times = {spec: ([], []) for spec in timed}
     for _ in tqdm(range(steps), desc="compiled steps" if compiled else "steps", mininterval=10, file=sys.stderr):
         if time.monotonic() > deadline:
@@ -151,13 +160,6 @@ def step_time(plan: Plan, compiled: bool, deadline: float, save_partial=None, pa
         entry.update(status="ok", train=_summary(train), infer=_summary(infer))
         if train:
             entry["samples_per_s"] = round(BATCH / statistics.median(train), 2)
-    for spec, model in timed.items():         # then one profiled step each (CPU vs GPU time, syncs)
-        if compiled or time.monotonic() > deadline:
-            break
-        try:
-            out["models"][spec]["profile"] = profile_step(model)
-        except Exception as error:   # noqa: BLE001 - the timings stand without it
-            out["models"][spec]["profile"] = {"error": f"{type(error).__name__}: {error}"[:1000]}
     losh, base = models
     name = "losh_vs_mttr" if pair == "m" else "losh_s_vs_sgmg"
     for phase in ("train", "infer"):
@@ -511,5 +513,5 @@ def _ddp_rank(rank: int, world: int, backend: str, port: int, plan: Plan, folder
         result.update(ok=False, error=f"{type(error).__name__}: {error}"[:1500])
     finally:
         Path(folder, f"rank{rank}.json").write_text(json.dumps(result))
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    # no teardown: gloo's group with CUDA tensors can hang in destroy/exit once the other rank is gone
+    os._exit(0)

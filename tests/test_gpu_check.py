@@ -47,8 +47,8 @@ def test_dry_run_runs_every_part_and_writes_the_json(dry_run):
     env = report["environment"]
     assert env["dry_run"] is True and env["cuda_available"] is False and env["torch"]
     parts = report["parts"]
-    assert list(parts) == ["cuda_tests", "smoke", "step_time", "step_time_s", "deformable_attention", "ddp",
-                           "torchrun", "loader", "step_time_compiled"]         # the quick parts first
+    assert list(parts) == ["cuda_tests", "smoke", "step_time", "step_time_s", "deformable_attention", "torchrun",
+                           "ddp", "loader", "step_time_compiled"]         # the quick parts first
     assert {name: p["status"] for name, p in parts.items()} == {
         **{name: "ok" for name in parts}, "step_time_compiled": "skipped"}
     assert env["torch_pinned"] and env["torch_meets_pin"] is True

@@ -122,7 +122,7 @@ class LoShM(nn.Module):
         paddings = [resize_padding(padding_mask, level.shape[-2:]) for level in features]
 
         # video tokens of the decoded frames, (B*T') ordered sample-major
-        video = self.video_proj(selected[-1])
+        video = self.video_proj(selected[-1].contiguous())   # a contiguous gradient (DDP's buckets)
         h, w = video.shape[-2:]
         video_padding = paddings[-1].repeat_interleave(n_frames, dim=0)
         video_pos = sine_position_encoding_2d(video_padding, video.shape[1]).flatten(1, 2)
