@@ -440,19 +440,22 @@ def deformable_attention(plan: Plan, deadline: float) -> dict:
 
 def ddp_two_processes(plan: Plan, deadline: float) -> dict:
     """Two processes train LoSh-M's paper dims under DistributedDataParallel (static graph, as the trainer) for
-    three steps each on this machine's one GPU: with NCCL if it accepts two ranks on one device, else with gloo
-    (NCCL refuses a GPU shared by ranks: one GPU cannot run a multi-GPU NCCL job, only its code path). Checks
-    that both ranks end with the same weights."""
+    three steps each on this machine's GPU(s), and check that both ranks end with the same weights. On one GPU with
+    gloo (which runs two ranks on one device), then NCCL to record its answer: NCCL refuses two ranks on one
+    device ("Duplicate GPU detected", seen on an H200), so one GPU runs a multi-GPU NCCL job only as one process
+    (the torchrun part)."""
     import torch.multiprocessing as mp
 
     results: dict = {}
-    backends = ("nccl", "gloo") if torch.cuda.is_available() else ("gloo",)
+    # one GPU: gloo first (it runs two ranks on one device), then NCCL only to record its answer
+    one_gpu = torch.cuda.is_available() and torch.cuda.device_count() == 1
+    backends = ("gloo", "nccl") if one_gpu else ("nccl", "gloo") if torch.cuda.is_available() else ("gloo",)
     for index, backend in enumerate(backends):
         left = deadline - time.monotonic()
         if left < 10:
             results[backend] = {"status": "skipped", "reason": "time box reached"}
             break
-        until = time.monotonic() + (left / 2 if index < len(backends) - 1 else left)
+        until = time.monotonic() + (left * 0.6 if index < len(backends) - 1 else left)
         with tempfile.TemporaryDirectory(prefix="gpu_check_ddp_") as tmp:
             port = 29500 + os.getpid() % 1000
             context = mp.get_context("spawn")
@@ -472,7 +475,7 @@ def ddp_two_processes(plan: Plan, deadline: float) -> dict:
         if alive:
             entry["status"], entry["reason"] = "timeout", "killed at the time box"
         results[backend] = entry
-        if entry["status"] == "ok":
+        if entry["status"] == "ok" and not one_gpu:
             break
     if not any(r.get("status") == "ok" for r in results.values()):
         raise RuntimeError(f"no backend ran 2-process DDP: {json.dumps(results)[:2000]}")

@@ -9,7 +9,9 @@ device:
     dynamic_shape    ops whose output size depends on the data (nonzero, masked_select, boolean indexing, unique,
                      repeat_interleave without output_size): the host must learn the size
     to_host          Tensor.cpu() and Tensor.tolist() (device -> host copies)
-    to_device        torch.tensor / torch.as_tensor of host data with a device (blocking host -> device copies)
+    to_device        blocking host -> device copies: torch.tensor / torch.as_tensor of host data with a device,
+                     Tensor.new_tensor, indexing with a Python list (`x[:, [1, 3]]`: the list becomes an index
+                     tensor on the host), and assigning a Python number through tensor indices (`x[i, j] = 1.0`)
 
 `python -m bench.host_syncs [--steps 3]` prints `host_syncs_per_step_<model>` for LoSh-M, LoSh-S and their
 baselines at the paper's dims (random weights, batch 3, a small input: the count does not depend on the size).
@@ -95,8 +97,20 @@ def count_host_syncs(where: Counter | None = None, host_tensors: tuple[torch.Ten
     def from_device(tensor, *args, **kwargs):
         return tensor.data_ptr() not in on_host
 
+    def list_index(tensor, key, *args):
+        keys = key if isinstance(key, tuple) else (key,)
+        return any(isinstance(k, list) for k in keys)
+
+    def number_through_tensor_index(tensor, key, value):
+        keys = key if isinstance(key, tuple) else (key,)
+        return isinstance(value, (int, float, bool)) and any(isinstance(k, torch.Tensor) for k in keys)
+
     wrap(torch.Tensor, "cpu", "to_host", from_device)
     wrap(torch.Tensor, "tolist", "to_host", from_device)
+    wrap(torch.Tensor, "new_tensor", "to_device", lambda *a, **k: True)
+    wrap(torch.Tensor, "__getitem__", "to_device", list_index)
+    wrap(torch.Tensor, "__setitem__", "to_device", lambda t, key, value: list_index(t, key) or
+         number_through_tensor_index(t, key, value))
     wrap(torch, "tensor", "to_device", host_data_to_device)
     wrap(torch, "as_tensor", "to_device", host_data_to_device)
     try:

@@ -20,6 +20,6 @@ def rescale_vectors(flow, from_size: tuple[int, int], to_size: tuple[int, int]):
     """Flow (..., 2, h, w), numpy or torch, x then y: its vectors converted from pixels of `from_size` to
     pixels of `to_size` (the field itself is not resampled)."""
     sx, sy = vector_scale(from_size, to_size)
-    if isinstance(flow, torch.Tensor):
-        return flow * flow.new_tensor([sx, sy]).view(2, 1, 1)
+    if isinstance(flow, torch.Tensor):   # Python scales: no host -> device copy
+        return torch.cat((flow[..., :1, :, :] * sx, flow[..., 1:, :, :] * sy), dim=-3)
     return flow * np.array([sx, sy], dtype=np.float32).reshape(2, 1, 1)

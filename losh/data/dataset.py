@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from pipeline.flow_field import hflip_flows
-from schemas.prepared_reader import PreparedDataset
 from schemas.flow_units import rescale_vectors
 from schemas.prepared import SampleRecord
+from schemas.prepared_reader import PreparedDataset
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

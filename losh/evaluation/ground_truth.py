@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from schemas.prepared_reader import PreparedDataset
 from schemas.prepared import SampleRecord, SchemaError
+from schemas.prepared_reader import PreparedDataset
 
 RESOLUTIONS = ("original", "prepared")
 

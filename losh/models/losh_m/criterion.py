@@ -22,6 +22,7 @@ from torch import Tensor
 
 from losh.models.losh_m.matcher import Assignment, FrameTargets, LongShortMatcher, upsampled_logits, upsampled_probs
 from losh.models.shared.criterion import LongShortCriterion, ReferredMasks, average_over_processes, parse_targets
+from losh.models.shared.long_short import take_positions
 from losh.models.shared.losses import dice_loss, is_referred_loss, sigmoid_focal_loss
 from schemas.config import LossConfig
 
@@ -44,8 +45,8 @@ class LoShMCriterion(LongShortCriterion):
     def at_frames(self, out: dict[str, Tensor], positions: list[int]) -> dict[str, Tensor]:
         """"pred_is_referred" (B, A, Q, 2), "pred_masks" (B, Q, A, h, w), in float32 (losses in float32 even when
         the model runs under autocast)."""
-        return {"pred_is_referred": out["pred_is_referred"][:, positions].float(),
-                "pred_masks": out["pred_masks"][:, positions].transpose(1, 2).float()}
+        return {"pred_is_referred": take_positions(out["pred_is_referred"], positions).float(),
+                "pred_masks": take_positions(out["pred_masks"], positions).transpose(1, 2).float()}
 
     def match_layers(self, layers: list[dict[str, dict[str, Tensor]]], targets: list[FrameTargets]
                      ) -> list[list[Assignment]]:

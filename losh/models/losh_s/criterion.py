@@ -26,6 +26,7 @@ from torch import Tensor
 from losh.models.losh_s.matcher import ReferredTarget, low_resolution, match_referred, referred_target
 from losh.models.shared.box_ops import box_cxcywh_to_xyxy, elementwise_generalized_box_iou
 from losh.models.shared.criterion import LongShortCriterion, ReferredMasks, average_over_processes
+from losh.models.shared.long_short import take_positions
 from losh.models.shared.losses import dice_loss, sigmoid_focal_elements, sigmoid_focal_loss
 from schemas.config import LossConfig
 
@@ -47,8 +48,8 @@ class LoShSCriterion(LongShortCriterion):
     def at_frames(self, out: dict[str, Tensor], positions: list[int]) -> dict[str, Tensor]:
         """The supervised frames' predictions (B, A, Q, ...) in float32 (losses in float32 under autocast), and
         the model's matches when it made them."""
-        taken = {k: out[k][:, positions].float() for k in ("pred_logits", "pred_boxes", "pred_masks",
-                                                            "pred_masks_low")}
+        taken = {k: take_positions(out[k], positions).float()
+                 for k in ("pred_logits", "pred_boxes", "pred_masks", "pred_masks_low")}
         if out.get("matched_query") is not None:
             taken["matched_query"] = out["matched_query"]
         return taken

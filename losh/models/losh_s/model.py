@@ -53,6 +53,7 @@ from losh.models.shared.long_short import (
     select_best_query,
     sentence_feature,
     short_texts_for_inference,
+    take_positions,
 )
 from losh.models.shared.position_encoding import sine_position_encoding_1d, sine_position_encoding_2d
 from losh.models.shared.text_encoder import TextEncoder
@@ -189,7 +190,8 @@ class LoShS(nn.Module):
             heads, patches = self._heads(decoded, layer, mask_features, valid_sizes, frames.shape[-2:])
             matched = None
             if referred is not None:   # SgMg: match now, refine the matched query only
-                view = {name: {k: v[index * per_copy:(index + 1) * per_copy].unflatten(0, (b, n_frames))[:, positions]
+                view = {name: {k: take_positions(v[index * per_copy:(index + 1) * per_copy]
+                                                 .unflatten(0, (b, n_frames)), positions)
                                for k, v in heads.items()} for index, name in enumerate(names)}
                 matched = match_referred(view, referred, self.config.loss)                  # (B,)
                 chosen = matched.repeat_interleave(n_frames).repeat(decoded_copies)         # (N,)

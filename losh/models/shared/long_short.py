@@ -11,6 +11,7 @@ base model's multimodal parts, the short one only where the config uses short te
   prediction head is off, the short text may still feed the long pathway's cross-attention);
 - `sentence_feature`, `resize_padding`: the pooled text feature and padding masks at a feature map's size;
 - `fbc_outputs`: what L_fbc (eq. 6) reads from a model's outputs;
+- `take_positions`: window positions of a tensor without a host -> device copy of their indices;
 - `select_best_query`: the inference selection (each query's reference score averaged over the decoded frames,
   the best query's masks), the same for every base model.
 """
@@ -70,7 +71,7 @@ def frames_per_text(backbone: nn.Module, frames: Tensor, texts: int, annotated_i
         features = [level.index_select(0, clip_index) for level in clip_features]
         padding = padding_mask.index_select(0, clip_index)
     frame_indices = sorted(set(wanted)) if decode_frames == "annotated" and wanted else list(range(t))
-    selected = [level[:, frame_indices].flatten(0, 1) for level in features]
+    selected = [take_positions(level, frame_indices).flatten(0, 1) for level in features]
     return TextFrames(clip_features, clip_padding, features, padding, frame_indices, selected)
 
 
@@ -84,6 +85,17 @@ def short_texts_for_inference(config: ModelConfig, short_texts: Sequence[str] | 
                          "(inference_short_pathway = 'encoder'): pass short_texts (e.g. the tagger's), "
                          "or use a config with inference_short_pathway = 'none'")
     return short_texts
+
+
+def take_positions(tensor: Tensor, positions: Sequence[int], dim: int = 1) -> Tensor:
+    """`tensor`'s entries `positions` along `dim` (e.g. the supervised frames of a window). `x[:, [1, 3]]` would
+    copy the list to the GPU as an index and wait for it; consecutive positions are a slice (a view), others an
+    index copied without waiting."""
+    positions = list(positions)
+    if positions and positions == list(range(positions[0], positions[-1] + 1)):
+        return tensor.narrow(dim, positions[0], len(positions))
+    index = torch.tensor(positions, dtype=torch.long).to(tensor.device, non_blocking=True)
+    return tensor.index_select(dim, index)
 
 
 def sentence_feature(text: Tensor, padding: Tensor) -> Tensor:

@@ -71,11 +71,12 @@ def is_referred_loss(logits: Tensor, referred_query: Tensor, eos_coef: float, vi
     """
     log_probs = logits.log_softmax(-1)
     rows = torch.arange(logits.shape[0], device=logits.device)
+    # the values assigned are device tensors: a Python number would be copied to the GPU, waiting for it
     target = torch.ones(logits.shape[:2], dtype=torch.long, device=logits.device)
-    target[rows, referred_query] = 0 if visible is None else (~visible.bool()).long()
+    target[rows, referred_query] = target.new_zeros(()) if visible is None else (~visible.bool()).long()
     nll = -log_probs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
     weights = torch.full_like(nll, eos_coef)
-    weights[rows, referred_query] = 1.0
+    weights[rows, referred_query] = weights.new_ones(())
     return (nll * weights).sum() / (normaliser if normaliser is not None else logits.shape[0])
 
 
