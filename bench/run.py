@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-BENCHMARKS = ["prepare_storage", "shorten_agreement", "flops", "flows", "train_step", "loader_scale",
+BENCHMARKS = ["prepare_storage", "shorten_agreement", "flops", "flows", "train_step", "host_syncs", "loader_scale",
               "video_inference", "predict"]
 
 
