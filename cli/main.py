@@ -5,10 +5,14 @@ import csv
 import json
 import os
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
+from schemas.locks import FolderBusy
+
 
 app = typer.Typer(
     help="LoSh (CVPR 2024) toolkit for referring video object segmentation: "
@@ -154,7 +158,7 @@ def prepare_data(
     try:
         manifest = prepare_dataset(dataset, root, out, short_source=short_text, tagger=tagger, rule=rule,
                                    settings=settings, workers=workers, **options)
-    except (DatasetRootError, TaggerUnavailable, ValueError) as e:
+    except (DatasetRootError, TaggerUnavailable, ValueError, FolderBusy) as e:
         fail(str(e))
     c = manifest["counts"]
     per_split = ", ".join(f"{info['samples']} {name} ({info['kind']}{'' if info['masks'] else ', no masks'})"
@@ -236,7 +240,7 @@ def compute_flows(
         fail(f"invalid flow parameters: {e}", 2)
     try:
         run = run_compute_flows(prep, params, split=split, workers=workers, scheduler=scheduler, progress=progress)
-    except (PreparedDataMissing, SchemaError, FlowComputeError, ValueError, OSError) as e:
+    except (PreparedDataMissing, SchemaError, FlowComputeError, ValueError, OSError, FolderBusy) as e:
         fail(str(e))
     c = run.index["counts"]
     typer.echo(f"flows of the {'+'.join(run.splits)} split: {c['annotated_frames']} annotated frames in {c['videos']} "
@@ -290,6 +294,10 @@ def train(
                                               "settings; options may change only epochs, max steps, the eval "
                                               "cadence, checkpoint/log cadence and workers.")] = False,
     device: Annotated[Optional[str], typer.Option(help="Force a device (cpu, cuda:0).")] = None,
+    trust_checkpoint: Annotated[bool, typer.Option(
+        "--trust-checkpoint", help="Load checkpoint and weights files whole, code included: only for files you "
+                                   "trust (by default a file holding more than tensors and plain values is "
+                                   "refused, naming what it holds).")] = False,
 ) -> None:
     """Train LoSh-M or LoSh-S (or their MTTR/SgMg baselines, or an ablation) on CUDA, CPU fallback; torchrun for
     many GPUs."""
@@ -310,9 +318,14 @@ def train(
             model_config = with_overrides(model_config, {"window": window})
         checkpoint = out / "checkpoints" / "last.pt"
         # resuming: the run's own settings are the base, so that only what is given here changes
-        settings = run_settings(out) if resume and checkpoint.exists() else TrainSettings()
+        from schemas.torch_files import trusting_files
+        with trusting_files(trust_checkpoint):
+            settings = run_settings(out) if resume and checkpoint.exists() else TrainSettings()
         if settings_file is not None:
-            settings = TrainSettings.from_dict(json.loads(settings_file.read_text()))
+            try:
+                settings = TrainSettings.from_dict(json.loads(settings_file.read_text(encoding="utf-8")))
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                raise ValueError(f"{settings_file}: not a JSON settings file ({error})") from None
         overrides = {"epochs": epochs, "batch_size": batch_size, "expressions_per_clip": expressions_per_clip,
                      "lr": lr, "backbone_lr": backbone_lr, "lr_warmup_steps": lr_warmup_steps,
                      "text_encoder_lr": text_encoder_lr, "amp": amp, "num_workers": workers,
@@ -321,10 +334,11 @@ def train(
                      "eval_samples": eval_samples, "best_metric": best_metric,
                      "lr_milestones": tuple(int(m) for m in lr_milestones.split(",") if m) if lr_milestones else None}
         settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None}).validate()
-        summary = run_training(data, model_config, out, settings, resume=resume, device=device)
+        with trusting_files(trust_checkpoint):
+            summary = run_training(data, model_config, out, settings, resume=resume, device=device)
     except NonFiniteLoss as e:
         fail(str(e), 3)
-    except (ConfigError, TrainConfigError, SchemaError, PreparedDataMissing, RunExists, FileNotFoundError,
+    except (ConfigError, TrainConfigError, SchemaError, PreparedDataMissing, RunExists, FileNotFoundError, FolderBusy,
             AssetMissing, ValueError) as e:
         fail(str(e))
     if int(os.environ.get("RANK", "0")) != 0:   # under torchrun, rank 0 reports for all
@@ -376,6 +390,10 @@ def evaluate(
     ema: Annotated[bool, typer.Option(help="Evaluate the checkpoint's weight average when it has one "
                                            "(train --ema-decay); --no-ema: the trained weights.")] = True,
     device: Annotated[Optional[str], typer.Option(help="Force a device (cpu, cuda:0).")] = None,
+    trust_checkpoint: Annotated[bool, typer.Option(
+        "--trust-checkpoint", help="Load checkpoint and weights files whole, code included: only for files you "
+                                   "trust (by default a file holding more than tensors and plain values is "
+                                   "refused, naming what it holds).")] = False,
 ) -> None:
     """Metrics of a checkpoint (or of a predictions folder) on a split; JSON out; optional pictures."""
     from losh.errors import AssetMissing
@@ -389,6 +407,7 @@ def evaluate(
         fail(f"--amp must be off or bf16, got {amp!r}", 2)
     if resolution not in ("original", "prepared"):
         fail(f"--resolution must be original or prepared, got {resolution!r}", 2)
+    stack = ExitStack()
     try:
         if predictions is not None:
             from losh.evaluation.predictions import score_predictions
@@ -404,6 +423,8 @@ def evaluate(
                 atomic_write_json(out, report)
         else:
             from losh.evaluation.evaluate import evaluate_checkpoint
+            from schemas.torch_files import trusting_files
+            stack.enter_context(trusting_files(trust_checkpoint))
             report = evaluate_checkpoint(data, checkpoint, split=split, out=out, save_predictions=save_predictions,
                                          visualize=visualize, visualize_dir=visualize_dir, batch_size=batch_size,
                                          num_workers=workers, device=device, use_ema=ema, amp=amp,
@@ -421,6 +442,8 @@ def evaluate(
                     atomic_write_json(out, report)
     except (SchemaError, PreparedDataMissing, FileNotFoundError, AssetMissing, ValueError) as e:
         fail(str(e))
+    finally:
+        stack.close()
     if "J&F" in report:   # a whole-video split
         typer.echo(format_video_metrics(report))
     elif "overall_iou" in report or "map_single_mask" in report:
@@ -467,6 +490,10 @@ def predict(
         help="Folder for the per-query mask logits kept until every frame is scored (float16, on disk beyond "
              "1 GiB; default: the system's temporary folder).")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    trust_checkpoint: Annotated[bool, typer.Option(
+        "--trust-checkpoint", help="Load checkpoint and weights files whole, code included: only for files you "
+                                   "trust (by default a file holding more than tensors and plain values is "
+                                   "refused, naming what it holds).")] = False,
 ) -> None:
     """Masks of every frame of a video for each expression, with an overlay video (paper 3.8 inference)."""
     from losh.errors import AssetMissing
@@ -475,11 +502,14 @@ def predict(
 
     if not text:
         fail("give at least one expression: --text \"the man in red\"", 2)
+    from schemas.torch_files import trusting_files
+
     try:
-        report = run_predict(checkpoint, video, text, out, fps=fps, device=device, overlay=not no_video,
-                             overwrite=overwrite, short_side=short_side, max_long_side=max_long_side, amp=amp,
-                             use_ema=ema, inference_short_pathway=inference_short_pathway, progress=progress,
-                             spill_dir=spill_dir)
+        with trusting_files(trust_checkpoint):
+            report = run_predict(checkpoint, video, text, out, fps=fps, device=device, overlay=not no_video,
+                                 overwrite=overwrite, short_side=short_side, max_long_side=max_long_side, amp=amp,
+                                 use_ema=ema, inference_short_pathway=inference_short_pathway, progress=progress,
+                                 spill_dir=spill_dir)
     except PredictUsageError as e:
         fail(str(e), 2)
     except (PredictError, AssetMissing, FileNotFoundError, ValueError, OSError) as e:

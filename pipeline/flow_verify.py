@@ -14,8 +14,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from schemas.flow_reader import load_index
 from pipeline.flows import FlowJob, build_flow_jobs, frame_flows, index_splits, read_gray_frames
+from schemas.flow_reader import load_index
 from schemas.flows import FlowParams, check_shard_attrs
 from schemas.prepared import SchemaError
 

@@ -20,6 +20,8 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -45,8 +47,10 @@ from schemas.flows import (
     parse_compression,
 )
 from schemas.frame_codec import decode_frame
+from schemas.locks import folder_lock, refuse_if_locked
 from schemas.prepared import SPLITS, SchemaError, read_json
 from schemas.prepared_reader import load_manifest, load_records
+from schemas.safe_paths import join_ids
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3   # glibc mallopt parameters
 
@@ -155,7 +159,7 @@ def build_flow_jobs(prep: Path, params: FlowParams, splits: tuple[str, ...] = SP
         except (OSError, KeyError) as e:
             raise SchemaError(f"{shard}: unreadable PREP shard ({e}); re-run prepare-data") from e
         frames = sorted(per_video[vid])
-        jobs.append(FlowJob(vid, str(shard), str(flows_dir(prep) / f"{vid}.h5"), tuple(frames),
+        jobs.append(FlowJob(vid, str(shard), str(join_ids(flows_dir(prep), f"{vid}.h5")), tuple(frames),
                             tuple(per_video[vid][k][0] for k in frames), tuple(per_video[vid][k][1] for k in frames),
                             prep_hash, params, tuple(anchor_of[vid, k] for k in frames)))
     return jobs, manifest
@@ -274,15 +278,16 @@ def _run_in_process(jobs: list[FlowJob]) -> Iterator[tuple[FlowJob, dict | None,
             yield job, None, f"{type(e).__name__}: {e}"
 
 
-def start_local_cluster(workers: int):
-    """`workers` single-threaded worker processes on this machine (a distributed.LocalCluster)."""
+def start_local_cluster(workers: int, scratch: str | None = None):
+    """`workers` single-threaded worker processes on this machine (a distributed.LocalCluster), their scratch
+    space in `scratch` (a folder of this run's own, not Dask's shared, predictable /tmp/dask-scratch-space)."""
     import dask
     from distributed import LocalCluster
 
     # no statistical profiler: it samples the task thread every 10 ms (~2.5% CPU, measured)
     with dask.config.set({"distributed.worker.profile.enabled": False}):
         return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                            silence_logs=logging.ERROR)
+                            silence_logs=logging.ERROR, local_directory=scratch)
 
 
 def _run_dask(jobs: list[FlowJob], workers: int, scheduler: str | None,
@@ -290,11 +295,12 @@ def _run_dask(jobs: list[FlowJob], workers: int, scheduler: str | None,
     """Submit one task per job to a local cluster or to the scheduler at `scheduler`; yield as they end."""
     from distributed import Client, as_completed
 
-    cluster = None
+    cluster = scratch = None
     if scheduler:
         client = Client(scheduler, timeout="30s")
     else:
-        cluster = start_local_cluster(workers)
+        scratch = tempfile.mkdtemp(prefix="losh-dask-")       # private to this run (mode 0700)
+        cluster = start_local_cluster(workers, scratch)
         client = Client(cluster)
     try:
         if scheduler:
@@ -317,6 +323,8 @@ def _run_dask(jobs: list[FlowJob], workers: int, scheduler: str | None,
         client.close()
         if cluster is not None:
             cluster.close()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def previous_splits(prep: Path, params: FlowParams, manifest: dict) -> tuple[str, ...]:
@@ -333,6 +341,16 @@ def previous_splits(prep: Path, params: FlowParams, manifest: dict) -> tuple[str
 
 def compute_flows(prep: Path, params: FlowParams = FlowParams(), *, split: str = "all", workers: int | None = None,
                   scheduler: str | None = None, progress: bool = True) -> FlowRun:
+    """`_compute_flows` holding PREP/flows' lock (one writer; refused at once while another runs, or while
+    `prepare-data` writes PREP)."""
+    prep = Path(prep).resolve()
+    refuse_if_locked(prep, "losh compute-flows")
+    with folder_lock(flows_dir(prep), "losh compute-flows"):
+        return _compute_flows(prep, params, split=split, workers=workers, scheduler=scheduler, progress=progress)
+
+
+def _compute_flows(prep: Path, params: FlowParams = FlowParams(), *, split: str = "all", workers: int | None = None,
+                   scheduler: str | None = None, progress: bool = True) -> FlowRun:
     """Compute the missing flow shards of PREP for the annotated frames of `split` (train, test or
     all; plus the splits the existing index covers with the same parameters), then write
     flows/index.json.

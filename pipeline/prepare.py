@@ -12,9 +12,12 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import multiprocessing
 import os
+import signal
+import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -38,7 +41,9 @@ from pipeline.video import (
 )
 from schemas.atomic import atomic_path, atomic_write_text
 from schemas.frame_codec import encode_frame
+from schemas.locks import folder_lock, refuse_if_locked
 from schemas.prepared import PREPARED_SCHEMA, PREPARED_VERSION, SampleRecord
+from schemas.safe_paths import join_ids, unsafe_reason
 
 SHORT_SOURCES = ("machine", "manual")
 
@@ -86,6 +91,18 @@ class VideoResult:
 def _worker_init() -> None:
     import cv2
     cv2.setNumThreads(1)  # one process per core: OpenCV's own threads would oversubscribe
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    """A pool worker ends when the process that started it dies (a killed prepare-data leaves none behind)."""
+    if sys.platform.startswith("linux") and multiprocessing.parent_process() is not None:
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
 
 
 def _existing_result(job: VideoJob, digest: str) -> VideoResult | None:
@@ -393,9 +410,31 @@ def settings_for(dataset: str, **overrides) -> PrepareSettings:
     return PrepareSettings(**values)
 
 
+def without_unsafe_ids(plan: DatasetPlan) -> DatasetPlan:
+    """The plan without videos whose id cannot name a file inside the output folder, each reported (the readers
+    report theirs already; this keeps any reader's slip from writing outside `--out`)."""
+    unsafe = [v for v in plan.videos if unsafe_reason(v.video_id) is not None]
+    if not unsafe:
+        return plan
+    problems = [Problem(v.video_id, f"video id {v.video_id!r} is not a plain file name "
+                                    f"({unsafe_reason(v.video_id)}): skipped") for v in unsafe]
+    return replace(plan, videos=[v for v in plan.videos if v not in unsafe], problems=[*plan.problems, *problems])
+
+
 def prepare_dataset(dataset: str, root: Path, out: Path, *, short_source: str = "machine", tagger: str = "spacy",
                     rule: str = "subject", settings: PrepareSettings | None = None, workers: int | None = None,
                     progress: bool = True, **reader_options) -> dict:
+    """`_prepare_dataset` holding `out`'s lock (one writer; refused at once while another writes `out`, or while
+    `compute-flows` writes its flows)."""
+    with folder_lock(out, "losh prepare-data"):
+        refuse_if_locked(Path(out) / "flows", "losh prepare-data")
+        return _prepare_dataset(dataset, root, out, short_source=short_source, tagger=tagger, rule=rule,
+                                settings=settings, workers=workers, progress=progress, **reader_options)
+
+
+def _prepare_dataset(dataset: str, root: Path, out: Path, *, short_source: str = "machine", tagger: str = "spacy",
+                     rule: str = "subject", settings: PrepareSettings | None = None, workers: int | None = None,
+                     progress: bool = True, **reader_options) -> dict:
     """Prepare a raw root of `dataset` into `out`; returns the manifest (with counts). `reader_options`
     go to the data set's reader (Refer-YouTube-VOS: holdout_videos, seed; Refer-DAVIS17: split)."""
     root, out = Path(root), Path(out)
@@ -403,11 +442,13 @@ def prepare_dataset(dataset: str, root: Path, out: Path, *, short_source: str = 
     if settings.decoder not in DECODERS:
         raise ValueError(f"decoder must be one of {DECODERS}, got {settings.decoder!r}")
     plan = plan_dataset(dataset, root, **reader_options)
+    plan = without_unsafe_ids(plan)
     shorts, short_info = extract_shorts(plan, short_source, tagger, rule)
     (out / "shards").mkdir(parents=True, exist_ok=True)
     for stale in (out / "shards").glob(".*.tmp-*"):
         stale.unlink()  # leftovers of a killed run
-    jobs = [VideoJob(v, shorts[v.video_id], settings, str(out / "shards" / f"{v.video_id}.h5")) for v in plan.videos]
+    jobs = [VideoJob(v, shorts[v.video_id], settings, str(join_ids(out / "shards", f"{v.video_id}.h5")))
+            for v in plan.videos]
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) or 1))
     results: list[VideoResult] = []
     bar = tqdm(total=len(jobs), desc="prepare-data", unit="video", disable=not progress)

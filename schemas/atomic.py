@@ -64,3 +64,29 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None =
 def atomic_copy(source: str | os.PathLike, target: str | os.PathLike) -> None:
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Removes the temporary files (`atomic_path`'s) of processes that are gone from `folder` (not recursive);
+    returns them. A live process's (this one's included) are kept."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for path in folder.glob(f".*{TEMPORARY_MARK}*"):
+        pid = path.name.split(TEMPORARY_MARK, 1)[1].split("-", 1)[0].split(".", 1)[0]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -11,8 +11,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from schemas.open_files import OpenFiles
 from schemas.flows import INDEX_FILE, FlowParams, check_shard_attrs, flows_dir, index_splits, validate_index
+from schemas.open_files import OpenFiles
 from schemas.prepared import SchemaError, read_json
 
 
@@ -63,6 +63,9 @@ class FlowReader:
             return self.files.get(video_id, path, lambda _, f: self._check(f, entry, path))[0]
         except FileNotFoundError:
             raise FlowsMissing(f"{path} is listed in flows/index.json but missing: re-run `losh compute-flows`") from None
+        except (OSError, KeyError) as error:
+            raise SchemaError(f"{path}: damaged or truncated flow shard ({str(error).splitlines()[0][:100]}); re-run "
+                              "`losh compute-flows`") from None
 
     def _check(self, f: h5py.File, entry: dict, path: Path) -> None:
         check_shard_attrs(dict(f.attrs), self.index, str(path))
@@ -72,7 +75,7 @@ class FlowReader:
     def _missing(self, video_id: str, frame: int) -> FlowsMissing:
         """Why (video_id, frame) has no flows, and the command that adds them."""
         where = flows_dir(self.root) / INDEX_FILE
-        from schemas.prepared_reader import load_manifest, load_records   # only on this error path
+        from schemas.prepared_reader import load_manifest, load_records  # only on this error path
         split = next((r.split for r in load_records(self.root, load_manifest(self.root))
                       if r.video_id == video_id and r.frame == frame), None)
         if split is not None and split not in self.splits:
@@ -81,6 +84,29 @@ class FlowReader:
                                 f"{self.root} --split {split}` (or --split all)")
         return FlowsMissing(f"no flows for video {video_id!r} frame {frame} in {where} (not an annotated frame of "
                             "this PREP, or flows computed before it changed): re-run `losh compute-flows`")
+
+    def check(self, samples: list[tuple[str, int]]) -> None:
+        """Every (video, annotated frame) listed has flows, and every shard holding them opens and matches the
+        index: found before a run starts. FlowsMissing / SchemaError name the first problems and the repair."""
+        missing = [(v, f) for v, f in samples if not self.has(v, f)]
+        if missing:
+            raise self._missing(*missing[0])
+        bad = []
+        for video_id in sorted({v for v, _ in samples}):
+            entry = self._entries[video_id]
+            path = self.root / entry["file"]
+            try:
+                with h5py.File(path, "r") as f:
+                    self._check(f, entry, path)
+            except (OSError, KeyError) as error:
+                bad.append(f"{path} ({'missing' if not path.exists() else 'damaged or truncated'}: "
+                           f"{(str(error) or type(error).__name__).splitlines()[0][:100]})")
+            except SchemaError as error:
+                bad.append(str(error))
+        if bad:
+            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+            raise SchemaError(f"{len(bad)} flow shards cannot be used: {'; '.join(bad[:5])}{more}; re-run "
+                              f"`losh compute-flows {self.root}`: it keeps the whole shards and computes the others")
 
     def read(self, video_id: str, frame: int) -> tuple[np.ndarray, np.ndarray]:
         """(flows float32 (O, 2, gh, gw), valid bool (O,)) of 1-based annotated `frame`."""

@@ -35,6 +35,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from schemas.safe_paths import unsafe_reason
+
 PREPARED_SCHEMA = "losh.prepared"
 PREPARED_VERSION = 3   # 2: video_frames, MTTR's sample list; 3: any data set (kinds, targets, expression ids)
 # train/test: A2D-Sentences, JHMDB; holdout: train videos held out with masks, valid: the Refer-YouTube-VOS
@@ -127,6 +129,12 @@ class SampleRecord:
         for name in ("sample_id", "video_id", "expression_id", "long", "short", "shard"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise bad(f"{name} must be a non-empty string")
+        for name in ("video_id", "expression_id"):    # they name files: one plain path component each
+            reason = unsafe_reason(getattr(self, name))
+            if reason is not None:
+                raise bad(f"{name} {getattr(self, name)!r} is not a plain file name ({reason})")
+        if self.shard != f"shards/{self.video_id}.h5":
+            raise bad(f"shard {self.shard!r} is not shards/<video_id>.h5")
         for name in ("frame", "referred_index", "short_index", "video_frames"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise bad(f"{name} must be a non-negative integer")

@@ -15,7 +15,7 @@ import numpy as np
 
 from schemas.frame_codec import decode_frame
 from schemas.open_files import OpenFiles
-from schemas.prepared import SampleRecord, SchemaError, read_json, validate_manifest
+from schemas.prepared import PREPARED_SCHEMA, SampleRecord, SchemaError, read_json, validate_manifest
 
 
 class PreparedDataMissing(FileNotFoundError):
@@ -70,6 +70,16 @@ def load_records(prep: Path, manifest: dict) -> list[SampleRecord]:
     return records
 
 
+REPAIR_PREPARED = ("re-run the same `losh prepare-data` command: it keeps the shards that are whole and writes the "
+                   "missing or damaged ones again")
+
+
+def _shard_fault(error: BaseException) -> str:
+    if isinstance(error, FileNotFoundError) or "No such file" in str(error):
+        return "missing"
+    return f"damaged or truncated ({(str(error).strip() or type(error).__name__).splitlines()[0][:120]})"
+
+
 class PreparedDataset:
     """Random access to the samples of PREP (optionally one split).
 
@@ -93,8 +103,28 @@ class PreparedDataset:
     def _shard(self, rel: str) -> tuple[h5py.File, dict[int, int]]:
         """The open shard and its frame index (frame number -> position in `frames`)."""
         # the frame index is read once per opening, not once per sample
-        return self.files.get(rel, self.root / rel,
-                              lambda _, f: {int(n): i for i, n in enumerate(f["frame_numbers"][()])})
+        try:
+            return self.files.get(rel, self.root / rel,
+                                  lambda _, f: {int(n): i for i, n in enumerate(f["frame_numbers"][()])})
+        except (OSError, KeyError) as error:
+            raise SchemaError(f"{self.root / rel}: {_shard_fault(error)}; {REPAIR_PREPARED}") from None
+
+    def check_shards(self) -> None:
+        """Opens every shard this split reads and checks its header: a missing or damaged shard is found before a
+        run starts (not in a loader worker hours later). SchemaError names up to five of them and the repair."""
+        bad = []
+        for rel in sorted({r.shard for r in self.records}):
+            path = self.root / rel
+            try:
+                with h5py.File(path, "r") as f:
+                    if f.attrs.get("schema") != PREPARED_SCHEMA or "frame_numbers" not in f:
+                        bad.append(f"{path} (not a {PREPARED_SCHEMA} shard)")
+            except (OSError, KeyError) as error:
+                bad.append(f"{path} ({_shard_fault(error)})")
+        if bad:
+            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+            raise SchemaError(f"{len(bad)} prepared shards cannot be read: {'; '.join(bad[:5])}{more}; "
+                              f"{REPAIR_PREPARED}")
 
     def read_frames(self, record: SampleRecord, frame_numbers: list[int] | None = None) -> np.ndarray:
         """(T, h, w, 3) uint8 RGB frames for the given 1-based frame numbers (default: the window)."""

@@ -88,6 +88,13 @@ class RVOSDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def check_readable(self) -> None:
+        """Every shard (and flow shard) this dataset will read opens and matches its index: a damaged or missing
+        file is named, with its repair, before a run starts rather than in a loader worker."""
+        self.data.check_shards()
+        if self.flows is not None:
+            self.flows.check([(r.video_id, r.frame) for r in self.data.records])
+
     def __getitem__(self, index: int) -> dict:
         return self._read_clip([self.data.records[index]], key=index)[0]
 

@@ -24,6 +24,7 @@ from losh.training.device import AMP_CHOICES, Dist, autocast_for, padding_mask_o
 from schemas.atomic import atomic_write_json
 from schemas.config import ModelConfig
 from schemas.prepared_reader import PreparedDataset, load_manifest
+from schemas.safe_paths import join_ids
 
 
 @torch.no_grad()
@@ -120,7 +121,7 @@ def evaluate_model(model: torch.nn.Module, data: Path, *, split: str = "test", s
                 pictures_left -= 1
                 pred_long = query_masks(logits[best:best + 1], padded, valid)[0].cpu().numpy()   # at the frame size
                 _picture(model, batch, b, clip, annotated, padded, valid, best, pred_long, iou, dev, amp,
-                         Path(visualize_dir) / f"{sample_id}.png")
+                         join_ids(visualize_dir, f"{sample_id}.png"))
     if save_predictions is not None:
         write_scores(Path(save_predictions), split, scores_out, resolution)
     return {**{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in acc.result().items()},

@@ -26,13 +26,14 @@ from losh.evaluation.ground_truth import GroundTruth
 from schemas.atomic import atomic_path, atomic_write_json
 from schemas.prepared import SampleRecord, SchemaError, check_version
 from schemas.prepared_reader import PreparedDataset
+from schemas.safe_paths import join_ids
 
 PREDICTIONS_SCHEMA = "losh.predictions"
 PREDICTIONS_VERSION = 2
 
 
 def mask_path(root: Path, record: SampleRecord, frame: int | None = None) -> Path:
-    return Path(root) / record.video_id / str(record.instance_id) / f"{frame or record.frame:05d}.png"
+    return join_ids(root, record.video_id, str(record.instance_id), f"{frame or record.frame:05d}.png")
 
 
 def write_mask(path: Path, mask: np.ndarray) -> None:

@@ -6,24 +6,32 @@ decoding or optical flow.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
-import random
 import time
+from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm import tqdm
 
 from losh.data.dataset import Augment, ClipDataset, RVOSDataset, collate, collate_clips, normalise_frames
 from losh.errors import NonFiniteOutputs
 from losh.models.registry import build_criterion, build_model
-from losh.training.checkpoint import CHECKPOINT_SCHEMA, CHECKPOINT_VERSION, atomic_copy, atomic_save, load_checkpoint
+from losh.training.checkpoint import (
+    CHECKPOINT_SCHEMA,
+    CHECKPOINT_VERSION,
+    atomic_copy,
+    atomic_save,
+    capture_rng,
+    load_checkpoint,
+    restore_rng,
+)
 from losh.training.device import (
     autocast_for,
     padding_mask_of,
@@ -34,7 +42,10 @@ from losh.training.device import (
 )
 from losh.training.ema import WeightAverage
 from losh.training.optim import main_lr, param_groups, warmed_up
+from schemas.atomic import remove_stale_temporaries
 from schemas.config import ModelConfig
+from schemas.flows import FLOWS_DIR
+from schemas.locks import folder_lock, refuse_if_locked
 from schemas.train import SAFE_TO_CHANGE_ON_RESUME, TrainSettings
 
 
@@ -48,6 +59,29 @@ class RunExists(RuntimeError):
 
 class SettingsChanged(ValueError):
     """--resume with settings that would make it another run (the message names them)."""
+
+
+def run_is_finished(checkpoint: dict, settings: TrainSettings) -> bool:
+    """Whether a run's last checkpoint already holds everything these settings ask for."""
+    return checkpoint["epoch"] >= settings.epochs or bool(settings.max_steps and
+                                                          checkpoint["global_step"] >= settings.max_steps)
+
+
+class ResumableSampler(Sampler):
+    """A sampler whose epoch can start past its first `skip` indices (a run resumed inside an epoch), so that
+    the batches already trained are neither trained again nor loaded."""
+
+    def __init__(self, sampler: DistributedSampler) -> None:
+        self.sampler, self.skip = sampler, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip)
 
 
 def run_settings(out: Path) -> TrainSettings:
@@ -185,19 +219,22 @@ def train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, *
     """Train and return a summary (epochs, steps, last losses, checkpoint path)."""
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     try:
-        return _train(data, config, out, settings, resume=resume, device=device, progress=progress)
+        with ExitStack() as stack:   # the run folder's lock, held until the run ends
+            return _train(data, config, out, settings, resume=resume, device=device, progress=progress,
+                          stack=stack)
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
 
 
 def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, *, resume: bool,
-           device: str | None, progress: bool) -> dict:
+           device: str | None, progress: bool, stack: ExitStack) -> dict:
     settings.validate()
     d = setup_distributed()
     dev = select_device(d, device)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     out = Path(out)
+    refuse_if_locked(out, "losh train")      # another process writes this run now: say so before anything else
     ckpt_path = out / "checkpoints" / "last.pt"
     checkpoint = None
     if ckpt_path.exists():
@@ -217,6 +254,13 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
                   f"(what may change on resume: {', '.join(SAFE_TO_CHANGE_ON_RESUME)})")
     elif resume:
         raise FileNotFoundError(f"--resume: no checkpoint in {out / 'checkpoints'}")
+    if checkpoint is not None and run_is_finished(checkpoint, settings):
+        # nothing to train: no file of the run is touched (no settings rewritten, no log line, no checkpoint)
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        return {"epochs": checkpoint["epoch"], "steps": checkpoint["global_step"], "last_losses": {},
+                "checkpoint": str(ckpt_path), "seconds": 0.0, "device": str(dev), "process_group": None,
+                "best": checkpoint.get("best"), "nothing_to_train": True}
     seed_everything(settings.seed + d.rank)
     if settings.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -232,6 +276,14 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
                               seed=settings.seed, augment=augment)
     else:
         dataset = RVOSDataset(data, "train", with_flows=with_flows, seed=settings.seed, augment=augment)
+    # before the run folder exists: the data it reads is whole, and no writer is working on it now
+    refuse_if_locked(data, "losh train")
+    if with_flows:
+        refuse_if_locked(Path(data) / FLOWS_DIR, "losh train")
+    dataset.check_readable()
+    if d.main:   # one writer per run folder; a second `losh train --out` here is refused at once
+        stack.enter_context(folder_lock(out, "losh train"))
+        remove_stale_temporaries(out / "checkpoints")
 
     # ---- model, loss, optimiser
     model = build_model(config, load_pretrained=checkpoint is None)   # resuming: the checkpoint has the weights
@@ -252,18 +304,20 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
         scheduler.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
         epoch, step_in_epoch, global_step = checkpoint["epoch"], checkpoint["step_in_epoch"], checkpoint["global_step"]
-        rng = checkpoint["rng"]
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
+        restore_rng(checkpoint["rng"])
     # the loader's workers tokenize the texts (with the model's tokenizer: fitted above, or the checkpoint's) and
     # pin the token ids with the batch
     # (one batch's texts need no tokenizer threads, and forked workers must not inherit a used thread pool)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     collate_fn = partial(collate_clips if settings.expressions_per_clip > 1 else collate,
                          tokenize=model.text_encoder.batch_tokenizer(config.use_short_text))
-    sampler = DistributedSampler(dataset, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=settings.seed)
+    sampler = ResumableSampler(DistributedSampler(dataset, num_replicas=d.world_size, rank=d.rank, shuffle=True,
+                                                  seed=settings.seed))
+    # the loader draws its workers' seeds from its own generator, seeded per epoch: a run resumed mid-epoch sees
+    # the same seeds, and the global random state (dropout, ...) is the checkpoint's, not moved by the loader
+    loader_seeds = torch.Generator()
     loader = DataLoader(dataset, batch_size=settings.batch_size, sampler=sampler, collate_fn=collate_fn,
+                        generator=loader_seeds,
                         num_workers=settings.num_workers, pin_memory=dev.type == "cuda",
                         persistent_workers=settings.num_workers > 0, drop_last=False)
     ema = WeightAverage(model, settings.ema_decay) if settings.ema_decay > 0 else None
@@ -296,7 +350,7 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
             "data_preparation": {"dataset": manifest["dataset"], "window": manifest["window"],
                                  "resolution": manifest["resolution"]},
             "model_ema": ema.state_dict() if ema is not None else None, "best": best,
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+            "rng": capture_rng(),
         }, ckpt_path)
 
     last_step: dict[str, torch.Tensor] = {}
@@ -304,13 +358,14 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
     stop = False
     while epoch < settings.epochs and not stop:
         sampler.set_epoch(epoch)
+        sampler.skip = step_in_epoch * settings.batch_size    # resumed mid-epoch: the same order, from there on
+        loader_seeds.manual_seed((settings.seed * 1_000_003 + epoch) * 1_009 + d.rank)
         dataset.set_epoch(epoch)
         net.train()
         window, whole_epoch = LossLog(), LossLog()      # since the last log line / this epoch, on the device
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=not (progress and d.main))
-        for i, batch in enumerate(bar):
-            if i < step_in_epoch:  # resuming inside an epoch: the sampler order is the same, skip what was done
-                continue
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", initial=step_in_epoch,
+                   total=step_in_epoch + len(loader), disable=not (progress and d.main))
+        for i, batch in enumerate(bar, start=step_in_epoch):
             try:
                 last_step = train_step(net, model, criterion, optimizer, scaler, batch, dev, settings, global_step, ema)
             except NonFiniteOutputs as error:   # NaN predictions or loss: stop before the weights change

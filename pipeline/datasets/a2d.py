@@ -16,7 +16,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipeline.datasets.base import DatasetPlan, DatasetRootError, ExpressionSpec, Problem, VideoSpec
+from pipeline.datasets.base import (
+    DatasetPlan,
+    DatasetRootError,
+    ExpressionSpec,
+    Problem,
+    VideoSpec,
+    decoded_lines,
+    id_problem,
+)
 
 SPLITS = {0: "train", 1: "test"}
 
@@ -69,20 +77,20 @@ def _required(root: Path) -> dict[str, Path]:
     }
 
 
-def read_videoset(path: Path) -> dict[str, VideoInfo]:
+def read_videoset(path: Path, problems: list[Problem] | None = None) -> dict[str, VideoInfo]:
     videos: dict[str, VideoInfo] = {}
-    with open(path, newline="") as f:
-        for line_no, row in enumerate(csv.reader(f), start=1):
-            if not row or not "".join(row).strip():
-                continue
-            if len(row) != 9:
-                raise DatasetRootError(f"{path}:{line_no}: expected 9 columns, found {len(row)}")
-            vid, label, _start, _end, height, width, total, annotated, subset = (c.strip() for c in row)
-            try:
-                videos[vid] = VideoInfo(vid, int(label), int(height), int(width), int(total), int(annotated),
-                                        SPLITS[int(subset)])
-            except (ValueError, KeyError) as e:
-                raise DatasetRootError(f"{path}:{line_no}: malformed row {row!r} ({e})") from e
+    lines = decoded_lines(path, problems if problems is not None else [])
+    for line_no, row in ((number, row) for number, text in lines for row in csv.reader([text])):
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) != 9:
+            raise DatasetRootError(f"{path}:{line_no}: expected 9 columns, found {len(row)}")
+        vid, label, _start, _end, height, width, total, annotated, subset = (c.strip() for c in row)
+        try:
+            videos[vid] = VideoInfo(vid, int(label), int(height), int(width), int(total), int(annotated),
+                                    SPLITS[int(subset)])
+        except (ValueError, KeyError) as e:
+            raise DatasetRootError(f"{path}:{line_no}: malformed row {row!r} ({e})") from e
     return videos
 
 
@@ -90,23 +98,27 @@ def read_expressions(path: Path) -> tuple[list[Expression], list[Problem], bool]
     """Rows of a2d_annotation.txt; malformed rows (e.g. instance_id '1 (copy)') become problems."""
     expressions: list[Expression] = []
     problems: list[Problem] = []
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        columns = set(reader.fieldnames or [])
-        if not {"video_id", "instance_id", "query"} <= columns:
-            raise DatasetRootError(f"{path}: header must hold video_id,instance_id,query; found {reader.fieldnames}")
-        has_short = "short_query" in columns
-        for row in reader:
-            vid = (row["video_id"] or "").strip()
-            raw_id = (row["instance_id"] or "").strip()
-            try:
-                instance_id = int(raw_id)
-            except ValueError:
-                problems.append(Problem(vid, f"malformed instance id {raw_id!r} in a2d_annotation.txt", raw_id))
-                continue
-            short = row.get("short_query") if has_short else None
-            expressions.append(Expression(vid, instance_id, (row["query"] or "").strip(),
-                                          short.strip() if short is not None else None))
+    lines = decoded_lines(path, problems)
+    reader = csv.DictReader(text for _, text in lines)
+    columns = set(reader.fieldnames or [])
+    if not {"video_id", "instance_id", "query"} <= columns:
+        raise DatasetRootError(f"{path}: header must hold video_id,instance_id,query; found {reader.fieldnames}")
+    has_short = "short_query" in columns
+    for row in reader:
+        vid = (row["video_id"] or "").strip()
+        raw_id = (row["instance_id"] or "").strip()
+        problem = id_problem(vid, "video id in a2d_annotation.txt", instance_id=raw_id)
+        if problem is not None:
+            problems.append(problem)
+            continue
+        try:
+            instance_id = int(raw_id)
+        except ValueError:
+            problems.append(Problem(vid, f"malformed instance id {raw_id!r} in a2d_annotation.txt", raw_id))
+            continue
+        short = row.get("short_query") if has_short else None
+        expressions.append(Expression(vid, instance_id, (row["query"] or "").strip(),
+                                      short.strip() if short is not None else None))
     return expressions, problems, has_short
 
 
@@ -117,8 +129,10 @@ def read_a2d(root: Path) -> A2DRaw:
     missing = [str(p.relative_to(root)) for p in paths.values() if not p.exists()]
     if missing:
         raise DatasetRootError(f"{root} is not an A2D-Sentences root: missing {', '.join(missing)}")
-    videos = read_videoset(paths["videoset"])
+    videoset_problems: list[Problem] = []
+    videos = read_videoset(paths["videoset"], videoset_problems)
     expressions, problems, has_short = read_expressions(paths["annotations"])
+    problems = videoset_problems + problems
     missed_path = root / "text_annotations" / "a2d_missed_videos.txt"
     missed = set(missed_path.read_text().split()) if missed_path.exists() else set()
     return A2DRaw(root, videos, expressions, missed, problems, has_short)

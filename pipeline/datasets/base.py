@@ -18,6 +18,9 @@ Sampling (how a video's records are drawn, `VideoSpec.sampling`):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from schemas.safe_paths import unsafe_reason
 
 SAMPLINGS = ("annotated_frames", "consecutive", "whole_video")
 ANNOTATION_FORMATS = ("a2d_h5", "palette_png", "jhmdb_mat", "none")
@@ -25,6 +28,30 @@ ANNOTATION_FORMATS = ("a2d_h5", "palette_png", "jhmdb_mat", "none")
 
 class DatasetRootError(RuntimeError):
     """The raw root cannot be used at all (missing index files, unreadable index)."""
+
+
+def id_problem(video_id: str, what: str = "video id", **where) -> "Problem | None":
+    """A Problem when a data set's id cannot name a file inside its folder (`../x`, `/x`, `a/b`): such ids are
+    reported and skipped, never joined to a path."""
+    reason = unsafe_reason(video_id)
+    if reason is None:
+        return None
+    return Problem(str(video_id), f"{what} {video_id!r} is not a plain file or folder name ({reason}): skipped",
+                   **where)
+
+
+def decoded_lines(path: Path, problems: list["Problem"], encoding: str = "utf-8") -> list[tuple[int, str]]:
+    """(line number, text) of a text file; a line that is not valid `encoding` becomes a problem naming the file
+    and the line, and the others are read (one bad byte does not end the data set)."""
+    lines = []
+    for number, raw in enumerate(Path(path).read_bytes().splitlines(), start=1):
+        try:
+            lines.append((number, raw.decode(encoding)))
+        except UnicodeDecodeError as error:
+            problems.append(Problem("", f"{Path(path).name} line {number}: not {encoding} text "
+                                        f"(byte 0x{raw[error.start]:02x} at column {error.start + 1}): skipped",
+                                    frame=number))
+    return lines
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,15 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.datasets.base import DatasetPlan, DatasetRootError, ExpressionSpec, Problem, VideoSpec
+from pipeline.datasets.base import (
+    DatasetPlan,
+    DatasetRootError,
+    ExpressionSpec,
+    Problem,
+    VideoSpec,
+    decoded_lines,
+    id_problem,
+)
 
 ANNOTATION_FILE = "jhmdb_annotation.txt"
 MASK_KEY = "part_mask"
@@ -53,18 +61,19 @@ def clean_query(text: str) -> str:
 def read_annotations(path: Path, problems: list[Problem]) -> dict[str, str]:
     """{video_id: query} of jhmdb_annotation.txt; empty and repeated rows become problems."""
     queries: dict[str, str] = {}
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if not {"video_id", "query"} <= set(reader.fieldnames or []):
-            raise DatasetRootError(f"{path}: header must hold video_id,query; found {reader.fieldnames}")
-        for row in reader:
-            vid, query = (row["video_id"] or "").strip(), clean_query(row["query"] or "")
-            if not vid or not query:
-                problems.append(Problem(vid or "?", "empty video id or query in jhmdb_annotation.txt"))
-            elif vid in queries:
-                problems.append(Problem(vid, "repeated row in jhmdb_annotation.txt (kept the first)"))
-            else:
-                queries[vid] = query
+    reader = csv.DictReader(text for _, text in decoded_lines(path, problems))
+    if not {"video_id", "query"} <= set(reader.fieldnames or []):
+        raise DatasetRootError(f"{path}: header must hold video_id,query; found {reader.fieldnames}")
+    for row in reader:
+        vid, query = (row["video_id"] or "").strip(), clean_query(row["query"] or "")
+        if not vid or not query:
+            problems.append(Problem(vid or "?", "empty video id or query in jhmdb_annotation.txt"))
+        elif id_problem(vid) is not None:
+            problems.append(id_problem(vid, "video id in jhmdb_annotation.txt"))
+        elif vid in queries:
+            problems.append(Problem(vid, "repeated row in jhmdb_annotation.txt (kept the first)"))
+        else:
+            queries[vid] = query
     return queries
 
 

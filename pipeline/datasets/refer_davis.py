@@ -17,7 +17,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.datasets.base import DatasetPlan, DatasetRootError, ExpressionSpec, Problem as PlanProblem, VideoSpec
+from pipeline.datasets.base import DatasetPlan, DatasetRootError, ExpressionSpec, VideoSpec
+from pipeline.datasets.base import Problem as PlanProblem
+from schemas.safe_paths import unsafe_reason
 
 EXPRESSION_SETS = {
     "annot1": ("Davis17_annot1.txt", "utf-8"),
@@ -70,7 +72,9 @@ class ReferDavisRaw:
 
 def read_expression_file(path: Path, expression_set: str, encoding: str, problems: list[Problem]) -> list[Expression]:
     expressions = []
-    for number, raw in enumerate(path.read_bytes().decode(encoding).splitlines(), start=1):
+    for number, raw in enumerate(_lines(path, encoding, expression_set, problems), start=1):
+        if raw is None:
+            continue
         if not raw.strip():
             continue
         match = _LINE.match(raw.strip())
@@ -90,6 +94,20 @@ def read_expression_file(path: Path, expression_set: str, encoding: str, problem
     return expressions
 
 
+def _lines(path: Path, encoding: str, expression_set: str, problems: list[Problem]) -> list[str | None]:
+    """The file's lines; one that is not `encoding` text is a problem (named by file and line) and None."""
+    out: list[str | None] = []
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            out.append(raw.decode(encoding))
+        except UnicodeDecodeError as error:
+            problems.append(Problem("", f"{path.name} line {number}: not {encoding} text (byte "
+                                        f"0x{raw[error.start]:02x} at column {error.start + 1}): skipped",
+                                    expression_set, number))
+            out.append(None)
+    return out
+
+
 def read_refer_davis(root: Path, split: str = "val") -> ReferDavisRaw:
     """The sequences of `split` (ImageSets/2017/<split>.txt) and their expressions of the four sets."""
     root = Path(root)
@@ -99,9 +117,20 @@ def read_refer_davis(root: Path, split: str = "val") -> ReferDavisRaw:
                if not p.is_file()]
     if missing:
         raise DatasetRootError(f"{root} is not a Refer-DAVIS17 root: missing {', '.join(missing)}")
-    sequences = tuple(line.strip() for line in image_set.read_text().splitlines() if line.strip())
-    wanted = set(sequences)
     problems: list[Problem] = []
+    sequences = []
+    for number, line in enumerate(image_set.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        name = line.strip()
+        if not name:
+            continue
+        reason = unsafe_reason(name)
+        if reason is not None:   # never joined to a path
+            problems.append(Problem(name, f"sequence name in {image_set.name} is not a plain folder name ({reason}): "
+                                          "skipped", "", number))
+            continue
+        sequences.append(name)
+    sequences = tuple(sequences)
+    wanted = set(sequences)
     expressions = []
     for name, (filename, encoding) in EXPRESSION_SETS.items():
         for e in read_expression_file(texts / filename, name, encoding, problems):

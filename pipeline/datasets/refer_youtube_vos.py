@@ -17,7 +17,9 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.datasets.base import DatasetPlan, DatasetRootError, ExpressionSpec, Problem as PlanProblem, VideoSpec
+from pipeline.datasets.base import DatasetPlan, DatasetRootError, ExpressionSpec, VideoSpec
+from pipeline.datasets.base import Problem as PlanProblem
+from schemas.safe_paths import unsafe_reason
 
 SPLITS = ("train", "valid")
 
@@ -84,12 +86,26 @@ def read_meta_expressions(path: Path, split: str, problems: list[Problem]) -> di
     """{video_id: (frames, expressions)} of one meta_expressions.json; bad entries become problems."""
     out = {}
     for vid, entry in _load(path).items():
+        reason = unsafe_reason(vid)
+        if reason is not None:
+            problems.append(Problem(str(vid), f"{split}: video id {vid!r} in meta_expressions.json is not a plain "
+                                              f"folder name ({reason}): skipped"))
+            continue
         frames = tuple(str(f) for f in entry.get("frames", []))
         if not frames:
             problems.append(Problem(vid, f"{split}: no frames listed in meta_expressions.json"))
             continue
+        bad_frames = [f for f in frames if unsafe_reason(f) is not None]
+        if bad_frames:
+            problems.append(Problem(vid, f"{split}: frame names {bad_frames[:3]} are not plain file names: skipped"))
+            continue
         expressions = []
-        for eid, e in sorted(entry.get("expressions", {}).items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else kv[0]):
+        for eid, e in sorted(entry.get("expressions", {}).items(), key=lambda kv: _id_order(kv[0])):
+            reason = unsafe_reason(eid)
+            if reason is not None:
+                problems.append(Problem(vid, f"expression id {eid!r} is not a plain file name ({reason}): skipped",
+                                        str(eid)))
+                continue
             text = (e.get("exp") or "").strip()
             if not text:
                 problems.append(Problem(vid, "empty expression", eid))
@@ -103,6 +119,11 @@ def read_meta_expressions(path: Path, split: str, problems: list[Problem]) -> di
             expressions.append(Expression(vid, eid, text, object_id))
         out[vid] = (frames, tuple(expressions))
     return out
+
+
+def _id_order(expression_id: str) -> tuple:
+    """Numeric ids in numeric order, then any others by name (the released ids are "0", "1", ...)."""
+    return (0, int(expression_id), "") if expression_id.isdigit() else (1, 0, expression_id)
 
 
 def read_refer_youtube_vos(root: Path) -> ReferYouTubeVOSRaw:

@@ -20,7 +20,6 @@ import re
 from functools import partial
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 from torchvision.models.swin_transformer import SwinTransformerBlock
 from torchvision.models.video.swin_transformer import SwinTransformer3d
@@ -28,6 +27,7 @@ from torchvision.models.video.swin_transformer import SwinTransformer3d
 from losh.errors import WeightsMissing
 from losh.models.shared.window_attention import SDPAShiftedWindowAttention3d
 from schemas.config import BackboneConfig
+from schemas.torch_files import safe_torch_load
 
 _HOW_TO_GET_WEIGHTS = (
     "Provide Kinetics-400 Video Swin weights of the config's variant as a local file and set backbone.weights to "
@@ -92,10 +92,7 @@ class VideoSwinBackbone(nn.Module):
         path = Path(path)
         if not path.is_file():
             raise WeightsMissing(f"backbone weights file not found: {path}\n" + _HOW_TO_GET_WEIGHTS)
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # an mmcv checkpoint whose metadata the safe loader refuses: a local file the user chose
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = safe_torch_load(path, what="weights file")   # refused if it would run code (UnsafeFile)
         state = convert_swin_state_dict(checkpoint, self.num_stages)
         own = self.state_dict()
         kernel = state.get("patch_embed.proj.weight")
