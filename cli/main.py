@@ -293,6 +293,13 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint, with its own "
                                               "settings; options may change only epochs, max steps, the eval "
                                               "cadence, checkpoint/log cadence and workers.")] = False,
+    init_from: Annotated[Optional[Path], typer.Option(
+        help="Start a new run from this checkpoint's weights (a losh checkpoint, or a published file after "
+             "convert-checkpoint): new optimiser and schedule; loaded / new / ignored tensors listed in "
+             "RUN/init-from.json.")] = None,
+    init_parts: Annotated[Optional[str], typer.Option(
+        help="With --init-from: only these parts, comma-separated prefixes of the model's names (e.g. "
+             "backbone,text_encoder,text_proj); default: every tensor the model has.")] = None,
     device: Annotated[Optional[str], typer.Option(help="Force a device (cpu, cuda:0).")] = None,
     trust_checkpoint: Annotated[bool, typer.Option(
         "--trust-checkpoint", help="Load checkpoint and weights files whole, code included: only for files you "
@@ -335,7 +342,11 @@ def train(
                      "lr_milestones": tuple(int(m) for m in lr_milestones.split(",") if m) if lr_milestones else None}
         settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None}).validate()
         with trusting_files(trust_checkpoint):
-            summary = run_training(data, model_config, out, settings, resume=resume, device=device)
+            if init_parts and init_from is None:
+                raise ValueError("--init-parts chooses what --init-from loads: give --init-from too")
+            summary = run_training(data, model_config, out, settings, resume=resume, device=device,
+                                   init_from=init_from,
+                                   init_parts=tuple(p for p in (init_parts or "").split(",") if p.strip()))
     except NonFiniteLoss as e:
         fail(str(e), 3)
     except (ConfigError, TrainConfigError, SchemaError, PreparedDataMissing, RunExists, FileNotFoundError, FolderBusy,
@@ -356,6 +367,44 @@ def train(
         b = summary["best"]
         typer.echo(f"best {b['metric']} {100 * b['value']:.2f}% at epoch {b['epoch']}: "
                    f"{Path(summary['checkpoint']).with_name('best.pt')}")
+
+
+@app.command("convert-checkpoint")
+def convert_checkpoint(
+    source: Annotated[Path, typer.Argument(help="The published file (MTTR's .pth.tar, SgMg's .pth).")],
+    out: Annotated[Path, typer.Argument(help="The losh checkpoint to write.")],
+    source_format: Annotated[str, typer.Option("--from", help="Whose file it is: mttr, sgmg, or losh-official "
+                                                              "(the official LoSh code's, MTTR's names).")],
+    trained_on: Annotated[Optional[str], typer.Option(
+        help="The data set the weights were trained on (a2d, refer-youtube-vos; SgMg also refcoco): sets the "
+             "window and the frame size `losh predict` resizes to.")] = None,
+    config: Annotated[Optional[str], typer.Option(
+        help="Preset or JSON config the tensors' dims are read onto (default: mttr, sgmg or losh-m:official); "
+             "the attention heads, which no tensor shape holds, come from it.")] = None,
+    window: Annotated[Optional[int], typer.Option(
+        min=1, help="Frames per window, where the publisher's differs from --trained-on's (MTTR's A2D files: 8 "
+                    "or 10).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    trust_checkpoint: Annotated[bool, typer.Option(
+        "--trust-checkpoint", help="Load the file whole, code included: only for a file you trust (by default "
+                                   "a file holding more than tensors, plain values and SgMg's argparse options "
+                                   "is refused, naming what it holds).")] = False,
+) -> None:
+    """A published MTTR, SgMg or official LoSh file as a losh checkpoint: every tensor mapped (or dropped on a
+    named list), the config read from the tensors' shapes; evaluate, predict and train --init-from read it."""
+    from losh.errors import AssetMissing
+    from losh.training.convert import convert_checkpoint as run_conversion
+    from schemas.torch_files import trusting_files
+
+    try:
+        with trusting_files(trust_checkpoint):
+            report = run_conversion(source_format, source, out, config=config, trained_on=trained_on,
+                                    window=window, overwrite=overwrite)
+    except (FileNotFoundError, FileExistsError, AssetMissing, ValueError) as e:
+        fail(str(e))
+    for line in report.lines():
+        typer.echo(line)
+    typer.echo(f"wrote {out}")
 
 
 @app.command()

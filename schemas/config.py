@@ -20,10 +20,16 @@ from typing import Any, Literal, get_args, get_type_hints
 from schemas.atomic import atomic_write_text
 
 CONFIG_SCHEMA = "losh.model_config"
-CONFIG_VERSION = 2
+CONFIG_VERSION = 3
 # What a version-1 config (before these switches existed) meant: read it with that behaviour.
 _V1_BEHAVIOUR = {"text": {"lowercase": False}, "loss": {"fbc_reduction": "mean"},
                  "inference_short_pathway": "none"}
+# What a version-2 config meant (before the reference models' own behaviours were switches): read it so.
+_V2_BEHAVIOUR = {"text": {"collapse_whitespace": False, "dropout_when_frozen": False, "as_written_in_videos": False,
+                          "layer_norm_eps": 1e-12},
+                 "loss": {"boxes_in_absent_frames": False},
+                 "sgmg": {"sentence_feature": "mean", "position_offset": 0.0, "pad_multiple": 1,
+                          "pad_multiple_videos": 1}}
 
 CrossAttention = Literal["none", "long_from_short", "short_from_long", "bidirectional"]
 FbcVariant = Literal["standard", "opposite", "mutual"]
@@ -111,12 +117,19 @@ class TextConfig:
     freeze: bool = True
     max_tokens: int = 64
     lowercase: bool = True           # MTTR lowercases every expression before the tokenizer (RoBERTa is cased)
+    collapse_whitespace: bool = True  # runs of spaces become one (MTTR's and SgMg's `" ".join(text.split())`)
+    # MTTR and SgMg call model.train() on the whole model: their frozen RoBERTa's dropout is on in training
+    dropout_when_frozen: bool = True
+    # SgMg's Refer-YouTube-VOS and Refer-DAVIS17 inference feeds the expression as written (no lowercasing or
+    # whitespace clean-up; RoBERTa is cased): whole-video inference does the same when this is on
+    as_written_in_videos: bool = False
     # dims of the random RoBERTa (used only when pretrained is False)
     hidden_size: int = 768
     num_layers: int = 12
     num_heads: int = 12
     intermediate_size: int = 3072
     vocab_size: int = 50265
+    layer_norm_eps: float = 1e-5     # roberta-base's (transformers' RobertaConfig default is 1e-12)
 
     def validate(self) -> None:
         if not self.encoder:
@@ -154,9 +167,6 @@ class TransformerConfig:
     text_conditioned_queries: bool = False
 
     def validate(self) -> None:
-        if self.d_model % 64:
-            raise ConfigError(f"transformer.d_model must be a multiple of 64 (the spatial decoder's "
-                              f"GroupNorm(8) runs on d_model/8 channels), got {self.d_model}")
         if self.d_model % self.nheads:
             raise ConfigError(f"transformer.d_model {self.d_model} not divisible by nheads {self.nheads}")
         for name in ("dim_feedforward", "num_encoder_layers", "num_decoder_layers", "num_queries",
@@ -205,6 +215,9 @@ class LossConfig:
     match_box_l1: float = 5.0
     match_giou: float = 2.0
     match_focal: float = 2.0
+    # SgMg: the box terms (matching cost and loss) take every supervised frame, a frame without the object with
+    # an all-zero target box; off: only the frames where it is visible
+    boxes_in_absent_frames: bool = False
 
     def validate(self) -> None:
         for name in ("is_referred", "dice", "focal", "lsi", "fbc", "match_is_referred", "match_dice",
@@ -237,6 +250,14 @@ class SgmgConfig:
     dynamic_channels: int = 16       # their width; the last one's 16 outputs are a 4 x 4 sub-pixel patch
     relative_coords: bool = True     # the mask head sees each pixel's offset to the query's reference point
     fft_sigma: float = 7.0           # width of the Gaussian of the spectrum modulation (SCF)
+    # the queries' content: "pooler" (SgMg: RoBERTa's pooler output, projected) or "mean" (of the word features)
+    sentence_feature: str = "pooler"
+    # DETR-style 2D sine positions: SgMg normalises (cumsum - 0.5) / last, DETR and MTTR cumsum / last (offset 0)
+    position_offset: float = 0.5
+    # frames padded bottom/right to a multiple of this inside the model, with a padding mask (SgMg: 32 in training
+    # and window evaluation, its collate; 16 in whole-video inference, its forward); 1: not padded
+    pad_multiple: int = 32
+    pad_multiple_videos: int = 16
 
     def validate(self) -> None:
         if self.num_feature_levels not in (3, 4):
@@ -250,6 +271,10 @@ class SgmgConfig:
                               "sub-pixel patch (pixel shuffle by 4)")
         if self.fft_sigma <= 0:
             raise ConfigError(f"sgmg.fft_sigma must be positive, got {self.fft_sigma}")
+        if self.sentence_feature not in ("pooler", "mean"):
+            raise ConfigError(f"sgmg.sentence_feature must be 'pooler' or 'mean', got {self.sentence_feature!r}")
+        if self.pad_multiple < 1 or self.pad_multiple_videos < 1:
+            raise ConfigError("sgmg.pad_multiple and sgmg.pad_multiple_videos must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -299,6 +324,9 @@ class ModelConfig:
         if self.architecture == "sgmg" and not self.transformer.text_conditioned_queries:
             raise ConfigError("architecture 'sgmg' always conditions its queries on the sentence (SgMg): "
                               "transformer.text_conditioned_queries must be true")
+        if self.architecture == "mttr" and self.transformer.d_model % 64:
+            raise ConfigError(f"architecture 'mttr': transformer.d_model must be a multiple of 64 (the spatial "
+                              f"decoder's GroupNorm(8) runs on d_model/8 channels), got {self.transformer.d_model}")
         if self.architecture == "sgmg" and self.transformer.d_model % 32:
             raise ConfigError("architecture 'sgmg' projects each level with GroupNorm(32): transformer.d_model must "
                               f"be a multiple of 32, got {self.transformer.d_model}")
@@ -339,17 +367,19 @@ class ModelConfig:
             raise ConfigError(f"{where}: not a {CONFIG_SCHEMA} file (schema={schema!r})")
         version = data.get("version", CONFIG_VERSION)
         if version == 1:
-            data = _upgrade_v1(data)
+            data = _upgrade(_upgrade_v1(data), _V2_BEHAVIOUR)
+        elif version == 2:
+            data = _upgrade(data, _V2_BEHAVIOUR)
         elif version != CONFIG_VERSION:
             raise ConfigError(f"{where}: {CONFIG_SCHEMA} version {version!r}, this toolkit "
-                              f"reads versions 1 and {CONFIG_VERSION}")
+                              f"reads versions 1 to {CONFIG_VERSION}")
         return _build(cls, data, where)
 
 
-def _upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
-    """A version-1 config with the switches added in version 2 set to what version 1 did."""
+def _upgrade(data: dict[str, Any], behaviour: dict[str, Any]) -> dict[str, Any]:
+    """An older config with the switches added since set to what it did then (its own values kept)."""
     data = {**data, "version": CONFIG_VERSION}
-    for key, value in _V1_BEHAVIOUR.items():
+    for key, value in behaviour.items():
         if isinstance(value, dict):
             part = dict(data.get(key, {}))
             for name, old in value.items():
@@ -357,6 +387,12 @@ def _upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
             data[key] = part
         else:
             data.setdefault(key, value)
+    return data
+
+
+def _upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 config with the switches added in version 2 set to what version 1 did."""
+    data = _upgrade(data, _V1_BEHAVIOUR)
     if not data.get("use_short_text", True):
         data["inference_short_pathway"] = "none"
     return data

@@ -22,6 +22,7 @@ from schemas.config import (
     ConfigError,
     LossConfig,
     ModelConfig,
+    SgmgConfig,
     TextConfig,
     TransformerConfig,
     load_config,
@@ -39,14 +40,20 @@ def _losh_s() -> ModelConfig:
     L_lsi and L_fbc at the paper's weights; 5-frame windows."""
     return ModelConfig(
         name="losh-s", architecture="sgmg", window=5,
-        backbone=BackboneConfig(variant="swin-t", num_stages=4),
+        # SgMg's Video Swin: stochastic depth 0.2; its text: as written at whole-video inference; its box terms
+        # over every frame; its sentence feature, positions and padding are SgmgConfig's defaults
+        backbone=BackboneConfig(variant="swin-t", num_stages=4, stochastic_depth=0.2),
+        text=TextConfig(as_written_in_videos=True),
         transformer=TransformerConfig(d_model=256, nheads=8, dim_feedforward=2048, dropout=0.1, num_encoder_layers=4,
                                       num_decoder_layers=4, num_queries=5, text_conditioned_queries=True),
+        loss=LossConfig(boxes_in_absent_frames=True),
     )
 
 
 def _tiny_s() -> ModelConfig:
-    """LoSh-S's structure (4 + 4 deformable layers, SCF, CA, L_lsi, L_fbc) in the dims of `tiny`: tests, CPU runs."""
+    """LoSh-S's structure (4 + 4 deformable layers, SCF, CA, L_lsi, L_fbc) in the dims of `tiny`: tests, CPU runs.
+    A CPU preset with the recipe the demo measured: the mean of the word features as the sentence, DETR's
+    positions, no padding to multiples (SgMg's own choices are `losh-s`'s)."""
     tiny = _tiny()
     return ModelConfig(
         name="tiny-s", architecture="sgmg", window=5,
@@ -55,6 +62,7 @@ def _tiny_s() -> ModelConfig:
         transformer=TransformerConfig(d_model=64, nheads=4, dim_feedforward=128, dropout=0.0, num_encoder_layers=4,
                                       num_decoder_layers=4, num_queries=5, text_conditioned_queries=True),
         loss=LossConfig(fbc_reduction="mean"),
+        sgmg=SgmgConfig(sentence_feature="mean", position_offset=0.0, pad_multiple=1, pad_multiple_videos=1),
     )
 
 

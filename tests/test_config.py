@@ -68,15 +68,38 @@ def test_version_1_configs_keep_their_behaviour():
     data["version"] = 1
     del data["text"]["lowercase"], data["inference_short_pathway"], data["loss"]["fbc_reduction"]
     old = ModelConfig.from_dict(data)
-    assert old.version == 2 and not old.text.lowercase
+    assert old.version == CONFIG_VERSION == 3 and not old.text.lowercase
     assert old.inference_short_pathway == "none" and old.loss.fbc_reduction == "mean"
     data = get_config("mttr").to_dict()
     data["version"] = 1
     del data["inference_short_pathway"]
     assert ModelConfig.from_dict(data).inference_short_pathway == "none"
-    data["version"] = 3
-    with pytest.raises(ConfigError, match="version 3"):
+    data["version"] = 4
+    with pytest.raises(ConfigError, match="version 4"):
         ModelConfig.from_dict(data)
+
+
+def test_version_2_configs_keep_their_behaviour():
+    """Before the reference models' own behaviours were switches: no whitespace clean-up, a frozen text encoder
+    without dropout, a random RoBERTa's LayerNorm eps 1e-12, no boxes in absent frames, the mean sentence feature,
+    DETR's positions, no padding."""
+    data = get_config("losh-s").to_dict()
+    data["version"] = 2
+    for part, names in (("text", ("collapse_whitespace", "dropout_when_frozen", "as_written_in_videos",
+                                  "layer_norm_eps")),
+                        ("loss", ("boxes_in_absent_frames",)),
+                        ("sgmg", ("sentence_feature", "position_offset", "pad_multiple", "pad_multiple_videos"))):
+        for name in names:
+            del data[part][name]
+    old = ModelConfig.from_dict(data)
+    assert (old.text.collapse_whitespace, old.text.dropout_when_frozen, old.text.as_written_in_videos) == (
+        False, False, False)
+    assert old.text.layer_norm_eps == 1e-12 and get_config("tiny").text.layer_norm_eps == 1e-5  # a random RoBERTa's
+    assert not old.loss.boxes_in_absent_frames
+    assert (old.sgmg.sentence_feature, old.sgmg.position_offset, old.sgmg.pad_multiple) == ("mean", 0.0, 1)
+    now = get_config("losh-s")
+    assert (now.sgmg.sentence_feature, now.sgmg.position_offset, now.sgmg.pad_multiple, now.sgmg.pad_multiple_videos,
+            now.loss.boxes_in_absent_frames, now.backbone.stochastic_depth) == ("pooler", 0.5, 32, 16, True, 0.2)
 
 
 @pytest.mark.parametrize("table,row,expected", [

@@ -170,7 +170,7 @@ def test_text_conditioned_queries_start_from_the_sentence_feature(frames):
         sentence = captured["query_text"]
         assert sentence.shape == (B, 64)
         with torch.no_grad():
-            text, padding, _, _ = model.text_encoder(LONG)
+            text, padding = model.text_encoder(LONG)[:2]
             projected = model.text_proj(text)
         keep = (~padding).unsqueeze(-1).float()
         expected = (projected * keep).sum(1) / keep.sum(1)

@@ -90,7 +90,12 @@ def test_every_trainable_parameter_gets_a_gradient_and_the_frozen_text_encoder_n
         assert (parameter.grad.abs().sum() > 0) != (name in zero_at_init), name
         trainable += 1
     assert trainable > 100
-    assert not model.text_encoder.model.training  # frozen: no dropout either, though the model trains
+    # frozen, yet its dropout on while the model trains: MTTR and SgMg call model.train() on the whole model
+    assert model.text_encoder.model.training == config.text.dropout_when_frozen is True
+    from losh.models.shared.text_encoder import TextEncoder
+    from schemas.config import with_overrides
+    quiet = TextEncoder(with_overrides(config, {"text.dropout_when_frozen": False}).text).train()
+    assert not quiet.model.training           # the switch off: frozen means no dropout either
 
     stepped = copy.deepcopy(model)  # (deepcopy does not copy gradients)
     for original, copied in zip(model.parameters(), stepped.parameters()):

@@ -14,28 +14,31 @@ TINY = replace(get_config("tiny").text, freeze=True)   # the paper's frozen enco
 
 
 def test_long_and_short_texts_are_encoded_in_one_call():
-    encoder = TextEncoder(TINY)
+    encoder = TextEncoder(TINY).eval()
     calls = []
     encoder.model.register_forward_pre_hook(lambda _, a, kw: calls.append(kw["input_ids"].shape), with_kwargs=True)
     long_texts = ["the big red circle is moving to the left", "a dog"]
     short_texts = ["the big red circle", "a dog"]
-    long, long_pad, short, short_pad = encoder(long_texts, short_texts)
+    long, long_pad, short, short_pad = encoder(long_texts, short_texts)[:4]
     assert len(calls) == 1 and calls[0][0] == 4
     assert long.shape[:2] == short.shape[:2] == long_pad.shape == short_pad.shape
     assert long.shape[-1] == TINY.hidden_size
     # padding marks exactly the tokens beyond each text: <s> + words + </s>
     assert (~long_pad).sum(1).tolist() == [11, 4] and (~short_pad).sum(1).tolist() == [6, 4]
-    alone, _ = encoder.encode(short_texts[:1])
+    alone, _, _ = encoder.encode(short_texts[:1])
     assert torch.allclose(alone[0, :6], short[0, :6], atol=1e-5)  # padding does not change the features
 
 
-def test_frozen_encoder_has_no_gradients_and_stays_in_eval_mode():
-    encoder = TextEncoder(TINY)
+def test_frozen_encoder_has_no_gradients_and_its_dropout_follows_the_switch():
+    encoder = TextEncoder(TINY).eval()
     encoder.train()
-    assert not encoder.model.training
+    assert encoder.model.training  # as MTTR/SgMg: frozen weights, dropout still on in training
     assert all(not p.requires_grad for p in encoder.parameters())
-    features, _, _, _ = encoder(["a red circle"])
+    features = encoder(["a red circle"]).long
     assert not features.requires_grad
+    still = TextEncoder(replace(TINY, dropout_when_frozen=False)).train()
+    assert not still.model.training
+    assert torch.equal(still(["a red circle"]).long, still(["a red circle"]).long)
     trainable = TextEncoder(TextConfig(**{**TINY.__dict__, "freeze": False})).train()
     assert trainable.model.training and trainable(["a red circle"])[0].requires_grad
 
@@ -52,10 +55,10 @@ def test_tiny_tokenizer_is_deterministic_and_keeps_words_whole():
 
 
 def test_checkpoint_carries_the_trained_tokenizer():
-    encoder = TextEncoder(TINY)
+    encoder = TextEncoder(TINY).eval()
     encoder.fit_tokenizer(["the zebracorn galloping", "a zebracorn"] * 20)
     assert encoder.tokenizer.tokenize("zebracorn") == ["\u0120zebracorn"]
-    restored = TextEncoder(TINY)
+    restored = TextEncoder(TINY).eval()
     assert restored.tokenizer.tokenize("zebracorn") != ["\u0120zebracorn"]
     restored.load_state_dict(encoder.state_dict())
     assert restored.tokenizer.tokenize("zebracorn") == ["\u0120zebracorn"]
@@ -79,10 +82,10 @@ def test_expressions_are_lowercased_as_mttr_unless_switched_off():
     torch.manual_seed(0)
     encoder = capture(TextEncoder(TINY).eval())
     with torch.no_grad():
-        upper, _ = encoder.encode(["The Man in white T-shirt"])
-        lower, _ = encoder.encode(["the man in white t-shirt"])
+        upper = encoder.encode(["The Man in  white T-shirt "])[0]
+        lower = encoder.encode(["the man in white t-shirt"])[0]
     assert torch.equal(upper, lower)
-    assert seen == [["the man in white t-shirt"]] * 2        # what a cased tokenizer (RoBERTa's) gets
+    assert seen == [["the man in white t-shirt"]] * 2        # what a cased tokenizer (RoBERTa's) gets, spaces collapsed
     seen.clear()
     cased = capture(TextEncoder(replace(TINY, lowercase=False)).eval())
     with torch.no_grad():

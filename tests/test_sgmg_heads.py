@@ -30,7 +30,7 @@ from losh.models.shared.box_ops import (
     masks_to_boxes,
     normalised_cxcywh_from_masks,
 )
-from losh.models.shared.position_encoding import sine_position_encoding_1d
+from losh.models.shared.position_encoding import sine_position_encoding_1d, sine_position_encoding_2d
 
 # ---------------------------------------------------------------- frequency modulation
 
@@ -206,6 +206,20 @@ def test_sine_position_encoding_1d_by_hand():
     # positions count the real words only: the second sentence ends at 2 pi after two words
     assert pos[1, 1, 0].item() == pytest.approx(math.sin(2 * 2 * math.pi / (2 + 1e-6)), abs=1e-5)
     assert pos[1, 0, 1].item() == pytest.approx(math.cos(math.pi), abs=1e-5)
+
+
+@pytest.mark.parametrize("offset", [0.0, 0.5])
+def test_sine_position_encoding_2d_by_hand_with_detrs_and_sgmgs_offsets(offset):
+    """Row i of a 3-row map (no padding) sits at (i + 1 - offset) / 3 * 2 pi: DETR's and MTTR's offset 0, SgMg's
+    0.5 (models/position_encoding.py); half the channels for y, then x, sin and cos interleaved."""
+    padding = torch.zeros(1, 3, 2, dtype=torch.bool)
+    pos = sine_position_encoding_2d(padding, 8, offset=offset)
+    assert pos.shape == (1, 3, 2, 8)
+    y = (torch.arange(1, 4) - offset) / (3 + 1e-6) * 2 * math.pi
+    x = (torch.arange(1, 3) - offset) / (2 + 1e-6) * 2 * math.pi
+    assert torch.allclose(pos[0, :, 0, 0], y.sin(), atol=1e-6) and torch.allclose(pos[0, :, 0, 1], y.cos(), atol=1e-6)
+    assert torch.allclose(pos[0, :, 0, 2], (y / 100).sin(), atol=1e-6)
+    assert torch.allclose(pos[0, 0, :, 4], x.sin(), atol=1e-6) and torch.allclose(pos[0, 0, :, 5], x.cos(), atol=1e-6)
 
 
 # ---------------------------------------------------------------- dynamic mask head

@@ -824,6 +824,14 @@ def test_losh_s_and_sgmg_presets():
     assert tiny.architecture == "sgmg" and tiny.window == 5 and tiny.backbone.num_stages == 4
     assert get_config("tiny-s:wo-lsi").loss.lsi == 0 and get_config("tiny-s:wo-fbc").loss.fbc == 0
     assert get_config("tiny-s:wo-ca").transformer.cross_attention == "none"
+    # SgMg's choices in both paper presets (the tiny CPU preset keeps the recipe its figures were measured with)
+    for spec in ("losh-s", "sgmg"):
+        c = get_config(spec)
+        assert (c.sgmg.sentence_feature, c.sgmg.position_offset, c.sgmg.pad_multiple, c.sgmg.pad_multiple_videos) == (
+            "pooler", 0.5, 32, 16)
+        assert c.backbone.stochastic_depth == 0.2 and c.loss.boxes_in_absent_frames
+        assert c.text.as_written_in_videos and c.text.collapse_whitespace and c.text.dropout_when_frozen
+    assert (tiny.sgmg.sentence_feature, tiny.sgmg.position_offset, tiny.sgmg.pad_multiple) == ("mean", 0.0, 1)
 
 
 def test_config_files_round_trip_and_bad_combinations_are_refused(tmp_path):
@@ -837,3 +845,61 @@ def test_config_files_round_trip_and_bad_combinations_are_refused(tmp_path):
         with_overrides(get_config("losh-m"), {"backbone.num_stages": 4})
     with pytest.raises(ConfigError, match="architecture 'sgmg' takes backbone.num_stages = 4, got 3"):
         with_overrides(get_config("tiny-s"), {"backbone.num_stages": 3})
+
+
+def test_with_boxes_in_absent_frames_an_absent_objects_box_is_regressed_to_zeros_and_costs_in_matching():
+    """SgMg's matcher averages the box costs over every frame and its loss regresses an absent object's box to
+    zeros (`loss.boxes_in_absent_frames`, on in the losh-s and sgmg presets). Two queries with the same masks and
+    scores: query 0's box is exact where the object is and large where it is absent, query 1's is a little off
+    where the object is and nearly empty where it is absent."""
+    scene = Scene(rects=[[(2, 5, 1, 6), None]], valid_sizes=[(8, 8)], q=2)
+    out = scene.out["long"]
+    for a in range(2):
+        target = scene.target_mask(0, a)
+        for q in range(2):
+            out["pred_masks"][0, a, q] = 4.0 * (2 * target - 1)
+            out["pred_masks_low"][0, a, q] = 4.0 * (2 * target[1::2, 1::2] - 1)
+    box = scene.box_target(0, 0)
+    near, small, large = [v + 0.02 for v in box], [0.02, 0.02, 0.01, 0.01], [0.5, 0.5, 0.6, 0.6]
+    out["pred_boxes"][0, 0, 0], out["pred_boxes"][0, 1, 0] = torch.tensor(box), torch.tensor(large)
+    out["pred_boxes"][0, 0, 1], out["pred_boxes"][0, 1, 1] = torch.tensor(near), torch.tensor(small)
+    visible_only = _criterion()(scene.outputs(), scene.targets())
+    every_frame = _criterion(boxes_in_absent_frames=True)(scene.outputs(), scene.targets())
+    # the box loss says which query was matched: query 0 (0 where the object is) without the switch; with it
+    # query 1 (query 0 would pay l1(large, 0) = 2.2 in the absent frame); num_boxes counts the frames with the
+    # object (1), SgMg's normaliser, whatever the switch
+    assert visible_only["loss_box_l1_long"].item() == pytest.approx(0.0, abs=1e-6)
+    assert every_frame["loss_box_l1_long"].item() == pytest.approx(l1(near, box) + l1(small, [0, 0, 0, 0]), rel=1e-5)
+
+
+def test_sgmg_pads_inputs_to_its_multiples_as_explicit_padding_would():
+    """SgMg pads frames to multiples of 32 (training, window evaluation) or 16 (whole videos): the model does it
+    inside, with a padding mask; inference crops the masks back, training keeps the padded size."""
+    model = _model("tiny-s", **{"sgmg.pad_multiple": 32, "sgmg.pad_multiple_videos": 16}).eval()
+    frames = _frames(b=1, t=3, h=60, w=90)
+    padded = F.pad(frames, (0, 6, 0, 4))                                      # 64 x 96, both multiples
+    mask = torch.zeros(1, 64, 96, dtype=torch.bool)
+    mask[:, 60:], mask[:, :, 90:] = True, True
+    with torch.no_grad():
+        inside = model.infer(frames, LONG[:1], SHORT[:1], annotated_index=1)
+        explicit = model.infer(padded, LONG[:1], SHORT[:1], annotated_index=1, padding_mask=mask)
+        trained = model.forward(frames, LONG[:1], SHORT[:1], annotated_index=1)
+        video = model.infer(frames, LONG[:1], SHORT[:1], annotated_index=None)
+    assert inside["mask_logits"].shape[-2:] == (60, 90) and trained["input_size"] == (64, 96)
+    assert torch.allclose(inside["mask_logits"], explicit["mask_logits"][..., :60, :90], atol=1e-5)
+    assert torch.allclose(inside["pred_logits"], explicit["pred_logits"], atol=1e-6)
+    assert video["mask_logits"].shape[-2:] == (60, 90)
+
+
+def test_whole_video_inference_reads_the_expression_as_written_when_switched_on():
+    """SgMg feeds Refer-YouTube-VOS and Refer-DAVIS17 expressions to RoBERTa as written (no lowercasing or
+    whitespace clean-up); its training and window evaluation clean them up as MTTR does."""
+    model = _model("tiny-s", **{"text.as_written_in_videos": True}).eval()
+    seen = []
+    tokenizer = model.text_encoder.tokenizer
+    model.text_encoder.tokenizer = lambda texts, **kw: seen.append(list(texts)) or tokenizer(texts, **kw)
+    frames = _frames(b=1, t=3)
+    with torch.no_grad():
+        model.infer(frames, ["The  Big red Circle "], ["Big  Circle"], annotated_index=None)
+        model.infer(frames, ["The  Big red Circle "], ["Big  Circle"], annotated_index=1)
+    assert seen == [["The  Big red Circle ", "Big  Circle"], ["the big red circle", "big circle"]]

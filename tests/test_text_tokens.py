@@ -19,7 +19,7 @@ def test_the_loaders_token_ids_are_the_models_and_give_the_same_outputs(prepared
         own = model.text_encoder(batch["long_text"], batch["short_text"])
         given = model.text_encoder(batch["long_text"], batch["short_text"], tokens=tokens)
     for a, b in zip(own, given):
-        assert torch.equal(a, b)
+        assert (a is None and b is None) or torch.equal(a, b)
 
 
 def test_without_short_text_only_the_long_texts_are_tokenized(prepared):

@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import time
+from collections.abc import Sequence
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
@@ -41,6 +42,7 @@ from losh.training.device import (
     to_device,
 )
 from losh.training.ema import WeightAverage
+from losh.training.init_from import initialise_from
 from losh.training.optim import main_lr, param_groups, warmed_up
 from schemas.atomic import remove_stale_temporaries
 from schemas.config import ModelConfig
@@ -215,19 +217,22 @@ def non_finite_loss(what: str, terms: dict[str, float], ckpt_path: Path) -> NonF
 
 
 def train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, *, resume: bool = False,
-          device: str | None = None, progress: bool = True) -> dict:
-    """Train and return a summary (epochs, steps, last losses, checkpoint path)."""
+          device: str | None = None, progress: bool = True, init_from: Path | None = None,
+          init_parts: Sequence[str] = ()) -> dict:
+    """Train and return a summary (epochs, steps, last losses, checkpoint path). `init_from`: a new run starts
+    from that checkpoint's weights (within `init_parts`, prefixes of the model's names; `init_from.py`)."""
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     try:
         with ExitStack() as stack:   # the run folder's lock, held until the run ends
             return _train(data, config, out, settings, resume=resume, device=device, progress=progress,
-                          stack=stack)
+                          stack=stack, init_from=init_from, init_parts=init_parts)
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
 
 
 def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, *, resume: bool,
-           device: str | None, progress: bool, stack: ExitStack) -> dict:
+           device: str | None, progress: bool, stack: ExitStack, init_from: Path | None,
+           init_parts: Sequence[str]) -> dict:
     settings.validate()
     d = setup_distributed()
     dev = select_device(d, device)
@@ -286,10 +291,18 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
         remove_stale_temporaries(out / "checkpoints")
 
     # ---- model, loss, optimiser
-    model = build_model(config, load_pretrained=checkpoint is None)   # resuming: the checkpoint has the weights
+    # resuming, or starting from another checkpoint's backbone: the Kinetics-400 file is not read
+    backbone_from_init = init_from is not None and (not init_parts or "backbone" in
+                                                    [p.strip().rstrip(".") for p in init_parts])
+    model = build_model(config, load_pretrained=checkpoint is None and not backbone_from_init)
     if model.text_encoder.trained_tokenizer and checkpoint is None:
         # randomly initialised text encoder (tiny): its tokenizer learns the training vocabulary
         model.text_encoder.fit_tokenizer(sorted({t for r in dataset.data.records for t in (r.long, r.short)}))
+    # a new run from another checkpoint's weights (resuming: this run's own checkpoint has them)
+    init_report = initialise_from(model, init_from, init_parts) if init_from and checkpoint is None else None
+    if init_report and backbone_from_init and not any(k.startswith("backbone.") for k in init_report.loaded):
+        raise ValueError(f"--init-from {init_from} holds no backbone weights for this model: start from the "
+                         "Kinetics-400 file (backbone.weights) and leave the backbone out of --init-parts")
     model.to(dev)
     criterion = build_criterion(config).to(dev)
     optimizer = torch.optim.AdamW(param_groups(model, settings.lr, settings.backbone_lr, settings.weight_decay,
@@ -331,6 +344,10 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
         (out / "train.json").write_text(json.dumps(settings.to_dict(), indent=1))
+        if init_report is not None:   # what came from where: the three lists
+            (out / "init-from.json").write_text(json.dumps(init_report.to_dict(), indent=1))
+            if progress:
+                tqdm.write(f"{init_report.line()}; lists in {out / 'init-from.json'}")
     log = open(out / "metrics.jsonl", "a", encoding="utf-8") if d.main else None
     if log and checkpoint is not None:
         log.write(json.dumps({"resume": {"epoch": epoch, "step": global_step,
@@ -422,7 +439,8 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
     # the last step's losses, read back once
     last = dict(zip(last_step, torch.stack(list(last_step.values())).float().tolist())) if last_step else {}
     return {"epochs": epoch, "steps": global_step, "last_losses": last, "checkpoint": str(ckpt_path),
-            "seconds": round(time.time() - start, 1), "device": str(dev), "process_group": process_group, "best": best}
+            "seconds": round(time.time() - start, 1), "device": str(dev), "process_group": process_group, "best": best,
+            "init_from": init_report.line() if init_report is not None else None}
 
 
 def validation_metrics(model: torch.nn.Module, ema: WeightAverage | None, data: Path, settings: TrainSettings) -> dict:

@@ -91,7 +91,7 @@ class LoShM(nn.Module):
     @torch.no_grad()
     def infer(self, frames: Tensor, long_texts: Sequence[str], short_texts: Sequence[str] | None = None, *,
               annotated_index: int | None, padding_mask: Tensor | None = None, upsample: bool = True,
-              clip_index: Tensor | None = None) -> dict:
+              clip_index: Tensor | None = None, text_tokens: dict[str, Tensor] | None = None) -> dict:
         """The long pathway's prediction (the short prediction head is off, paper 3.8). With
         `inference_short_pathway = "encoder"` the short texts still run through the multimodal encoder,
         as the keys/values of the long pathway's cross-attention; short_texts are ignored otherwise.
@@ -99,7 +99,7 @@ class LoShM(nn.Module):
         the config's `decode_frames`."""
         short = short_texts_for_inference(self.config, short_texts)
         out = self._run(frames, long_texts, short, annotated_index, padding_mask, keep_fbc_features=False,
-                        clip_index=clip_index, decode_short=False)
+                        clip_index=clip_index, decode_short=False, text_tokens=text_tokens)
         long = out["long"]
         selected = select_best_query(long["pred_is_referred"].softmax(-1)[..., 0], long["pred_masks"])
         if upsample:   # (B, T', h, w) at stride 4 -> the input size
@@ -128,7 +128,10 @@ class LoShM(nn.Module):
         video_pos = sine_position_encoding_2d(video_padding, video.shape[1]).flatten(1, 2)
         video = video.flatten(2).transpose(1, 2)
 
-        long_text, long_pad, short_text, short_pad = self.text_encoder(long_texts, short_texts, tokens=text_tokens)
+        whole_video = annotated_index is None and not keep_fbc_features
+        long_text, long_pad, short_text, short_pad = self.text_encoder(
+            long_texts, short_texts, tokens=text_tokens,
+            as_written=whole_video and self.config.text.as_written_in_videos)[:4]
         long_seq = self._sequence(video, video_pos, video_padding, long_text, long_pad, n_frames)
         short_seq = (self._sequence(video, video_pos, video_padding, short_text, short_pad, n_frames)
                      if short_text is not None else (None, None, None))

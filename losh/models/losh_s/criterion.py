@@ -15,7 +15,8 @@ Terms (unweighted; "_aux{i}" for the earlier decoder layers), per pathway `p`:
 and loss_lsi (eq. 1 on the matched query's long and short masks, batch mean) and loss_fbc (eq. 6), as LoSh-M.
 num_boxes is SgMg's: the number of supervised frames where the object is visible (mean over processes, >= 1).
 Boxes come from the masks (a mask-only data set): normalised (cx, cy, w, h) of the frame's valid area.
-Unlike SgMg, frames without the object add no box term (SgMg regresses its query's box to zeros there).
+Frames without the object: with `loss.boxes_in_absent_frames` (SgMg, the `losh-s` and `sgmg` presets) their box
+is regressed to zeros and counts in the box matching cost, as SgMg does; off, they add no box term.
 """
 from __future__ import annotations
 
@@ -69,12 +70,14 @@ class LoShSCriterion(LongShortCriterion):
             is_referred = torch.zeros_like(logits)
             is_referred[batch, :, matched] = seen
             losses[f"loss_is_referred_{name}"] = sigmoid_focal_elements(logits, is_referred).sum() / num_boxes
-            # the matched query's boxes in the frames where the target is visible (masked: no boolean indexing)
+            # the matched query's boxes in the frames where the target is visible (masked: no boolean indexing), or
+            # in every frame, an absent object's box all zeros (SgMg, loss.boxes_in_absent_frames)
             boxes = out["pred_boxes"][batch, :, matched]                          # (B, A, 4)
+            box_frames = torch.ones_like(seen) if self.config.boxes_in_absent_frames else seen
             l1 = F.l1_loss(boxes, wanted_boxes, reduction="none").sum(-1)         # (B, A)
-            losses[f"loss_box_l1_{name}"] = (l1 * seen).sum() / num_boxes
+            losses[f"loss_box_l1_{name}"] = (l1 * box_frames).sum() / num_boxes
             giou = elementwise_generalized_box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(wanted_boxes))
-            losses[f"loss_giou_{name}"] = ((1 - giou) * seen).sum() / num_boxes
+            losses[f"loss_giou_{name}"] = ((1 - giou) * box_frames).sum() / num_boxes
             # (B, A, H, W): the matched query's, or the only one refined (matched in the model's forward)
             refined = matched if out["pred_masks"].shape[2] > 1 else torch.zeros_like(matched)
             masks = out["pred_masks"][batch, :, refined]

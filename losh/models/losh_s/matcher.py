@@ -107,9 +107,11 @@ def match_referred(layer: dict[str, dict[str, Tensor]], targets: list[ReferredTa
             cost = cost - c.match_dice * dice_coefficient(low_probs[name], wanted_low)[..., 0]
             boxes = out["pred_boxes"].float()                                  # (B, A, Q, 4)
             seen = wanted_boxes[:, :, None]                                    # (B, A, 1, 4)
-            cost = cost + c.match_box_l1 * _visible_mean((boxes - seen).abs().sum(-1), visible)
+            # SgMg averages the box costs over every frame, an absent object's box being all zeros
+            box_frames = torch.ones_like(visible) if c.boxes_in_absent_frames else visible
+            cost = cost + c.match_box_l1 * _visible_mean((boxes - seen).abs().sum(-1), box_frames)
             giou = elementwise_generalized_box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(seen))
-            cost = cost - c.match_giou * _visible_mean(giou, visible)
+            cost = cost - c.match_giou * _visible_mean(giou, box_frames)
         if "short" in low_probs and c.match_lsi > 0:
             cost = cost + long_short_cost(low_probs["long"], low_probs["short"], c.match_lsi,
                                           c.lsi_threshold, c.lsi_epsilon)

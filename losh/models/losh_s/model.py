@@ -72,7 +72,7 @@ class LoShS(nn.Module):
         tc, sc = config.transformer, config.sgmg
         d = tc.d_model
         self.backbone = VideoSwinBackbone(config.backbone, load_pretrained)
-        self.text_encoder = TextEncoder(config.text)
+        self.text_encoder = TextEncoder(config.text, keep_pooler=sc.sentence_feature == "pooler")
         self.text_proj = TextProjection(self.text_encoder.hidden_size, d, tc.dropout)
         self.sentence_proj = TextProjection(self.text_encoder.hidden_size, d, tc.dropout)
         channels = self.backbone.out_channels           # strides 4, 8, 16, 32
@@ -128,13 +128,13 @@ class LoShS(nn.Module):
     @torch.no_grad()
     def infer(self, frames: Tensor, long_texts: Sequence[str], short_texts: Sequence[str] | None = None, *,
               annotated_index: int | None, padding_mask: Tensor | None = None, upsample: bool = True,
-              clip_index: Tensor | None = None) -> dict:
+              clip_index: Tensor | None = None, text_tokens: dict[str, Tensor] | None = None) -> dict:
         """The long pathway's last decoder layer (paper 3.8); the short texts feed the long pathway's
         cross-attention when the config says so (`inference_short_pathway`), as LoSh-M. `annotated_index` None:
         every frame is decoded. Masks are already at the input resolution (`upsample` has nothing to do)."""
         short = short_texts_for_inference(self.config, short_texts)
         out = self._run(frames, long_texts, short, annotated_index, padding_mask, training_outputs=False,
-                        clip_index=clip_index, decode_short=False)
+                        clip_index=clip_index, decode_short=False, text_tokens=text_tokens)
         long = out["long"]
         return {**long, **select_best_query(long["pred_logits"].sigmoid(), long["pred_masks"]),
                 "frame_indices": out["frame_indices"], "annotated_index": annotated_index}
@@ -150,6 +150,13 @@ class LoShS(nn.Module):
              supervised: Sequence[int] | None = None, targets: list[dict] | None = None,
              text_tokens: dict[str, Tensor] | None = None) -> dict:
         b = len(long_texts)
+        sc = self.config.sgmg
+        input_size = tuple(frames.shape[-2:])
+        # SgMg pads its inputs to a multiple (32 in training and window evaluation, 16 in whole-video inference); the
+        # training outputs stay at the padded size (its losses count the padding), inference crops back
+        whole_video = annotated_index is None and not training_outputs
+        frames, padding_mask = pad_to_multiple(frames, padding_mask,
+                                               sc.pad_multiple_videos if whole_video else sc.pad_multiple)
         visual = frames_per_text(self.backbone, frames, b, annotated_index, padding_mask, clip_index, supervised,
                                  self.config.transformer.decode_frames)   # strides 4, 8, 16, 32
         clip_features, clip_padding = visual.clip_features, visual.clip_padding
@@ -157,14 +164,18 @@ class LoShS(nn.Module):
         n_frames = len(frame_indices)
         frame_padding = padding_mask.repeat_interleave(n_frames, dim=0)            # (B*T', H, W)
 
-        long_words, long_pad, short_words, short_pad = self.text_encoder(long_texts, short_texts, tokens=text_tokens)
-        pathways = [(long_words, long_pad)] + ([(short_words, short_pad)] if short_words is not None else [])
+        texts = self.text_encoder(long_texts, short_texts, tokens=text_tokens,
+                                  as_written=whole_video and self.config.text.as_written_in_videos)
+        pathways = [(texts.long, texts.long_padding, texts.long_pooled)]
+        if texts.short is not None:
+            pathways.append((texts.short, texts.short_padding, texts.short_pooled))
         # both pathways' SCF in one batched call: the visual levels repeated, each copy fused with its own words
         copies = len(pathways)
-        words = torch.cat([self.text_proj(w) for w, _ in pathways])                  # (copies*B, S, D)
-        word_padding = torch.cat([p for _, p in pathways])
-        # the sentence feature: the mean of the words' features (SgMg: RoBERTa's pooler output; README)
-        sentences = torch.cat([self.sentence_proj(sentence_feature(w, p)) for w, p in pathways])
+        words = torch.cat([self.text_proj(w) for w, _, _ in pathways])               # (copies*B, S, D)
+        word_padding = torch.cat([p for _, p, _ in pathways])
+        # the sentence feature: RoBERTa's pooler output (SgMg), or the mean of the words' features
+        sentences = torch.cat([self.sentence_proj(pooled if sc.sentence_feature == "pooler" else sentence_feature(w, p))
+                               for w, p, pooled in pathways])
         word_pos = sine_position_encoding_1d(word_padding, words.shape[-1]).to(words.dtype)
         srcs, masks, poses = self._fused_levels(selected, frame_padding, words, word_padding, word_pos, n_frames,
                                                 copies)
@@ -199,9 +210,15 @@ class LoShS(nn.Module):
             heads["pred_masks"] = self._refine(patches, fine, frames.shape[-2:])
             per_layer.append((heads, matched))
 
+        padded = tuple(frames.shape[-2:])
         out: dict = {"frame_indices": frame_indices, "annotated_index": annotated_index,
                      "supervised": list(supervised) if supervised else [annotated_index],
-                     "input_size": tuple(frames.shape[-2:])}
+                     "input_size": padded if training_outputs else input_size}
+        if not training_outputs and padded != input_size:   # inference: masks of the input, not of its padding
+            height, width = input_size
+            for heads, _ in per_layer:
+                heads["pred_masks"] = heads["pred_masks"][..., :height, :width]
+                heads["pred_masks_low"] = heads["pred_masks_low"][..., :(height + 1) // 2, :(width + 1) // 2]
         for index, name in enumerate(names):
             part = slice(index * per_copy, (index + 1) * per_copy)
             outputs = []
@@ -229,7 +246,8 @@ class LoShS(nn.Module):
                                                      n_frames, previous_filter)
             srcs.append(fused.to(visual.dtype))
             masks.append(mask)
-            poses.append(sine_position_encoding_2d(mask, visual.shape[1]).permute(0, 3, 1, 2).to(visual.dtype))
+            poses.append(sine_position_encoding_2d(mask, visual.shape[1], offset=self.config.sgmg.position_offset)
+                         .permute(0, 3, 1, 2).to(visual.dtype))
         return srcs, masks, poses
 
     def _heads(self, decoded, layer: int, mask_features: Tensor, valid_sizes: Tensor, input_size: tuple[int, int]
@@ -261,6 +279,19 @@ class LoShS(nn.Module):
                                    fine[1].repeat_interleave(q, dim=0))
         height, width = input_size
         return to_fine_masks(refined).unflatten(0, (n, q))[..., :height, :width]
+
+
+def pad_to_multiple(frames: Tensor, padding_mask: Tensor | None, multiple: int) -> tuple[Tensor, Tensor | None]:
+    """Frames (B, T, 3, H, W) zero-padded bottom/right to multiples of `multiple`, and their padding mask (True on
+    padding, the new rows and columns included); unchanged when they are multiples already."""
+    height, width = frames.shape[-2:]
+    extra_h, extra_w = -height % multiple, -width % multiple
+    if not (extra_h or extra_w):
+        return frames, padding_mask
+    if padding_mask is None:
+        padding_mask = torch.zeros((frames.shape[0], height, width), dtype=torch.bool, device=frames.device)
+    return (torch.nn.functional.pad(frames, (0, extra_w, 0, extra_h)),
+            torch.nn.functional.pad(padding_mask, (0, extra_w, 0, extra_h), value=True))
 
 
 def _valid_sizes(padding: Tensor) -> Tensor:

@@ -7,10 +7,12 @@ import torch
 from torch import Tensor
 
 
-def sine_position_encoding_2d(padding_mask: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
+def sine_position_encoding_2d(padding_mask: Tensor, dim: int, temperature: float = 10000.0,
+                              offset: float = 0.0) -> Tensor:
     """Normalised sine/cosine encoding of (y, x) positions, half the channels each.
 
-    padding_mask: (N, h, w) bool, True on padded pixels (they do not count towards positions).
+    padding_mask: (N, h, w) bool, True on padded pixels (they do not count towards positions). Positions are
+    (cumsum - offset) / (last + eps) * 2 pi: offset 0 is DETR's and MTTR's, 0.5 SgMg's (pixel centres).
     Returns (N, h, w, dim).
     """
     if dim % 4:
@@ -19,8 +21,8 @@ def sine_position_encoding_2d(padding_mask: Tensor, dim: int, temperature: float
     y_embed = not_mask.cumsum(1)
     x_embed = not_mask.cumsum(2)
     eps, scale = 1e-6, 2 * math.pi
-    y_embed = y_embed / (y_embed[:, -1:, :] + eps) * scale
-    x_embed = x_embed / (x_embed[:, :, -1:] + eps) * scale
+    y_embed = (y_embed - offset) / (y_embed[:, -1:, :] + eps) * scale
+    x_embed = (x_embed - offset) / (x_embed[:, :, -1:] + eps) * scale
     half = dim // 2
     dim_t = torch.arange(half, dtype=torch.float32, device=padding_mask.device)
     dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / half)
