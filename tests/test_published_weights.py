@@ -247,3 +247,19 @@ def test_sgmg_files_keep_their_options_and_counters_which_are_read_and_dropped(t
     result = runner.invoke(app, ["convert-checkpoint", str(tmp_path / "sgmg_thop.pth"), str(out), "--from", "sgmg",
                                  "--config", str(config)])
     assert result.exit_code == 1 and "pass --overwrite" in result.output
+
+
+def test_an_official_losh_file_has_mttrs_names_and_loads_into_the_official_preset(tmp_path, mttr):
+    """The official LoSh code (MTTR-based) adds no parameter to MTTR's: its files convert by MTTR's names into
+    `losh-m:official` (3 encoder layers, no long-short cross-attention), whose long pathway is then MTTR's."""
+    config = heads_config(tmp_path, "losh-m:official", **{"transformer.nheads": 4, "text.num_heads": 2,
+                                                          "transformer.dropout": 0.0})
+    out, output = convert(tmp_path, "losh-official", unpacked(tmp_path, "mttr_tiny.pth.tar.gz"), config)
+    assert "230 of 230 official LoSh tensors mapped onto all 230" in output
+    official, (reference_model, _) = losh.load_model(out), mttr
+    assert official.config.use_short_text and official.config.transformer.cross_attention == "none"
+    frames = torch.randn(1, 4, 3, 96, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = official.infer(frames, ["a man"], ["man"], annotated_index=None)
+        theirs = reference_model.infer(frames, ["a man"], annotated_index=None)
+    assert torch.allclose(ours["mask_logits"], theirs["mask_logits"], atol=1e-5)

@@ -75,7 +75,7 @@ PUBLISHED_FORMATS: dict[str, PublishedFormat] = {
     "mttr": PublishedFormat("MTTR", "mttr", mttr_published.CONTAINER_KEY, mttr_published.SIGNATURE,
                             mttr_published.convert, _MTTR_DATA),
     # the official LoSh code saves MTTR's names; its model is the `losh-m:official` preset
-    "losh-official": PublishedFormat("the official LoSh code", "losh-m:official", mttr_published.CONTAINER_KEY,
+    "losh-official": PublishedFormat("official LoSh", "losh-m:official", mttr_published.CONTAINER_KEY,
                                      mttr_published.SIGNATURE, mttr_published.convert, _MTTR_DATA),
     "sgmg": PublishedFormat("SgMg", "sgmg", sgmg_published.CONTAINER_KEY, sgmg_published.SIGNATURE,
                             sgmg_published.convert, _SGMG_DATA),
