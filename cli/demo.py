@@ -98,15 +98,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out: Path = args.out
     raw, prep, run_dir = out / "raw", out / "prep", out / "run"
+    evaluation, long_only_evaluation, jhmdb_evaluation = out / "eval", out / "eval-long-only", out / "eval-jhmdb"
     config_file, settings_file = out / "tiny-s-msh.json", out / "train.json"
     h, w = FRAME_SIZE
     start = time.time()
     try:
         if not (raw / "Release" / "videoset.csv").exists():
-            run(["synth", str(raw), "--videos", str(DEMO_VIDEOS), "--seed", "0", "--height", str(h), "--width", str(w)])
+            run(["synth", "--out", str(raw), "--videos", str(DEMO_VIDEOS), "--seed", "0", "--height", str(h),
+                 "--width", str(w)])
         run(["prepare-data", "--dataset", "a2d", "--root", str(raw), "--out", str(prep),
              "--short-side", str(h), "--max-long-side", str(w), "--window", str(DEMO_WINDOW)])
-        run(["compute-flows", str(prep)])
+        run(["compute-flows", "--data", str(prep)])
         # a config file: the tiny-s:msh preset with the demo's overrides (what `losh train --config` reads;
         # machine short text, prepare-data's default, is the paper's "w/ MSh" variant, hence ":msh"),
         # and a settings file (`--settings`)
@@ -123,21 +125,22 @@ def main(argv: list[str] | None = None) -> int:
         run(["train", "--data", str(prep), "--out", str(run_dir), "--config", str(config_file),
              "--settings", str(settings_file), *resume], processes=DEMO_PROCESSES)
         run(["evaluate", "--data", str(prep), "--checkpoint", str(run_dir / "checkpoints" / "last.pt"),
-             "--out", str(out / "metrics.json"), "--save-predictions", str(out / "predictions"),
-             "--visualize", "8", "--visualize-dir", str(out / "pictures"), "--baselines",
+             "--out", str(evaluation), "--overwrite", "--save-predictions", str(evaluation / "predictions"),
+             "--visualize", "8", "--baselines",
              "--inference-short-pathway", "encoder"])   # the default, said: a run of an older demo may hold "none"
         # the other reading of the paper's inference (3.8): the long pathway alone, without the short text
         run(["evaluate", "--data", str(prep), "--checkpoint", str(run_dir / "checkpoints" / "last.pt"),
-             "--out", str(out / "metrics-long-only.json"), "--inference-short-pathway", "none"])
+             "--out", str(long_only_evaluation), "--overwrite", "--inference-short-pathway", "none"])
         # JHMDB-Sentences as the paper scores it: the A2D model on another data set, without training on it
         jhmdb_raw, jhmdb_prep = out / "jhmdb_raw", out / "jhmdb_prep"
         if not (jhmdb_raw / "jhmdb_annotation.txt").exists():
-            run(["synth", str(jhmdb_raw), "--layout", "jhmdb", "--videos", str(JHMDB_VIDEOS), "--seed", "1",
+            run(["synth", "--out", str(jhmdb_raw), "--layout", "jhmdb", "--videos", str(JHMDB_VIDEOS), "--seed", "1",
                  "--height", str(h), "--width", str(w)])
         run(["prepare-data", "--dataset", "jhmdb", "--root", str(jhmdb_raw), "--out", str(jhmdb_prep),
-             "--short-side", str(h), "--max-long-side", str(w), "--window", str(DEMO_WINDOW)])
+             "--short-side", str(h), "--max-long-side", str(w), "--window", str(DEMO_WINDOW),
+             "--samples-metadata", "seed", "--seed", "0"])   # synthetic videos: 3 frames each drawn, as MTTR's
         run(["evaluate", "--data", str(jhmdb_prep), "--checkpoint", str(run_dir / "checkpoints" / "last.pt"),
-             "--out", str(out / "metrics-jhmdb.json"), "--baselines", "--inference-short-pathway", "encoder"])
+             "--out", str(jhmdb_evaluation), "--overwrite", "--baselines", "--inference-short-pathway", "encoder"])
         # a user's view: the model on one whole test video, every frame, its expressions in colour
         video, texts = demo_video(raw)
         run(["predict", "--checkpoint", str(run_dir / "checkpoints" / "last.pt"), "--video", str(video),
@@ -147,23 +150,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo stopped: `losh {shlex.join(shown)}` exited with {e.returncode}", file=sys.stderr)
         return e.returncode
     manifest = json.loads((prep / "manifest.json").read_text())
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((evaluation / "metrics.json").read_text())
     c = manifest["counts"]
     print(f"\nDemo finished in {time.time() - start:.0f} s. Data: {c['samples']} samples ({c['samples_train']} train, "
           f"{c['samples_test']} test), {c['merged_short_masks']} with a merged short mask; short text by "
           f"{manifest['short_text']['tagger']}/{manifest['short_text']['rule']}.")
     print(f"Test mean IoU {100 * metrics['mean_iou']:.1f}%, overall IoU {100 * metrics['overall_iou']:.1f}%, "
-          f"mAP {100 * metrics['map']:.1f}%. Metrics: {out / 'metrics.json'}; pictures: {out / 'pictures'}; "
-          f"predicted masks: {out / 'predictions'}; run: {run_dir}")
-    long_only = json.loads((out / "metrics-long-only.json").read_text())
+          f"mAP {100 * metrics['map']:.1f}%. Metrics: {evaluation / 'metrics.json'}; pictures: "
+          f"{evaluation / 'pictures'}; predicted masks: {evaluation / 'predictions'}; run: {run_dir}")
+    long_only = json.loads((long_only_evaluation / "metrics.json").read_text())
     print(f"Inference with the tagger's short text through the encoder (above): mean IoU "
           f"{100 * metrics['mean_iou']:.1f}%; with the long pathway alone: {100 * long_only['mean_iou']:.1f}% "
-          f"({out / 'metrics-long-only.json'}).")
-    jhmdb = json.loads((out / "metrics-jhmdb.json").read_text())
+          f"({long_only_evaluation / 'metrics.json'}).")
+    jhmdb = json.loads((jhmdb_evaluation / "metrics.json").read_text())
     print(f"The same model on a synthetic JHMDB-Sentences set ({jhmdb['samples']} samples, 3 frames a video, not "
           f"trained on): mean IoU {100 * jhmdb['mean_iou']:.1f}%, overall IoU {100 * jhmdb['overall_iou']:.1f}%, "
           f"mAP {100 * jhmdb['map']:.1f}% (empty mask {100 * jhmdb['baselines']['empty_mask_mean_iou']:.1f}%, full "
-          f"frame {100 * jhmdb['baselines']['full_frame_mean_iou']:.1f}%; {out / 'metrics-jhmdb.json'}).")
+          f"frame {100 * jhmdb['baselines']['full_frame_mean_iou']:.1f}%; {jhmdb_evaluation / 'metrics.json'}).")
     print(f"Every frame of one test video with its expressions, each in its own colour: "
           f"{out / 'predict' / 'overlay.mp4'} (preview {out / 'predict' / 'overlay.gif'}; masks and "
           f"predictions.json in {out / 'predict'}).")

@@ -1,4 +1,17 @@
-"""The `losh` command line: thin wrappers that parse, call `pipeline/` and `losh/`, and report."""
+"""The `losh` command line: thin wrappers that parse, call `pipeline/` and `losh/`, and report.
+
+One grammar for every command:
+- inputs are named options: a raw data set is `--root`, a prepared one `--data`, a model `--checkpoint`;
+- what a command makes is `--out`: a folder (synth, prepare-data, train, evaluate, predict), or the one file it
+  writes (convert-checkpoint, config save, shorten); a folder or file it did not make is refused, one it made is
+  replaced only with `--overwrite`;
+- `--workers N`: processes that load or prepare data (0: this process); default 4, at most the CPU count;
+- `--seed`: 42 unless the command says otherwise; `--device`: cpu, cuda, cuda:1 (default: CUDA when present);
+- `--amp`: autocast on CUDA; train defaults to bf16 (MTTR and SgMg train with mixed precision), evaluate and
+  predict to off (float32, as they score);
+- `--set KEY=VALUE` (repeatable): a dotted config field, validated, e.g. `--set loss.fbc=0.0`.
+Old spellings (a positional folder, `evaluate --out FILE.json`) still work for one release, hidden from --help.
+"""
 from __future__ import annotations
 
 import csv
@@ -26,11 +39,67 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def warn(message: str) -> None:
+    typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            typer.echo(f"losh {version('losh')}")
+        except PackageNotFoundError:
+            typer.echo("losh (not installed: run from a source checkout)")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                                               help="Print the version and exit.")] = False) -> None:
+    """LoSh (CVPR 2024) toolkit for referring video object segmentation."""
+
+
+DEFAULT_WORKERS = 4
+WORKERS_HELP = "Processes that load or prepare data (0: in this process; default 4, at most the CPU count)."
+SET_HELP = "KEY=VALUE: a config field by its dotted name, e.g. loss.fbc=0.0 (repeatable; validated)."
+
+
+def default_workers(workers: int | None) -> int:
+    """--workers as given, else 4 capped at the CPU count (the one default of every command)."""
+    return workers if workers is not None else min(DEFAULT_WORKERS, os.cpu_count() or 1)
+
+
+def one_of(new: Path | None, old: Path | None, name: str) -> Path | None:
+    """A value given by its new option or its old spelling (a positional argument), not both."""
+    if new is not None and old is not None and new != old:
+        fail(f"{name} given twice ({old} and {new}): give {name} only", 2)
+    return new if new is not None else old
+
+
+def config_with(spec: str, sets: list[str] | None = None, backbone_weights: Path | None = None,
+                text_encoder: str | None = None, window: int | None = None):
+    """A model config: a preset spec or JSON file, then the options that change it (validated as a whole)."""
+    from schemas.config import parse_assignments, with_overrides
+    from schemas.presets import resolve_config
+
+    overrides = parse_assignments(sets or [])
+    if backbone_weights is not None:
+        overrides["backbone.weights"] = str(backbone_weights)
+    if text_encoder is not None:
+        overrides["text.encoder"] = str(text_encoder)
+    if window is not None:
+        overrides["window"] = window
+    config = resolve_config(spec)
+    return with_overrides(config, overrides) if overrides else config
+
+
 @app.command()
 def synth(
-    out: Annotated[Path, typer.Argument(help="Folder to write the data set into (in the --layout layout).")],
+    out: Annotated[Optional[Path], typer.Option(help="Folder to write the data set into (in the --layout layout): "
+                                                     "new or empty, or one this command wrote (--overwrite).")] = None,
+    out_old: Annotated[Optional[Path], typer.Argument(hidden=True, metavar="OUT")] = None,
     videos: Annotated[int, typer.Option(min=3, help="Number of videos.")] = 12,
-    seed: Annotated[int, typer.Option(help="Random seed: the same seed writes the same data set.")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed writes the same data set.")] = 42,
     height: Annotated[int, typer.Option(min=32, help="Frame height of the clips.")] = 128,
     width: Annotated[int, typer.Option(min=32, help="Frame width of the clips.")] = 176,
     frames: Annotated[int, typer.Option(min=8, help="Frames per clip.")] = 24,
@@ -41,6 +110,9 @@ def synth(
                                               "the last video 2 masks short).")] = "a2d",
 ) -> None:
     """Write a small synthetic RVOS data set in a real data set's on-disk layout (A2D-Sentences by default)."""
+    out = one_of(out, out_old, "--out")
+    if out is None:
+        fail("give the folder to write: --out RAW", 2)
     from pipeline.synth import write_synthetic_a2d
     from pipeline.synth_layouts import (
         write_synthetic_jhmdb,
@@ -132,14 +204,15 @@ def prepare_data(
     holdout_videos: Annotated[int, typer.Option(min=0, help="refer-youtube-vos: train videos held out with their "
                                                          "masks (split holdout) for local J&F.")] = 0,
     seed: Annotated[int, typer.Option(help="refer-youtube-vos: seed of the held-out videos; jhmdb: seed of the 3 "
-                                           "frames a video when no --samples-metadata is given.")] = 0,
-    samples_metadata: Annotated[Optional[Path], typer.Option(
-        help="jhmdb: MTTR's jhmdb_sentences_samples_metadata.json, the published protocol's frames.")] = None,
+                                           "frames a video with --samples-metadata seed.")] = 42,
+    samples_metadata: Annotated[str, typer.Option(
+        help="jhmdb: the frames scored: mttr (MTTR's published protocol, shipped with the toolkit), a file in its "
+             "format, or seed (3 frames a video drawn with --seed).")] = "mttr",
     split: Annotated[str, typer.Option(help="refer-davis: the DAVIS split to prepare (val or train).")] = "val",
-    workers: Annotated[Optional[int], typer.Option(min=1, help="Parallel processes (default: all cores).",
-                                                   envvar="LOSH_WORKERS")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=0, help=WORKERS_HELP, envvar="LOSH_WORKERS")] = None,
 ) -> None:
     """Raw data set -> prepared data set: short expressions, merged masks, manifest, HDF5 shards."""
+    workers = max(default_workers(workers), 1)   # 0 and 1 both mean: this process
     from pipeline.datasets import DATASETS
     from pipeline.datasets.base import DatasetRootError
     from pipeline.prepare import prepare_dataset, settings_for
@@ -151,10 +224,12 @@ def prepare_data(
         fail("--holdout-videos is for --dataset refer-youtube-vos", 2)
     settings = settings_for(dataset, window=window, short_side=short_side, max_long_side=max_long_side, codec=codec,
                             jpeg_quality=jpeg_quality, decoder=decoder)
-    if samples_metadata is not None and dataset != "jhmdb":
+    if samples_metadata != "mttr" and dataset != "jhmdb":
         fail("--samples-metadata is for --dataset jhmdb", 2)
+    from pipeline.datasets.jhmdb import MTTR_PROTOCOL
+    protocol = {"mttr": MTTR_PROTOCOL, "seed": None}.get(samples_metadata, Path(samples_metadata))
     options = {"refer-youtube-vos": {"holdout_videos": holdout_videos, "seed": seed}, "refer-davis": {"split": split},
-               "jhmdb": {"samples_metadata": samples_metadata, "seed": seed}}.get(dataset, {})
+               "jhmdb": {"samples_metadata": protocol, "seed": seed}}.get(dataset, {})
     try:
         manifest = prepare_dataset(dataset, root, out, short_source=short_text, tagger=tagger, rule=rule,
                                    settings=settings, workers=workers, **options)
@@ -180,12 +255,14 @@ def torch_load_config(checkpoint: Path) -> dict:
 
 @app.command("compute-flows")
 def compute_flows(
-    prep: Annotated[Path, typer.Argument(help="Prepared data set folder (PREP); flows go to PREP/flows.")],
+    data: Annotated[Optional[Path], typer.Option(help="Prepared data set (PREP); flows go to PREP/flows.")] = None,
+    prep: Annotated[Optional[Path], typer.Argument(hidden=True, metavar="PREP")] = None,
     split: Annotated[str, typer.Option(help="Annotated frames of which samples get flows: train (L_fbc is a "
                                             "training loss), test or all; splits an earlier run with the same "
                                             "parameters covered stay covered.")] = "train",
-    workers: Annotated[Optional[int], typer.Option(min=0, help="Local Dask worker processes (default: all cores; "
-                                                   "0: in this process, without Dask).", envvar="LOSH_WORKERS")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=0, help="Local Dask worker processes computing flows (0: in "
+                                                   "this process, without Dask; default 4, at most the CPU "
+                                                   "count).", envvar="LOSH_WORKERS")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Running Dask scheduler tcp://HOST:PORT whose workers see "
                                                      "PREP at the same path (then --workers is ignored).",
                                                      envvar="LOSH_DASK_SCHEDULER")] = None,
@@ -208,6 +285,10 @@ def compute_flows(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Farneback flows of the annotated frames of a split into HDF5 shards, in parallel with Dask."""
+    prep = one_of(data, prep, "--data")
+    if prep is None:
+        fail("give the prepared data set: --data PREP", 2)
+    workers = default_workers(workers) if scheduler is None else workers
     from pipeline.flow_verify import verify_flows
     from pipeline.flows import FlowComputeError, parse_split
     from pipeline.flows import compute_flows as run_compute_flows
@@ -254,8 +335,15 @@ def compute_flows(
 def train(
     data: Annotated[Path, typer.Option("--data", help="Prepared data set (PREP), with flows when L_fbc is on.")],
     out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints, metrics.jsonl, config.")],
-    config: Annotated[str, typer.Option(help="Preset (losh-m, mttr, tiny, losh-s, sgmg, tiny-s), preset:ablation "
-                                             "(losh-m:wo-fbc) or a JSON config file.")] = "losh-m",
+    config: Annotated[Optional[str], typer.Option(
+        help="Preset (losh-m, mttr, tiny, losh-s, sgmg, tiny-s), preset:ablation (losh-m:wo-fbc) or a JSON config "
+             "file (`losh config save`). Default: losh-m; with --resume, the run's own config.json.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help=SET_HELP)] = None,
+    backbone_weights: Annotated[Optional[Path], typer.Option(
+        help="Local Kinetics-400 Video Swin file (torchvision's swin3d_t-7615ae03.pth or the official "
+             "swin_tiny_patch244_window877_kinetics400_1k.pth; -b for Swin-B): the config's backbone.weights.")] = None,
+    text_encoder: Annotated[Optional[str], typer.Option(
+        help="Local RoBERTa folder (or a name in the Hugging Face cache): the config's text.encoder.")] = None,
     window: Annotated[Optional[int], typer.Option(min=1, help="Frames per sample, the config's `window` "
                                                            "(must equal the prepared data's: 8 for A2D, 12 for "
                                                            "Refer-YouTube-VOS).")] = None,
@@ -273,7 +361,7 @@ def train(
     lr_warmup_steps: Annotated[Optional[int], typer.Option(
         min=0, help="Raise the lr linearly over the first N optimiser steps (default 0: off, as MTTR).")] = None,
     amp: Annotated[Optional[str], typer.Option(help="bf16 (default), fp16 or off; CUDA only.")] = None,
-    workers: Annotated[Optional[int], typer.Option(min=0, help="DataLoader workers (default 4).")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=0, help=WORKERS_HELP, envvar="LOSH_WORKERS")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed (default 42).")] = None,
     max_steps: Annotated[Optional[int], typer.Option(min=0, help="Stop after this many steps (smoke runs).")] = None,
     checkpoint_every: Annotated[Optional[int], typer.Option(min=0, help="Also checkpoint every N steps.")] = None,
@@ -313,17 +401,16 @@ def train(
     from losh.errors import AssetMissing
     from losh.training.loop import NonFiniteLoss, RunExists, run_settings
     from losh.training.loop import train as run_training
-    from schemas.config import ConfigError, with_overrides
+    from schemas.config import ConfigError
     from schemas.prepared import SchemaError
     from schemas.prepared_reader import PreparedDataMissing
-    from schemas.presets import resolve_config
     from schemas.train import TrainConfigError, TrainSettings
 
     try:
-        model_config = resolve_config(config)
-        if window is not None:
-            model_config = with_overrides(model_config, {"window": window})
         checkpoint = out / "checkpoints" / "last.pt"
+        if config is None:   # resuming: the run's own config; else the paper's LoSh-M
+            config = str(out / "config.json") if resume and (out / "config.json").is_file() else "losh-m"
+        model_config = config_with(config, set_, backbone_weights, text_encoder, window)
         # resuming: the run's own settings are the base, so that only what is given here changes
         from schemas.torch_files import trusting_files
         with trusting_files(trust_checkpoint):
@@ -372,7 +459,7 @@ def train(
 @app.command("convert-checkpoint")
 def convert_checkpoint(
     source: Annotated[Path, typer.Argument(help="The published file (MTTR's .pth.tar, SgMg's .pth).")],
-    out: Annotated[Path, typer.Argument(help="The losh checkpoint to write.")],
+    out: Annotated[Path, typer.Option(help="The losh checkpoint to write (a .pt file).")],
     source_format: Annotated[str, typer.Option("--from", help="Whose file it is: mttr, sgmg, or losh-official "
                                                               "(the official LoSh code's, MTTR's names).")],
     trained_on: Annotated[Optional[str], typer.Option(
@@ -384,6 +471,8 @@ def convert_checkpoint(
     window: Annotated[Optional[int], typer.Option(
         min=1, help="Frames per window, where the publisher's differs from --trained-on's (MTTR's A2D files: 8 "
                     "or 10).")] = None,
+    text_encoder: Annotated[Optional[str], typer.Option(
+        help="Local roberta-base folder (default: the Hugging Face cache): its tokenizer and config.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
     trust_checkpoint: Annotated[bool, typer.Option(
         "--trust-checkpoint", help="Load the file whole, code included: only for a file you trust (by default "
@@ -399,7 +488,7 @@ def convert_checkpoint(
     try:
         with trusting_files(trust_checkpoint):
             report = run_conversion(source_format, source, out, config=config, trained_on=trained_on,
-                                    window=window, overwrite=overwrite)
+                                    window=window, overwrite=overwrite, text_encoder=text_encoder)
     except (FileNotFoundError, FileExistsError, AssetMissing, ValueError) as e:
         fail(str(e))
     for line in report.lines():
@@ -414,17 +503,20 @@ def evaluate(
     predictions: Annotated[Optional[Path], typer.Option(help="Score a predictions folder instead of a model.")] = None,
     split: Annotated[Optional[str], typer.Option(help="Split to score (default: the data set's: a2d test, "
                                                      "refer-youtube-vos holdout (else valid), refer-davis val).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Write the metrics as JSON here.")] = None,
-    submission: Annotated[Optional[Path], typer.Option(help="Whole-video splits: also write the Refer-YouTube-VOS "
-                                                            "server's zip (Annotations/<video>/<exp>/<frame>.png) "
-                                                            "here.")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Evaluation folder: metrics.json, and the submission zip, pictures and predicted masks when made.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an evaluation folder this command wrote.")] = False,
+    submission: Annotated[Optional[Path], typer.Option(help="Whole-video splits: the Refer-YouTube-VOS server's zip "
+                                                            "(Annotations/<video>/<exp>/<frame>.png); default "
+                                                            "OUT/submission.zip where the split's masks are not "
+                                                            "public.")] = None,
     save_predictions: Annotated[Optional[Path], typer.Option(help="Write predicted masks (PNG) here.")] = None,
     visualize: Annotated[int, typer.Option(min=0, help="Write this many GT-vs-prediction pictures.")] = 0,
-    visualize_dir: Annotated[Optional[Path], typer.Option(help="Folder of the pictures.")] = None,
+    visualize_dir: Annotated[Optional[Path], typer.Option(help="Folder of the pictures (default OUT/pictures).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Clips per batch (a clip's expressions, up to 8, share "
                                                          "one backbone pass; a batch holds clips of one frame "
                                                          "size, so the metrics do not depend on it).")] = 2,
-    workers: Annotated[int, typer.Option(min=0, help="Data loader worker processes (0: in the main process).")] = 0,
+    workers: Annotated[Optional[int], typer.Option(min=0, help=WORKERS_HELP, envvar="LOSH_WORKERS")] = None,
     amp: Annotated[str, typer.Option(help="off: float32, as MTTR evaluates (default, whatever the training "
                                           "used); bf16: autocast on CUDA.")] = "off",
     resolution: Annotated[str, typer.Option(help="original: score at the video's original size, as MTTR; "
@@ -438,20 +530,37 @@ def evaluate(
                                                  "full frame, the untrained model of the checkpoint's config).")] = False,
     ema: Annotated[bool, typer.Option(help="Evaluate the checkpoint's weight average when it has one "
                                            "(train --ema-decay); --no-ema: the trained weights.")] = True,
+    text_encoder: Annotated[Optional[str], typer.Option(
+        help="Local RoBERTa folder, where the checkpoint's text.encoder path is not on this machine.")] = None,
     device: Annotated[Optional[str], typer.Option(help="Force a device (cpu, cuda:0).")] = None,
     trust_checkpoint: Annotated[bool, typer.Option(
         "--trust-checkpoint", help="Load checkpoint and weights files whole, code included: only for files you "
                                    "trust (by default a file holding more than tensors and plain values is "
                                    "refused, naming what it holds).")] = False,
 ) -> None:
-    """Metrics of a checkpoint (or of a predictions folder) on a split; JSON out; optional pictures."""
+    """Metrics of a checkpoint (or of a predictions folder) on a split: OUT/metrics.json, the submission zip of a
+    split whose masks are private, optional pictures."""
     from losh.errors import AssetMissing
     from losh.evaluation.frame_metrics import METRIC_KEYS, format_table
     from schemas.prepared import SchemaError
-    from schemas.prepared_reader import PreparedDataMissing
+    from schemas.prepared_reader import PreparedDataMissing, load_manifest
 
     if (checkpoint is None) == (predictions is None):
         fail("give exactly one of --checkpoint and --predictions", 2)
+    workers = default_workers(workers)
+    folder, out = evaluation_outputs(out, overwrite)
+    try:
+        manifest = load_manifest(data)
+    except (PreparedDataMissing, SchemaError) as e:
+        fail(str(e))
+    split_info = manifest["splits"].get(split or manifest["eval_split"], {})
+    if split_info.get("kind") == "video" and not split_info.get("masks", True) and submission is None:
+        if folder is None:   # refused before the inference: its masks would be scored nowhere
+            fail("this split's masks are scored by the Refer-YouTube-VOS server: give --out EVAL, where the "
+                 "submission zip is written (or --submission FILE.zip)", 2)
+        submission = folder / "submission.zip"
+    if visualize and visualize_dir is None:
+        visualize_dir = (folder or Path(".")) / "pictures"
     if amp not in ("off", "bf16"):
         fail(f"--amp must be off or bf16, got {amp!r}", 2)
     if resolution not in ("original", "prepared"):
@@ -478,7 +587,8 @@ def evaluate(
                                          visualize=visualize, visualize_dir=visualize_dir, batch_size=batch_size,
                                          num_workers=workers, device=device, use_ema=ema, amp=amp,
                                          resolution=resolution, raw=raw,
-                                         inference_short_pathway=inference_short_pathway, submission=submission)
+                                         inference_short_pathway=inference_short_pathway, submission=submission,
+                                         text_encoder=text_encoder)
             split = report["split"]
             if baselines:
                 from losh.evaluation.evaluate import trivial_baselines, untrained_model_mean_iou
@@ -508,7 +618,23 @@ def evaluate(
     if out is not None:
         typer.echo(f"metrics written to {out}")
     if visualize and checkpoint is not None:
-        typer.echo(f"pictures in {visualize_dir or (out.parent / 'pictures' if out else Path('pictures'))}")
+        typer.echo(f"pictures in {visualize_dir}")
+
+
+def evaluation_outputs(out: Path | None, overwrite: bool) -> tuple[Path | None, Path | None]:
+    """(the evaluation folder, its metrics file) of `evaluate --out`. A folder it did not write is refused; the
+    old spelling, `--out FILE.json`, names the metrics file itself."""
+    if out is None:
+        return None, None
+    if out.suffix == ".json":
+        return out.parent, out
+    metrics = out / "metrics.json"
+    if out.exists() and any(out.iterdir()):
+        if not metrics.is_file():
+            fail(f"{out} holds files this command did not write: choose another --out", 2)
+        if not overwrite:
+            fail(f"{out} holds an evaluation: pass --overwrite to replace it, or choose another --out", 2)
+    return out, metrics
 
 
 @app.command()
@@ -533,6 +659,8 @@ def predict(
     ema: Annotated[bool, typer.Option(help="Use the checkpoint's weight average when it has one.")] = True,
     inference_short_pathway: Annotated[Optional[str], typer.Option(
         help="encoder or none (default: the checkpoint's config).")] = None,
+    text_encoder: Annotated[Optional[str], typer.Option(
+        help="Local RoBERTa folder, where the checkpoint's text.encoder path is not on this machine.")] = None,
     device: Annotated[Optional[str], typer.Option(help="Force a device (cpu, cuda:0); default: CUDA when "
                                                        "available.")] = None,
     spill_dir: Annotated[Optional[Path], typer.Option(
@@ -558,7 +686,7 @@ def predict(
             report = run_predict(checkpoint, video, text, out, fps=fps, device=device, overlay=not no_video,
                                  overwrite=overwrite, short_side=short_side, max_long_side=max_long_side, amp=amp,
                                  use_ema=ema, inference_short_pathway=inference_short_pathway, progress=progress,
-                                 spill_dir=spill_dir)
+                                 spill_dir=spill_dir, text_encoder=text_encoder)
     except PredictUsageError as e:
         fail(str(e), 2)
     except (PredictError, AssetMissing, FileNotFoundError, ValueError, OSError) as e:
@@ -573,6 +701,46 @@ def predict(
         typer.echo(f"overlay: {out / report['overlay']['video']} ({report['overlay']['codec']}), preview "
                    f"{out / report['overlay']['preview']}")
     typer.echo(f"predictions: {out / 'predictions.json'}")
+
+
+config_app = typer.Typer(help="See a model config, or write one to a file that --config takes.",
+                         no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+def config_show(
+    spec: Annotated[str, typer.Argument(help="Preset (losh-m, losh-s, ...), preset:ablation or a JSON config file.")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help=SET_HELP)] = None,
+) -> None:
+    """Print a config as JSON, with --set changes applied."""
+    from schemas.config import ConfigError
+    try:
+        typer.echo(json.dumps(config_with(spec, set_).to_dict(), indent=1))
+    except (ConfigError, OSError) as e:
+        fail(str(e))
+
+
+@config_app.command("save")
+def config_save(
+    spec: Annotated[str, typer.Argument(help="Preset (losh-m, losh-s, ...), preset:ablation or a JSON config file.")],
+    out: Annotated[Path, typer.Option(help="The JSON file to write.")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help=SET_HELP)] = None,
+    backbone_weights: Annotated[Optional[Path], typer.Option(help="Local Kinetics-400 Video Swin file: "
+                                                                  "backbone.weights.")] = None,
+    text_encoder: Annotated[Optional[str], typer.Option(help="Local RoBERTa folder: text.encoder.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Write a config as JSON (what `losh train --config FILE` reads), with the changes given."""
+    from schemas.config import ConfigError, save_config
+    if out.exists() and not overwrite:
+        fail(f"{out} exists: pass --overwrite to replace it", 2)
+    try:
+        config = config_with(spec, set_, backbone_weights, text_encoder)
+    except (ConfigError, OSError) as e:
+        fail(str(e))
+    save_config(config, out)
+    typer.echo(f"wrote {out} ({config.name})")
 
 
 def format_video_metrics(report: dict) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
@@ -34,7 +35,7 @@ _V2_BEHAVIOUR = {"text": {"collapse_whitespace": False, "dropout_when_frozen": F
 CrossAttention = Literal["none", "long_from_short", "short_from_long", "bidirectional"]
 FbcVariant = Literal["standard", "opposite", "mutual"]
 DecodeFrames = Literal["annotated", "all"]
-ShortTextSource = Literal["manual", "machine"]
+ShortTextSource = Literal["data", "manual", "machine"]
 FbcReduction = Literal["mean", "pixel_mean", "sum"]
 MaskResolution = Literal["input", "stride4"]
 InferenceShortPathway = Literal["encoder", "none"]
@@ -282,7 +283,9 @@ class ModelConfig:
     name: str = "losh-m"
     architecture: str = "mttr"
     use_short_text: bool = True
-    short_text_source: ShortTextSource = "manual"   # manual: the data set's short_query; machine: the tagger's
+    # the short texts trained on: "manual" (the data set's annotated short_query), "machine" (the tagger's), or
+    # "data": what the prepared data holds (the paper finds the two equivalent, table 2); a run records which
+    short_text_source: ShortTextSource = "data"
     window: int = 8                                  # frames per sample around the annotated frame
     # inference (paper 3.8: the short prediction head is deactivated, the long expression is what is given):
     # "encoder" runs the short text derived from the long expression by the tagger through the multimodal
@@ -475,6 +478,22 @@ def with_overrides(config: ModelConfig, overrides: dict[str, Any]) -> ModelConfi
         data[head] = {**data[head], **{k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}}
     data.update(top)
     return ModelConfig.from_dict(data, where=f"{config.name} with overrides")
+
+
+def parse_assignments(assignments: Sequence[str]) -> dict[str, Any]:
+    """`--set` values "dotted.key=value" -> {key: value}; a value is read as JSON (numbers, true/false, lists,
+    null, quoted strings), else taken as a string ("backbone.weights=/data/swin.pth")."""
+    overrides: dict[str, Any] = {}
+    for assignment in assignments:
+        key, sep, raw = assignment.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {assignment!r}: write KEY=VALUE, e.g. loss.fbc=0.0 or backbone.variant=swin-b")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        overrides[key.strip()] = value
+    return overrides
 
 
 def save_config(config: ModelConfig, path: str | os.PathLike) -> None:

@@ -110,7 +110,7 @@ def test_version_2_configs_keep_their_behaviour():
     ("table2", "LoSh-M w/ Inv-CA", dict(ca="short_from_long")),
     ("table2", "LoSh-M w/ Bi-CA", dict(ca="bidirectional")),
     ("table2", "LoSh-M w/ MSh", dict(short_text_source="machine", ca="long_from_short")),
-    ("table2", "LoSh-M (Ours)", dict(short_text_source="manual", ca="long_from_short", lsi=5.0, fbc=0.1)),
+    ("table2", "LoSh-M (Ours)", dict(short_text_source="data", ca="long_from_short", lsi=5.0, fbc=0.1)),
     ("table3", "LoSh-M w/o L_fbc", dict(fbc=0.0, fbc_variant="standard")),
     ("table3", "LoSh-M w/ L^o_fbc", dict(fbc=0.1, fbc_variant="opposite")),
     ("table3", "LoSh-M w/ L^m_fbc", dict(fbc=0.1, fbc_variant="mutual")),

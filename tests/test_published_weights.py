@@ -44,7 +44,7 @@ def heads_config(tmp_path: Path, preset: str, **overrides) -> Path:
 
 def convert(tmp_path: Path, source_format: str, source: Path, config: Path, *extra: str) -> tuple[Path, str]:
     out = tmp_path / f"{source_format}.pt"
-    result = runner.invoke(app, ["convert-checkpoint", str(source), str(out), "--from", source_format,
+    result = runner.invoke(app, ["convert-checkpoint", str(source), "--out", str(out), "--from", source_format,
                                  "--config", str(config), *extra])
     assert result.exit_code == 0, result.output
     return out, result.output
@@ -190,7 +190,7 @@ def test_sgmg_computes_sgmgs_function_stage_by_stage(sgmg, run):
 
 def test_another_models_file_is_refused_naming_what_it_is(tmp_path):
     mttr_file = unpacked(tmp_path, "mttr_tiny.pth.tar.gz")
-    result = runner.invoke(app, ["convert-checkpoint", str(mttr_file), str(tmp_path / "x.pt"), "--from", "sgmg"])
+    result = runner.invoke(app, ["convert-checkpoint", str(mttr_file), "--out", str(tmp_path / "x.pt"), "--from", "sgmg"])
     assert result.exit_code == 1
     assert "no SgMg state dict under 'model'" in result.output and "looks like MTTR's: --from mttr" in result.output
     assert not (tmp_path / "x.pt").exists()
@@ -202,12 +202,12 @@ def test_a_missing_or_unknown_tensor_is_refused_naming_it(tmp_path):
     state = dict(source["model_state_dict"])
     del state["transformer.decoder.norm.weight"]
     torch.save({"model_state_dict": state}, tmp_path / "missing.pth.tar")
-    result = runner.invoke(app, ["convert-checkpoint", str(tmp_path / "missing.pth.tar"), str(tmp_path / "a.pt"),
+    result = runner.invoke(app, ["convert-checkpoint", str(tmp_path / "missing.pth.tar"), "--out", str(tmp_path / "a.pt"),
                                  "--from", "mttr", "--config", str(config)])
     assert result.exit_code == 1 and "lacks 1 tensors of mttr: decoder.norm.weight" in result.output
     state = {**source["model_state_dict"], "transformer.extra_head.weight": torch.zeros(2)}
     torch.save({"model_state_dict": state}, tmp_path / "unknown.pth.tar")
-    result = runner.invoke(app, ["convert-checkpoint", str(tmp_path / "unknown.pth.tar"), str(tmp_path / "b.pt"),
+    result = runner.invoke(app, ["convert-checkpoint", str(tmp_path / "unknown.pth.tar"), "--out", str(tmp_path / "b.pt"),
                                  "--from", "mttr", "--config", str(config)])
     assert result.exit_code == 1 and "tensors that MTTR does not have: transformer.extra_head.weight" in result.output
 
@@ -216,12 +216,12 @@ def test_a_wrong_head_count_and_a_losh_checkpoint_are_refused(tmp_path, sgmg):
     source = unpacked(tmp_path, "sgmg_tiny.pth.gz")
     # 8 heads x 4 levels x 4 points = 128 attention weights: 3 heads cannot have made them
     bad = heads_config(tmp_path, "sgmg", **{"transformer.nheads": 3, "transformer.d_model": 96})
-    result = runner.invoke(app, ["convert-checkpoint", str(source), str(tmp_path / "x.pt"), "--from", "sgmg",
+    result = runner.invoke(app, ["convert-checkpoint", str(source), "--out", str(tmp_path / "x.pt"), "--from", "sgmg",
                                  "--config", str(bad)])
     assert result.exit_code == 1 and "not a multiple of 3 heads x 4 levels" in result.output
     losh_file = tmp_path / "ours.pt"
     torch.save({"schema": "losh.checkpoint", "version": 1}, losh_file)
-    result = runner.invoke(app, ["convert-checkpoint", str(losh_file), str(tmp_path / "y.pt"), "--from", "sgmg"])
+    result = runner.invoke(app, ["convert-checkpoint", str(losh_file), "--out", str(tmp_path / "y.pt"), "--from", "sgmg"])
     assert result.exit_code == 1 and "already a losh.checkpoint checkpoint" in result.output
 
 
@@ -244,7 +244,7 @@ def test_sgmg_files_keep_their_options_and_counters_which_are_read_and_dropped(t
     assert checkpoint["data_preparation"]["resolution"] == {"short_side": 360, "max_long_side": 640}
     assert checkpoint["model_config"]["window"] == 5
     # an existing OUT is kept unless --overwrite
-    result = runner.invoke(app, ["convert-checkpoint", str(tmp_path / "sgmg_thop.pth"), str(out), "--from", "sgmg",
+    result = runner.invoke(app, ["convert-checkpoint", str(tmp_path / "sgmg_thop.pth"), "--out", str(out), "--from", "sgmg",
                                  "--config", str(config)])
     assert result.exit_code == 1 and "pass --overwrite" in result.output
 

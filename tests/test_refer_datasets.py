@@ -200,3 +200,15 @@ def test_broken_files_are_reported_by_id_and_the_rest_prepared(tmp_path):
     # frames 5-8 lose their window; the others of that video are kept, every one fully supervised
     kept = {tuple(r.window) for r in records if r.video_id == no_mask}
     assert kept == {(1, 2, 3, 4)} and manifest["counts"]["broken"] == len(problems)
+
+
+def test_valid_split_writes_its_submission_by_default_and_is_refused_with_nowhere_to_write(ytvos, trained, tmp_path):
+    _, prep, _ = ytvos
+    checkpoint, _ = trained
+    nowhere = CliRunner().invoke(app, ["evaluate", "--data", str(prep), "--checkpoint", str(checkpoint),
+                                       "--split", "valid"])
+    assert nowhere.exit_code == 2 and "scored by the Refer-YouTube-VOS server: give --out" in nowhere.output
+    result = CliRunner().invoke(app, ["evaluate", "--data", str(prep), "--checkpoint", str(checkpoint),
+                                      "--split", "valid", "--out", str(tmp_path / "eval"), "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "eval" / "submission.zip").is_file() and (tmp_path / "eval" / "metrics.json").is_file()

@@ -150,11 +150,20 @@ def test_training_with_fbc_and_no_flows_says_to_compute_them(prepared, tmp_path)
     assert "compute-flows" in result.output
 
 
-def test_short_text_source_of_data_and_config_must_agree(prepared, tmp_path):
+def test_presets_train_on_the_short_text_the_data_holds_and_the_run_records_it(prepared, tmp_path):
+    """The presets take the prepared data's short text (manual here) and write which into the run's config; an
+    explicit source (`:msh`, the ablation's machine short text) must match the data."""
     result = CliRunner().invoke(app, ["train", "--data", str(prepared), "--out", str(tmp_path / "r"),
                                       "--config", "tiny:msh", "--max-steps", "1", "--workers", "0"])
     assert result.exit_code == 1
     assert "trains on machine short text, but the data holds manual short text" in result.output
+    assert get_config("tiny").short_text_source == "data"
+    result = CliRunner().invoke(app, ["train", "--data", str(prepared), "--out", str(tmp_path / "ok"), "--config",
+                                      "tiny:wo-fbc", "--max-steps", "1", "--epochs", "1", "--workers", "0",
+                                      "--amp", "off"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "ok" / "config.json").read_text())["short_text_source"] == "manual"
+    assert load_checkpoint(tmp_path / "ok/checkpoints/last.pt")["model_config"]["short_text_source"] == "manual"
 
 
 @pytest.mark.parametrize("expressions_per_clip", [1, 3])

@@ -33,7 +33,8 @@ def evaluate_checkpoint(data: Path, checkpoint: Path, *, split: str | None = Non
                         batch_size: int = 2, num_workers: int = 0, device: str | None = None,
                         progress: bool = True, use_ema: bool = True, amp: str = "off",
                         resolution: str = "original", raw: Path | None = None, max_samples: int = 0,
-                        inference_short_pathway: str | None = None, submission: Path | None = None) -> dict:
+                        inference_short_pathway: str | None = None, submission: Path | None = None,
+                        text_encoder: str | None = None) -> dict:
     """A checkpoint's metrics on `split` of `data` (default: the split the data set evaluates, e.g. A2D's
     test), in float32 unless `amp` is 'bf16' (MTTR evaluates in float32, whatever the training used),
     scored at the original video size unless `resolution` is 'prepared'. Whole-video splits
@@ -42,7 +43,8 @@ def evaluate_checkpoint(data: Path, checkpoint: Path, *, split: str | None = Non
     if amp not in AMP_CHOICES:
         raise ValueError(f"amp must be one of {AMP_CHOICES}, got {amp!r}")
     dev = select_device(Dist(local_rank=int(os.environ.get("LOCAL_RANK", "0"))), device)   # one process
-    model, ckpt = load_model(checkpoint, dev, use_ema=use_ema, inference_short_pathway=inference_short_pathway)
+    model, ckpt = load_model(checkpoint, dev, use_ema=use_ema, inference_short_pathway=inference_short_pathway,
+                             text_encoder=text_encoder)
     metrics = evaluate_model(model, data, split=split, save_predictions=save_predictions, visualize=visualize,
                              visualize_dir=visualize_dir or (Path(out).parent / "pictures" if out else Path("pictures")),
                              batch_size=batch_size, num_workers=num_workers, amp=amp, progress=progress,

@@ -107,7 +107,8 @@ def _publish(stage: Path, out: Path) -> None:
         os.replace(stage, out)
 
 
-def _load(checkpoint: Path, device: torch.device, use_ema: bool, inference_short_pathway: str | None):
+def _load(checkpoint: Path, device: torch.device, use_ema: bool, inference_short_pathway: str | None,
+          text_encoder: str | None = None):
     from losh.training.checkpoint import load_checkpoint, model_from_checkpoint
 
     try:
@@ -117,7 +118,8 @@ def _load(checkpoint: Path, device: torch.device, use_ema: bool, inference_short
     except ValueError as e:
         raise PredictError(str(e)) from e
     try:
-        model = model_from_checkpoint(ckpt, device, use_ema=use_ema, inference_short_pathway=inference_short_pathway)
+        model = model_from_checkpoint(ckpt, device, use_ema=use_ema, inference_short_pathway=inference_short_pathway,
+                                      text_encoder=text_encoder)
     except (KeyError, RuntimeError, TypeError) as e:
         raise PredictError(f"{checkpoint}: the checkpoint's model cannot be built ({first_line(e)})") from e
     return model, ckpt
@@ -142,7 +144,7 @@ def predict(checkpoint: Path, video: Path, texts: Sequence[str], out: Path, *, f
             device: str | None = None, overlay: bool = True, overwrite: bool = False,
             short_side: int | None = None, max_long_side: int | None = None, amp: str = "off",
             use_ema: bool = True, inference_short_pathway: str | None = None, progress: bool = False,
-            spill_dir: Path | None = None) -> dict:
+            spill_dir: Path | None = None, text_encoder: str | None = None) -> dict:
     """Masks of every frame of `video` (a video file or a folder of frames) for each of `texts`, written to
     `out` (see the module docstring); returns what `out/predictions.json` holds. Raises `PredictError` (a
     `ValueError`; `PredictUsageError` for a wrong call) with a one-line reason on bad inputs, leaving no
@@ -174,7 +176,7 @@ def predict(checkpoint: Path, video: Path, texts: Sequence[str], out: Path, *, f
         raise PredictUsageError(f"--device {device}: CUDA is not available on this machine")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    model, ckpt = _load(checkpoint, dev, use_ema, inference_short_pathway)
+    model, ckpt = _load(checkpoint, dev, use_ema, inference_short_pathway, text_encoder)
     timings["load_s"] = time.perf_counter() - t0
     preparation = ckpt.get("data_preparation") or {}
     resolution = {**DEFAULT_RESOLUTION, **(preparation.get("resolution") or {})}

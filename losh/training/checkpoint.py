@@ -54,20 +54,26 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
 
 
 def load_model(checkpoint: Path, device: torch.device, *, use_ema: bool = True,
-               inference_short_pathway: str | None = None) -> tuple[torch.nn.Module, dict]:
+               inference_short_pathway: str | None = None, text_encoder: str | None = None
+               ) -> tuple[torch.nn.Module, dict]:
     """The checkpoint's model in eval mode on `device`, with its weight average (`ema_decay` runs) unless `use_ema`
-    is False; `inference_short_pathway` overrides the config's (it changes inference only, not the weights).
-    Returns (model, the checkpoint's dict)."""
+    is False; `inference_short_pathway` overrides the config's (it changes inference only, not the weights);
+    `text_encoder`: where this machine has the pretrained text encoder's local files, when the checkpoint's
+    path is another machine's. Returns (model, the checkpoint's dict)."""
     ckpt = load_checkpoint(checkpoint)
-    return model_from_checkpoint(ckpt, device, use_ema=use_ema, inference_short_pathway=inference_short_pathway), ckpt
+    return model_from_checkpoint(ckpt, device, use_ema=use_ema, inference_short_pathway=inference_short_pathway,
+                                 text_encoder=text_encoder), ckpt
 
 
 def model_from_checkpoint(ckpt: dict, device: torch.device, *, use_ema: bool = True,
-                          inference_short_pathway: str | None = None) -> torch.nn.Module:
+                          inference_short_pathway: str | None = None, text_encoder: str | None = None
+                          ) -> torch.nn.Module:
     """The model of a loaded checkpoint (`load_model` without the reading), in eval mode on `device`."""
     config = ModelConfig.from_dict(ckpt["model_config"])
     if inference_short_pathway is not None:
         config = with_overrides(config, {"inference_short_pathway": inference_short_pathway})
+    if text_encoder is not None and config.text.pretrained:
+        config = with_overrides(config, {"text.encoder": str(text_encoder)})
     model = build_model(config, load_pretrained=False)   # the checkpoint holds the trained backbone
     ema = ckpt.get("model_ema")
     model.load_state_dict(ema["weights"] if use_ema and ema is not None else ckpt["model"])

@@ -89,7 +89,7 @@ def read_published(path: str | Path, source_format: str) -> dict[str, Tensor]:
 
 
 def convert_state(state: dict[str, Tensor], source_format: str, base: ModelConfig | None = None,
-                  trained_on: str | None = None, window: int | None = None
+                  trained_on: str | None = None, window: int | None = None, text_encoder: str | None = None
                   ) -> tuple[dict[str, Tensor], ModelConfig, ConversionReport]:
     """(our state dict, its config, the report) of a published state dict; the model is built to check that
     every one of its tensors is filled, with the shapes it has."""
@@ -107,6 +107,8 @@ def convert_state(state: dict[str, Tensor], source_format: str, base: ModelConfi
     except NotThisFormat as error:
         raise ConversionRefused(f"not {fmt.title}'s state dict: {error}") from None
     config = replace(config, name=base.name)
+    if text_encoder is not None and config.text.pretrained:   # this machine's copy of the published RoBERTa
+        config = replace(config, text=replace(config.text, encoder=str(text_encoder)))
     config.validate()
     model = build_model(config, load_pretrained=False)
     own = {k: v for k, v in model.state_dict().items() if isinstance(v, Tensor)}
@@ -139,7 +141,7 @@ def convert_state(state: dict[str, Tensor], source_format: str, base: ModelConfi
 
 def convert_checkpoint(source_format: str, source: str | Path, out: str | Path, *, config: str | None = None,
                        trained_on: str | None = None, window: int | None = None,
-                       overwrite: bool = False) -> ConversionReport:
+                       overwrite: bool = False, text_encoder: str | None = None) -> ConversionReport:
     """Reads a published file, converts it and writes the losh checkpoint `out` (atomically; an existing file
     only with `overwrite`). `config`: a preset spec or JSON config file the dims are read onto (default: the
     format's preset); `trained_on`: the data set the weights were trained on (window, evaluation resolution);
@@ -152,7 +154,7 @@ def convert_checkpoint(source_format: str, source: str | Path, out: str | Path, 
         raise ConversionRefused("the converted checkpoint would replace the published file: choose another OUT")
     state = read_published(source, source_format)
     base = resolve_config(config) if config else None
-    weights, model_config, report = convert_state(state, source_format, base, trained_on, window)
+    weights, model_config, report = convert_state(state, source_format, base, trained_on, window, text_encoder)
     preparation = None
     if trained_on is not None:
         values = fmt.trained_on[trained_on]

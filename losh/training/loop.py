@@ -45,7 +45,7 @@ from losh.training.ema import WeightAverage
 from losh.training.init_from import initialise_from
 from losh.training.optim import main_lr, param_groups, warmed_up
 from schemas.atomic import remove_stale_temporaries
-from schemas.config import ModelConfig
+from schemas.config import ModelConfig, with_overrides
 from schemas.flows import FLOWS_DIR
 from schemas.locks import folder_lock, refuse_if_locked
 from schemas.train import SAFE_TO_CHANGE_ON_RESUME, TrainSettings
@@ -196,6 +196,14 @@ def validation_for_data(settings: TrainSettings, manifest: dict) -> TrainSetting
     return TrainSettings.from_dict({**settings.to_dict(), "eval_split": split, "best_metric": metric})
 
 
+def config_for_data(config: ModelConfig, manifest: dict) -> ModelConfig:
+    """The config as this run trains it: short_text_source "data" becomes the prepared data's (recorded in the
+    run's config.json and checkpoints)."""
+    if config.short_text_source == "data":
+        return with_overrides(config, {"short_text_source": manifest["short_text"]["source"]})
+    return config
+
+
 def check_data_matches_config(manifest: dict, config: ModelConfig) -> None:
     """Refuse a prepared set whose window or short-text source differs from what the config trains."""
     if manifest["window"] != config.window:
@@ -203,7 +211,7 @@ def check_data_matches_config(manifest: dict, config: ModelConfig) -> None:
                          f"--window {manifest['window']} ({manifest['dataset']}); pass `losh train --window "
                          f"{manifest['window']}` or prepare again with --window {config.window}")
     source = manifest["short_text"]["source"]
-    if config.use_short_text and source != config.short_text_source:
+    if config.use_short_text and config.short_text_source != "data" and source != config.short_text_source:
         hint = ("append ':msh' to the preset (machine short text, the paper's LoSh-M w/ MSh)"
                 if source == "machine" else "use a config with short_text_source 'manual'")
         raise ValueError(f"config {config.name!r} trains on {config.short_text_source} short text, but the data "
@@ -240,6 +248,8 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
         torch.backends.cudnn.benchmark = True
     out = Path(out)
     refuse_if_locked(out, "losh train")      # another process writes this run now: say so before anything else
+    manifest = dataset_manifest(data)
+    config = config_for_data(config, manifest)
     ckpt_path = out / "checkpoints" / "last.pt"
     checkpoint = None
     if ckpt_path.exists():
@@ -271,7 +281,6 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
         torch.use_deterministic_algorithms(True, warn_only=True)
 
     # ---- data: shards only, prepared the way this config expects
-    manifest = dataset_manifest(data)
     check_data_matches_config(manifest, config)
     settings = validation_for_data(settings, manifest)
     with_flows = config.loss.fbc > 0

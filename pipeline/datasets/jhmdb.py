@@ -35,6 +35,8 @@ MASK_KEY = "part_mask"
 FRAMES_PER_VIDEO = 3
 METADATA_FILE = "jhmdb_sentences_samples_metadata.json"   # the list a prepared set used (MTTR's format)
 METADATA_ROOT = "./jhmdb_sentences"                       # the root MTTR's file names its paths under
+# MTTR's published list (Apache-2.0, protocols/NOTICE.md): `losh prepare-data --dataset jhmdb`'s default
+MTTR_PROTOCOL = Path(__file__).parent / "protocols" / METADATA_FILE
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,10 @@ def plan_jhmdb(root: Path, *, samples_metadata: Path | None = None, seed: int = 
     if protocol is not None:
         for vid in sorted(set(protocol) - set(raw.videos) - {p.video_id for p in raw.problems}):
             problems.append(Problem(vid, "in the samples metadata file but not a readable video of this root"))
+    if not videos and protocol is not None and raw.videos:
+        raise DatasetRootError(f"{root}: none of its {len(raw.videos)} videos is in the samples metadata file "
+                               f"{samples_metadata}: for another set of videos, draw 3 frames a video with "
+                               "--samples-metadata seed (and --seed)")
     if not videos:
         raise DatasetRootError(f"{root}: no JHMDB-Sentences video with frames, masks and an expression")
     info = {"protocol": "samples metadata file" if protocol is not None else f"3 frames a video drawn with seed {seed}",
