@@ -19,6 +19,7 @@ from cli.main import app
 from losh.models.losh_s.criterion import LoShSCriterion
 from losh.models.losh_s.model import LoShS
 from losh.models.registry import build_criterion, build_model
+from losh.training.loop import config_for_data
 from losh.training.optim import param_groups
 from schemas.config import ConfigError, LossConfig, load_config, save_config, with_overrides
 from schemas.presets import get_config
@@ -765,7 +766,9 @@ def test_cli_trains_resumes_evaluates_and_predicts_with_losh_s(prepared_s, tmp_p
 
     checkpoint = tmp_path / "full/checkpoints/last.pt"
     model, _ = load_model(checkpoint, torch.device("cpu"))
-    assert isinstance(model, LoShS) and model.config == get_config("tiny-s")
+    manifest = json.loads((prepared_s / "manifest.json").read_text())
+    assert isinstance(model, LoShS) and model.config == config_for_data(get_config("tiny-s"), manifest)
+    assert model.config.short_text_source == manifest["short_text"]["source"] != "data"
     result = CliRunner().invoke(app, ["evaluate", "--data", str(prepared_s), "--checkpoint", str(checkpoint),
                                       "--out", str(tmp_path / "metrics.json")])
     assert result.exit_code == 0, result.output
