@@ -284,7 +284,7 @@ def test_an_annotated_frame_near_each_end_exercises_window_clamping(sets):
 
 def test_rewrite_into_the_same_root_leaves_no_stale_files(tmp_path):
     write_synthetic_a2d(tmp_path, seed=5, **SETTINGS)
-    summary = write_synthetic_a2d(tmp_path, seed=6, **{**SETTINGS, "videos": 3})
+    summary = write_synthetic_a2d(tmp_path, seed=6, **{**SETTINGS, "videos": 3}, overwrite=True)
     ids = {r[0] for r in _videoset(tmp_path)}
     assert len(ids) == 3
     assert {p.stem for p in (tmp_path / "Release" / "clips320H").iterdir()} == ids
