@@ -25,13 +25,20 @@ import h5py
 import numpy as np
 
 from pipeline.flow_field import encode, farneback, gray_from_bgr, to_grid
-from schemas.flow_reader import FlowReader
-from pipeline.flows import build_flow_jobs, compute_flows, compute_video_flows, frame_flows, keep_freed_memory, \
-    read_gray_frames, start_local_cluster
+from pipeline.flows import (
+    build_flow_jobs,
+    compute_flows,
+    compute_video_flows,
+    frame_flows,
+    keep_freed_memory,
+    read_gray_frames,
+    start_local_cluster,
+)
 from pipeline.prepare import PrepareSettings, prepare_a2d
-from schemas.prepared_reader import PreparedDataset
 from pipeline.synth import write_synthetic_a2d
+from schemas.flow_reader import FlowReader
 from schemas.flows import FlowParams, parse_compression
+from schemas.prepared_reader import PreparedDataset
 
 REPEATS = 2            # best of: the machine is shared, the minimum is the least disturbed run
 PARALLEL_REPEATS = 3

@@ -16,8 +16,8 @@ import h5py
 import numpy as np
 
 from pipeline.prepare import PrepareSettings, prepare_a2d
-from schemas.prepared_reader import PreparedDataset
 from pipeline.synth import write_synthetic_a2d
+from schemas.prepared_reader import PreparedDataset
 
 
 def _decode_ms(prep: Path, repeats: int = 3) -> float:

@@ -18,14 +18,14 @@ import csv
 import json
 import os
 import sys
-from contextlib import ExitStack
+import warnings
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from schemas.locks import FolderBusy
-
 
 app = typer.Typer(
     help="LoSh (CVPR 2024) toolkit for referring video object segmentation: "
@@ -41,6 +41,23 @@ def fail(message: str, code: int = 1) -> None:
 
 def warn(message: str) -> None:
     typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)
+
+
+@contextmanager
+def warnings_as_lines(category: type[Warning]):
+    """Within the block, warnings of `category` print as one `warning: ...` line (no file and line number)."""
+    previous = warnings.showwarning
+
+    def show(message, cat, *args, **kwargs):
+        if issubclass(cat, category):
+            warn(str(message))
+        else:
+            previous(message, cat, *args, **kwargs)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", category)
+        warnings.showwarning = show
+        yield
 
 
 def _show_version(value: bool) -> None:
@@ -108,6 +125,8 @@ def synth(
                                               "masks for train), refer-davis (the four expression sets) or jhmdb "
                                               "(JHMDB-Sentences: PNG frames, one actor's puppet_mask.mat per video, "
                                               "the last video 2 masks short).")] = "a2d",
+    overwrite: Annotated[bool, typer.Option(help="Replace a set that `losh synth` wrote in OUT (never other "
+                                                 "data).")] = False,
 ) -> None:
     """Write a small synthetic RVOS data set in a real data set's on-disk layout (A2D-Sentences by default)."""
     out = one_of(out, out_old, "--out")
@@ -121,16 +140,20 @@ def synth(
     )
 
     writers = {"a2d": lambda: write_synthetic_a2d(out, videos=videos, seed=seed, height=height, width=width,
-                                                  frames=frames, annotated_per_video=annotated),
+                                                  frames=frames, annotated_per_video=annotated, overwrite=overwrite),
                "refer-youtube-vos": lambda: write_synthetic_refer_youtube_vos(out, videos=videos, seed=seed,
-                                                                              height=height, width=width, frames=frames),
+                                                                              height=height, width=width, frames=frames, overwrite=overwrite),
                "refer-davis": lambda: write_synthetic_refer_davis(out, videos=videos, seed=seed, height=height,
-                                                                  width=width, frames=frames),
+                                                                  width=width, frames=frames, overwrite=overwrite),
                "jhmdb": lambda: write_synthetic_jhmdb(out, videos=videos, seed=seed, height=height, width=width,
-                                                      frames=frames)}
+                                                      frames=frames, overwrite=overwrite)}
     if layout not in writers:
         fail(f"--layout must be one of {', '.join(writers)}", 2)
-    summary = writers[layout]()
+    from schemas.folders import FolderNotEmpty
+    try:
+        summary = writers[layout]()
+    except FolderNotEmpty as e:
+        fail(str(e), 2)
     typer.echo(json.dumps(summary, indent=1))
 
 
@@ -210,6 +233,8 @@ def prepare_data(
              "format, or seed (3 frames a video drawn with --seed).")] = "mttr",
     split: Annotated[str, typer.Option(help="refer-davis: the DAVIS split to prepare (val or train).")] = "val",
     workers: Annotated[Optional[int], typer.Option(min=0, help=WORKERS_HELP, envvar="LOSH_WORKERS")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a set prepared in OUT with other settings, and its flows "
+                                                 "(never other data).")] = False,
 ) -> None:
     """Raw data set -> prepared data set: short expressions, merged masks, manifest, HDF5 shards."""
     workers = max(default_workers(workers), 1)   # 0 and 1 both mean: this process
@@ -232,7 +257,7 @@ def prepare_data(
                "jhmdb": {"samples_metadata": protocol, "seed": seed}}.get(dataset, {})
     try:
         manifest = prepare_dataset(dataset, root, out, short_source=short_text, tagger=tagger, rule=rule,
-                                   settings=settings, workers=workers, **options)
+                                   settings=settings, workers=workers, overwrite=overwrite, **options)
     except (DatasetRootError, TaggerUnavailable, ValueError, FolderBusy) as e:
         fail(str(e))
     c = manifest["counts"]
@@ -580,9 +605,10 @@ def evaluate(
             if out is not None:
                 atomic_write_json(out, report)
         else:
-            from losh.evaluation.evaluate import evaluate_checkpoint
+            from losh.evaluation.evaluate import WindowMismatch, evaluate_checkpoint
             from schemas.torch_files import trusting_files
             stack.enter_context(trusting_files(trust_checkpoint))
+            stack.enter_context(warnings_as_lines(WindowMismatch))
             report = evaluate_checkpoint(data, checkpoint, split=split, out=out, save_predictions=save_predictions,
                                          visualize=visualize, visualize_dir=visualize_dir, batch_size=batch_size,
                                          num_workers=workers, device=device, use_ema=ema, amp=amp,

@@ -30,6 +30,12 @@ from pipeline.datasets import DATASETS, plan_dataset
 from pipeline.datasets.a2d import CorruptMaskFile, list_annotated_frames, read_frame_annotation
 from pipeline.datasets.base import DatasetPlan, DatasetRootError, Problem, VideoSpec
 from pipeline.masks import group_by_short, merge_masks
+from pipeline.prepared_folder import (
+    recorded_reader_options,
+    remove_prepared_set,
+    replaces_existing_set,
+    requested_settings,
+)
 from pipeline.video import (
     DECODERS,
     VideoUnreadable,
@@ -40,6 +46,7 @@ from pipeline.video import (
     window_indices,
 )
 from schemas.atomic import atomic_path, atomic_write_text
+from schemas.flows import FLOWS_DIR
 from schemas.frame_codec import encode_frame
 from schemas.locks import folder_lock, refuse_if_locked
 from schemas.prepared import PREPARED_SCHEMA, PREPARED_VERSION, SampleRecord
@@ -402,6 +409,11 @@ def extract_shorts(plan: DatasetPlan, short_source: str, tagger: str, rule: str
     return result, info
 
 
+def settings_hash(settings: PrepareSettings) -> str:
+    """The manifest's `settings_hash`: what the stored frames depend on (flows/index.json records it)."""
+    return hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()[:16]
+
+
 def settings_for(dataset: str, **overrides) -> PrepareSettings:
     """The data set's default window and sizes (MTTR's recipe for it), with `overrides` (None: keep)."""
     if dataset not in DATASETS:
@@ -423,20 +435,31 @@ def without_unsafe_ids(plan: DatasetPlan) -> DatasetPlan:
 
 def prepare_dataset(dataset: str, root: Path, out: Path, *, short_source: str = "machine", tagger: str = "spacy",
                     rule: str = "subject", settings: PrepareSettings | None = None, workers: int | None = None,
-                    progress: bool = True, **reader_options) -> dict:
+                    progress: bool = True, overwrite: bool = False, **reader_options) -> dict:
     """`_prepare_dataset` holding `out`'s lock (one writer; refused at once while another writes `out`, or while
-    `compute-flows` writes its flows)."""
+    `compute-flows` writes its flows).
+
+    `out` may be missing, empty, a partial run of prepare-data or a set prepared with the same settings (all
+    resumed). A set prepared with other settings raises PreparedSetDiffers naming them, unless `overwrite`: then it
+    is replaced, its flows/ included. Any other non-empty folder raises FolderNotEmpty, also with `overwrite`."""
+    out = Path(out)
+    settings = settings or settings_for(dataset)
+    wanted = requested_settings(dataset, asdict(settings), short_source, tagger, rule, reader_options)
+    replaces_existing_set(out, wanted, settings_hash(settings), overwrite)   # refused before OUT is touched
     with folder_lock(out, "losh prepare-data"):
-        refuse_if_locked(Path(out) / "flows", "losh prepare-data")
+        refuse_if_locked(out / FLOWS_DIR, "losh prepare-data")
+        replace = replaces_existing_set(out, wanted, settings_hash(settings), overwrite)   # as it is now, locked
         return _prepare_dataset(dataset, root, out, short_source=short_source, tagger=tagger, rule=rule,
-                                settings=settings, workers=workers, progress=progress, **reader_options)
+                                settings=settings, workers=workers, progress=progress, replace_existing=replace,
+                                **reader_options)
 
 
 def _prepare_dataset(dataset: str, root: Path, out: Path, *, short_source: str = "machine", tagger: str = "spacy",
                      rule: str = "subject", settings: PrepareSettings | None = None, workers: int | None = None,
-                     progress: bool = True, **reader_options) -> dict:
+                     progress: bool = True, replace_existing: bool = False, **reader_options) -> dict:
     """Prepare a raw root of `dataset` into `out`; returns the manifest (with counts). `reader_options`
-    go to the data set's reader (Refer-YouTube-VOS: holdout_videos, seed; Refer-DAVIS17: split)."""
+    go to the data set's reader (Refer-YouTube-VOS: holdout_videos, seed; Refer-DAVIS17: split).
+    `replace_existing`: remove the prepared set in `out` (once the raw root has been read)."""
     root, out = Path(root), Path(out)
     settings = settings or settings_for(dataset)
     if settings.decoder not in DECODERS:
@@ -444,6 +467,8 @@ def _prepare_dataset(dataset: str, root: Path, out: Path, *, short_source: str =
     plan = plan_dataset(dataset, root, **reader_options)
     plan = without_unsafe_ids(plan)
     shorts, short_info = extract_shorts(plan, short_source, tagger, rule)
+    if replace_existing:
+        remove_prepared_set(out)
     (out / "shards").mkdir(parents=True, exist_ok=True)
     for stale in (out / "shards").glob(".*.tmp-*"):
         stale.unlink()  # leftovers of a killed run
@@ -497,7 +522,8 @@ def _prepare_dataset(dataset: str, root: Path, out: Path, *, short_source: str =
         "short_text": short_info, "window": settings.window,
         "resolution": {"short_side": settings.short_side, "max_long_side": settings.max_long_side},
         "codec": {"format": settings.codec, "quality": settings.jpeg_quality}, "decoder": settings.decoder,
-        "settings_hash": hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()[:16],
+        "settings_hash": settings_hash(settings),
+        "reader_options": recorded_reader_options(plan.dataset, reader_options),
         "counts": counts, "shards": shards, "records_file": "samples.jsonl", "report_file": "report.json",
         "splits": splits, "eval_split": eval_split, "dataset_info": plan.info,
     }
@@ -507,7 +533,7 @@ def _prepare_dataset(dataset: str, root: Path, out: Path, *, short_source: str =
 
 def prepare_a2d(root: Path, out: Path, *, short_source: str = "machine", tagger: str = "spacy",
                 rule: str = "subject", settings: PrepareSettings = PrepareSettings(), workers: int | None = None,
-                progress: bool = True) -> dict:
+                progress: bool = True, overwrite: bool = False) -> dict:
     """Prepare an A2D-Sentences root into `out` (see prepare_dataset)."""
     return prepare_dataset("a2d", root, out, short_source=short_source, tagger=tagger, rule=rule, settings=settings,
-                           workers=workers, progress=progress)
+                           workers=workers, progress=progress, overwrite=overwrite)

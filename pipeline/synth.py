@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.synth_language import describe
+from pipeline.synth_output import synthetic_set
 from pipeline.synth_render import FPS, background, render, write_h5, write_mp4, write_text
 from pipeline.synth_scenes import (
     COLOURS,
@@ -64,26 +65,14 @@ def plan_video(seed_sequence: np.random.SeedSequence, video_id: str, subset: int
     raise RuntimeError(f"could not lay out video {video_id}: frames too small for its objects?")
 
 
-def _remove_stale_files(directory: Path, keep: set[str], pattern: str) -> None:
-    """Files of a previous run (or its leftover temporaries) that this run does not write: a
-    re-run into the same OUT must read as a fresh set."""
-    for path in sorted(directory.glob(pattern)):
-        if path.is_file() and path.stem not in keep:
-            path.unlink()
-
-
-def _remove_stale_mask_folders(masks_root: Path, keep: set[str]) -> None:
-    for folder in sorted(p for p in masks_root.iterdir() if p.is_dir() and p.name not in keep):
-        _remove_stale_files(folder, set(), "*.h5")
-        if not any(folder.iterdir()):
-            folder.rmdir()
-
-
 def write_synthetic_a2d(out: Path, videos: int = 12, seed: int = 0, *, height: int = 128, width: int = 176,
-                        frames: int = 24, annotated_per_video: int = 3, progress: bool = True) -> dict:
+                        frames: int = 24, annotated_per_video: int = 3, progress: bool = True,
+                        overwrite: bool = False) -> dict:
     """Write a synthetic A2D-Sentences data set under `out` and return a summary.
 
-    Deterministic for a seed: same annotation files byte for byte, same decoded frames and masks.
+    Deterministic for a seed: same annotation files byte for byte, same decoded frames and masks. `out` must be
+    missing or empty; with `overwrite` it may be a set `losh synth` wrote, which is replaced whole (pipeline/
+    synth_output.py); anything else raises `FolderNotEmpty` and is left as it is.
     """
     lo, hi = annotation_range(frames)
     if videos < 3:
@@ -93,7 +82,15 @@ def write_synthetic_a2d(out: Path, videos: int = 12, seed: int = 0, *, height: i
     if annotated_per_video < 1 or annotated_per_video > hi - lo + 1:
         raise ValueError(f"annotated_per_video must be in 1..{hi - lo + 1} for {frames} frames, "
                          f"got {annotated_per_video}")
-    out = Path(out)
+    params = {"videos": videos, "seed": seed, "height": height, "width": width, "frames": frames,
+              "annotated_per_video": annotated_per_video}
+    with synthetic_set(out, "a2d", params, overwrite) as root:
+        return _write_a2d(root, videos, seed, height, width, frames, annotated_per_video, progress)
+
+
+def _write_a2d(out: Path, videos: int, seed: int, height: int, width: int, frames: int, annotated_per_video: int,
+               progress: bool) -> dict:
+    """The set, written into the empty folder `out`."""
     clips = out / "Release" / "clips320H"
     texts = out / "text_annotations"
     masks_root = texts / "a2d_annotation_with_instances"
@@ -140,7 +137,6 @@ def write_synthetic_a2d(out: Path, videos: int = 12, seed: int = 0, *, height: i
             continue
         video_masks = masks_root / video.video_id
         video_masks.mkdir(exist_ok=True)
-        _remove_stale_files(video_masks, {f"{f:05d}" for f in video.annotated}, "*.h5")
         all_ids = [i.instance_id for i in video.instances]
         for frame, labels in annotated_labels.items():
             listed, listed_ids = write_h5(video_masks / f"{frame:05d}.h5", labels, all_ids)
@@ -160,8 +156,6 @@ def write_synthetic_a2d(out: Path, videos: int = 12, seed: int = 0, *, height: i
         summary["instances"] += len(video.instances)
         summary["expressions"] += len(video.expressions)
 
-    _remove_stale_files(clips, set(ids), "*.mp4")
-    _remove_stale_mask_folders(masks_root, set(ids) - {ids[missed]})  # the missed video's too
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["video_id", "instance_id", "query", "short_query"])

@@ -19,6 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline.synth import plan_video
+from pipeline.synth_output import synthetic_set
 from pipeline.synth_render import render, write_text
 from pipeline.synth_scenes import video_ids
 from schemas.atomic import atomic_path, atomic_write_json
@@ -54,9 +55,17 @@ def scenes(videos: int, seed: int, height: int, width: int, frames: int):
 
 
 def write_synthetic_refer_youtube_vos(out: Path, videos: int = 6, seed: int = 0, *, height: int = 96,
-                                      width: int = 128, frames: int = 40, progress: bool = True) -> dict:
-    """Train (2/3 of the videos) with masks, valid (the rest) without; returns a summary."""
-    out = Path(out)
+                                      width: int = 128, frames: int = 40, progress: bool = True,
+                                      overwrite: bool = False) -> dict:
+    """Train (2/3 of the videos) with masks, valid (the rest) without; returns a summary. `out`: as
+    `write_synthetic_a2d`'s (missing or empty; with `overwrite`, a set `losh synth` wrote)."""
+    params = {"videos": videos, "seed": seed, "height": height, "width": width, "frames": frames}
+    with synthetic_set(out, "refer-youtube-vos", params, overwrite) as root:
+        return _write_refer_youtube_vos(root, videos, seed, height, width, frames, progress)
+
+
+def _write_refer_youtube_vos(out: Path, videos: int, seed: int, height: int, width: int, frames: int,
+                             progress: bool) -> dict:
     train_meta, expressions = {}, {"train": {}, "valid": {}}
     released = list(range(0, frames, RELEASE_STEP))
     names = [f"{t:05d}" for t in released]
@@ -92,9 +101,16 @@ def write_synthetic_refer_youtube_vos(out: Path, videos: int = 6, seed: int = 0,
 
 
 def write_synthetic_refer_davis(out: Path, videos: int = 4, seed: int = 0, *, height: int = 96, width: int = 128,
-                                frames: int = 24, progress: bool = True) -> dict:
-    """Val sequences (half, at least one) and train ones; the four expression sets from the same scenes."""
-    out = Path(out)
+                                frames: int = 24, progress: bool = True, overwrite: bool = False) -> dict:
+    """Val sequences (half, at least one) and train ones; the four expression sets from the same scenes. `out`: as
+    `write_synthetic_a2d`'s (missing or empty; with `overwrite`, a set `losh synth` wrote)."""
+    params = {"videos": videos, "seed": seed, "height": height, "width": width, "frames": frames}
+    with synthetic_set(out, "refer-davis", params, overwrite) as root:
+        return _write_refer_davis(root, videos, seed, height, width, frames, progress)
+
+
+def _write_refer_davis(out: Path, videos: int, seed: int, height: int, width: int, frames: int,
+                       progress: bool) -> dict:
     davis = out / "DAVIS"
     split_of, lines = {}, {name: [] for name in ("annot1", "annot1_full_video", "annot2", "annot2_full_video")}
     n_val = max(1, videos // 2)
@@ -151,42 +167,30 @@ def _save_puppet_mask(path: Path, masks: np.ndarray) -> None:
         savemat(tmp, {"part_mask": masks}, do_compression=True)
 
 
-def _remove_stale_jhmdb(root: Path, keep: set[tuple[str, str]], pattern: str) -> None:
-    """Video folders of a previous run (root/<class>/<video>) that this run does not write: their files of
-    this layout go, then the folder and its class folder when empty; other files are left alone."""
-    if not root.is_dir():
-        return
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        for video_dir in sorted(p for p in class_dir.iterdir() if p.is_dir()):
-            if (class_dir.name, video_dir.name) in keep:
-                continue
-            for path in sorted(video_dir.glob(pattern)):
-                if path.is_file():
-                    path.unlink()
-            if not any(video_dir.iterdir()):
-                video_dir.rmdir()
-        if not any(class_dir.iterdir()):
-            class_dir.rmdir()
-
-
 def write_synthetic_jhmdb(out: Path, videos: int = 6, seed: int = 0, *, height: int = 96, width: int = 128,
-                          frames: int = 24, progress: bool = True) -> dict:
+                          frames: int = 24, progress: bool = True, overwrite: bool = False) -> dict:
     """JHMDB-Sentences: one annotated actor (the "puppet", `jhmdb_puppet`) per scene, its long expression the
     video's query, the scene's other instances unannotated distractors (as the real set's background people);
     the class folder is the puppet's action (`JHMDB_CLASSES`). The last video has `JHMDB_SHORT_MASKS` fewer
     masks than frames, so that a reader must drop the frames past the mask count (as MTTR does).
 
     Deterministic for a seed: the same CSV and PNG bytes and the same mask arrays (the .mat header holds a
-    creation time). Returns a summary.
+    creation time). Returns a summary. `out`: as `write_synthetic_a2d`'s (missing or empty; with `overwrite`, a set
+    `losh synth` wrote).
     """
     if videos < 1:
         raise ValueError(f"videos must be >= 1, got {videos}")
     if frames < JHMDB_SHORT_MASKS + 3:
         # MTTR samples 3 masked frames per video, the short-mask video included
         raise ValueError(f"frames must be >= {JHMDB_SHORT_MASKS + 3}, got {frames}")
-    out = Path(out)
+    params = {"videos": videos, "seed": seed, "height": height, "width": width, "frames": frames}
+    with synthetic_set(out, "jhmdb", params, overwrite) as root:
+        return _write_jhmdb(root, videos, seed, height, width, frames, progress)
+
+
+def _write_jhmdb(out: Path, videos: int, seed: int, height: int, width: int, frames: int, progress: bool) -> dict:
     images_root, masks_root = out / "Rename_Images", out / "puppet_mask"
-    rows, written, puppets, classes = [], set(), {}, {}
+    rows, puppets, classes = [], {}, {}
     short_video, masked_total = None, 0
     for index, video in tqdm(scenes(videos, seed, height, width, frames), total=videos, desc="synth videos",
                              disable=not progress):
@@ -197,10 +201,6 @@ def write_synthetic_jhmdb(out: Path, videos: int = 6, seed: int = 0, *, height: 
         action_class = JHMDB_CLASSES[video.instances[all_ids.index(puppet)].action]
         frames_dir = images_root / action_class / video.video_id
         frames_dir.mkdir(parents=True, exist_ok=True)
-        names = {f"{t + 1:05d}.png" for t in range(frames)}
-        for path in sorted(frames_dir.glob("*.png")):  # a previous run's extra frames
-            if path.name not in names:
-                path.unlink()
         for t, (image, _) in enumerate(rendered):
             _save_png(frames_dir / f"{t + 1:05d}.png", image)
         masks = np.stack([(labels == puppet).astype(np.uint8) for _, labels in rendered[:n_masks]], axis=-1)
@@ -208,13 +208,10 @@ def write_synthetic_jhmdb(out: Path, videos: int = 6, seed: int = 0, *, height: 
         mask_dir.mkdir(parents=True, exist_ok=True)
         _save_puppet_mask(mask_dir / "puppet_mask.mat", masks)
         rows.append([video.video_id, video.expressions[[e[0] for e in video.expressions].index(puppet)][1]])
-        written.add((action_class, video.video_id))
         puppets[video.video_id], classes[video.video_id] = puppet, action_class
         masked_total += n_masks
         if n_masks < frames:
             short_video = video.video_id
-    _remove_stale_jhmdb(images_root, written, "*.png")
-    _remove_stale_jhmdb(masks_root, written, "puppet_mask.mat")
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["video_id", "query"])

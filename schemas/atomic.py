@@ -8,9 +8,13 @@ The temporary file sits beside the target (same file system, so the final rename
 `.<name>.tmp-<pid>-<random><suffix>`: the target's suffix is kept, because some writers choose the format by it
 (cv2.VideoWriter, scipy's savemat, PIL); the pid says which process wrote it. On any error the temporary file is
 removed and the target is left as it was.
+
+A whole folder is built the same way in `staging_path(target)`, `.<name>.partial-<pid>` beside it, then renamed;
+`remove_stale_staging(target)` removes those of processes that are gone (a killed writer's).
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -21,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 TEMPORARY_MARK = ".tmp-"
+STAGING_MARK = ".partial-"     # a folder built beside its target, renamed to it when whole
 
 
 def temporary_path(path: str | os.PathLike) -> Path:
@@ -75,18 +80,45 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
         return removed
     for path in folder.glob(f".*{TEMPORARY_MARK}*"):
         pid = path.name.split(TEMPORARY_MARK, 1)[1].split("-", 1)[0].split(".", 1)[0]
-        if pid.isdigit() and _alive(int(pid)):
+        if pid.isdigit() and process_alive(int(pid)):
             continue
         path.unlink(missing_ok=True)
         removed.append(path)
     return removed
 
 
-def _alive(pid: int) -> bool:
+def staging_path(target: str | os.PathLike, mark: str = STAGING_MARK) -> Path:
+    """This process's hidden sibling of `target` to build it in (`.<name><mark><pid>`), renamed to it when whole."""
+    target = Path(target)
+    return target.parent / f".{target.name}{mark}{os.getpid()}"
+
+
+def remove_stale_staging(target: str | os.PathLike, mark: str = STAGING_MARK) -> list[Path]:
+    """Removes the siblings `.<name><mark><pid>` of `target` (folders or files, `staging_path`'s) whose process is
+    gone: what a killed writer left. A live process's (this one's included) are kept. Returns the removed paths."""
+    target = Path(target)
+    prefix = f".{target.name}{mark}"
+    if not target.parent.is_dir():
+        return []
+    removed = []
+    for path in target.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = path.name[len(prefix):]
+        if not pid.isdigit() or process_alive(int(pid)):
+            continue   # not a staging name (another target's), or a live writer's
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this host (someone else's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except PermissionError:     # someone else's live process
         return True
     return True

@@ -2,7 +2,10 @@
 
 Flow shards are opened on first use in each process (never before a DataLoader forks), at most
 `max_open_shards` at a time (schemas/open_files.py), and checked against flows/index.json each
-time they are opened; reading a sample's flows reads one HDF5 chunk.
+time they are opened; reading a sample's flows reads one HDF5 chunk. `check`, before a run starts, also checks that
+they were computed from PREP as it is prepared now (the index's `prep_settings_hash` is the manifest's
+`settings_hash`, each shard's `prep_shard_hash` its PREP shard's `settings_hash`): flows of a PREP prepared again
+raise FlowsStale, naming `losh compute-flows`.
 """
 from __future__ import annotations
 
@@ -14,10 +17,15 @@ import numpy as np
 from schemas.flows import INDEX_FILE, FlowParams, check_shard_attrs, flows_dir, index_splits, validate_index
 from schemas.open_files import OpenFiles
 from schemas.prepared import SchemaError, read_json
+from schemas.prepared_reader import load_manifest
 
 
 class FlowsMissing(FileNotFoundError):
     """PREP has no (finished) flows, or none for the asked frame."""
+
+
+class FlowsStale(SchemaError):
+    """The flows were computed from PREP as it was prepared before (other settings or inputs): recompute them."""
 
 
 def load_index(prep: Path) -> dict:
@@ -86,27 +94,67 @@ class FlowReader:
                             "this PREP, or flows computed before it changed): re-run `losh compute-flows`")
 
     def check(self, samples: list[tuple[str, int]]) -> None:
-        """Every (video, annotated frame) listed has flows, and every shard holding them opens and matches the
-        index: found before a run starts. FlowsMissing / SchemaError name the first problems and the repair."""
+        """The flows were computed from PREP as it is prepared now, every (video, annotated frame) listed has flows,
+        and every shard holding them opens and matches the index: found before a run starts. FlowsStale /
+        FlowsMissing / SchemaError name the first problems and the repair."""
+        manifest = load_manifest(self.root)
+        self._check_prepared_settings(manifest)
         missing = [(v, f) for v, f in samples if not self.has(v, f)]
         if missing:
             raise self._missing(*missing[0])
-        bad = []
-        for video_id in sorted({v for v, _ in samples}):
+        bad, stale = self._shard_problems(sorted({v for v, _ in samples}), manifest)
+        if stale:
+            more = f" and {len(stale) - 3} more" if len(stale) > 3 else ""
+            raise FlowsStale(f"the flows of {len(stale)} videos ({', '.join(stale[:3])}{more}) were computed from "
+                             f"other shards than {self.root} holds now (it was prepared again): recompute them with "
+                             f"`losh compute-flows {self.root}`")
+        if bad:
+            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+            raise SchemaError(f"{len(bad)} flow shards cannot be used: {'; '.join(bad[:5])}{more}; re-run "
+                              f"`losh compute-flows {self.root}`: it keeps the whole shards and computes the others")
+
+    def _shard_problems(self, video_ids: list[str], manifest: dict) -> tuple[list[str], list[str]]:
+        """(the flow shards of `video_ids` that cannot be used, why; the videos whose flows were computed from
+        another PREP shard than the one there now)."""
+        prep_hashes = self._prep_shard_hashes(manifest, set(video_ids))
+        bad, stale = [], []
+        for video_id in video_ids:
             entry = self._entries[video_id]
             path = self.root / entry["file"]
             try:
                 with h5py.File(path, "r") as f:
                     self._check(f, entry, path)
+                    if video_id in prep_hashes and f.attrs["prep_shard_hash"] != prep_hashes[video_id]:
+                        stale.append(video_id)
             except (OSError, KeyError) as error:
                 bad.append(f"{path} ({'missing' if not path.exists() else 'damaged or truncated'}: "
                            f"{(str(error) or type(error).__name__).splitlines()[0][:100]})")
             except SchemaError as error:
                 bad.append(str(error))
-        if bad:
-            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-            raise SchemaError(f"{len(bad)} flow shards cannot be used: {'; '.join(bad[:5])}{more}; re-run "
-                              f"`losh compute-flows {self.root}`: it keeps the whole shards and computes the others")
+        return bad, stale
+
+    def _check_prepared_settings(self, manifest: dict) -> None:
+        """FlowsStale when the index was written for PREP prepared with other settings (stored frames of another
+        size, window or codec)."""
+        computed_for, now = self.index["prep_settings_hash"], manifest["settings_hash"]
+        if computed_for != now:
+            raise FlowsStale(f"the flows in {flows_dir(self.root)} were computed from {self.root} as it was prepared "
+                             f"with other settings (settings_hash {computed_for}, now {now}): recompute them with "
+                             f"`losh compute-flows {self.root}`")
+
+    def _prep_shard_hashes(self, manifest: dict, video_ids: set[str]) -> dict[str, str]:
+        """The `settings_hash` of the PREP shards of `video_ids` (what each flow shard records it was computed
+        from); a shard that cannot be read is left out (the prepared data's own check names it)."""
+        hashes = {}
+        for shard in manifest["shards"]:
+            if shard.get("video_id") not in video_ids:
+                continue
+            try:
+                with h5py.File(self.root / shard["file"], "r") as f:
+                    hashes[shard["video_id"]] = str(f.attrs["settings_hash"])
+            except (OSError, KeyError, TypeError):
+                continue
+        return hashes
 
     def read(self, video_id: str, frame: int) -> tuple[np.ndarray, np.ndarray]:
         """(flows float32 (O, 2, gh, gw), valid bool (O,)) of 1-based annotated `frame`."""

@@ -20,21 +20,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from schemas.atomic import process_alive
+
 LOCK_NAME = ".losh.lock"
 
 
 class FolderBusy(RuntimeError):
     """Another live process writes this folder."""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:     # someone else's live process
-        return True
-    return True
 
 
 def _holder(path: Path) -> dict | None:
@@ -57,7 +49,7 @@ def _busy(folder: Path, holder: dict, what: str) -> FolderBusy:
 
 def _stale(holder: dict) -> bool:
     return (holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int)
-            and holder["pid"] != os.getpid() and not _alive(holder["pid"]))
+            and holder["pid"] != os.getpid() and not process_alive(holder["pid"]))
 
 
 def refuse_if_locked(folder: str | os.PathLike, what: str) -> None:

@@ -4,7 +4,9 @@ Every data set (A2D-Sentences, Refer-YouTube-VOS, Refer-DAVIS17, ...) is prepare
 the trainer and the evaluator never know which data set they read.
 
 PREP/manifest.json   written last: schema name + version, data set, source, short-text settings, counts,
-                     the splits (their kind, whether they hold masks) and the split evaluated by default
+                     the splits (their kind, whether they hold masks) and the split evaluated by default; the
+                     settings (window, resolution, codec, decoder, `settings_hash` of them, reader_options) that
+                     prepare-data compares before it resumes into PREP (other settings: refused unless --overwrite)
 PREP/samples.jsonl   one SampleRecord per line, sorted by sample_id
 PREP/report.json     broken input, by id and reason
 PREP/shards/<video_id>.h5

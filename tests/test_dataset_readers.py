@@ -5,7 +5,8 @@ import shutil
 
 import pytest
 
-from pipeline.datasets import refer_davis, refer_youtube_vos as ryv
+from pipeline.datasets import refer_davis
+from pipeline.datasets import refer_youtube_vos as ryv
 from tests.conftest import SHARED
 
 REAL_VALID = SHARED / "data" / "refer_youtube_vos_valid_meta_expressions.json"

@@ -7,11 +7,11 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from schemas.flow_reader import FlowReader, FlowsMissing
 from pipeline.flow_verify import verify_flows
 from pipeline.flows import compute_flows
-from schemas.prepared_reader import PreparedDataset
+from schemas.flow_reader import FlowReader, FlowsMissing
 from schemas.flows import FlowParams
+from schemas.prepared_reader import PreparedDataset
 
 
 @pytest.fixture()
@@ -67,7 +67,7 @@ def test_cli_defaults_to_the_train_split(prep):
     result = CliRunner().invoke(app, ["compute-flows", str(prep), "--workers", "0", "--no-progress"])
     assert result.exit_code == 0, result.output
     train = videos_of(prep, "train")
-    assert f"flows of the train split: " in result.output and f"{len(train)} videos computed, 0 kept" in result.output
+    assert "flows of the train split: " in result.output and f"{len(train)} videos computed, 0 kept" in result.output
     result = CliRunner().invoke(app, ["compute-flows", str(prep), "--workers", "0", "--no-progress", "--split", "all"])
     assert result.exit_code == 0, result.output
     assert "flows of the train+test split" in result.output

@@ -18,22 +18,22 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from pipeline.flow_field import farneback, gray_from_bgr, hflip_flows, to_grid
-from schemas.flow_reader import FlowReader, FlowsMissing
 from pipeline.flow_verify import verify_flows
 from pipeline.flows import compute_flows
 from pipeline.prepare import PrepareSettings, prepare_a2d
-from schemas.prepared_reader import PreparedDataset
+from schemas.flow_reader import FlowReader, FlowsMissing
 from schemas.flows import FlowParams
 from schemas.prepared import SchemaError
+from schemas.prepared_reader import PreparedDataset
 
 REPO = Path(__file__).resolve().parents[1]
 VIDEO_FRAMES = 16   # the synth_root fixture's clips
 FARNEBACK = dict(pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2, flags=0)
 
 
-def prepare(root, out, window=8):
+def prepare(root, out, window=8, overwrite=False):
     return prepare_a2d(root, out, short_source="manual", settings=PrepareSettings(window=window, short_side=64,
-                       max_long_side=88), workers=1, progress=False)
+                       max_long_side=88), workers=1, progress=False, overwrite=overwrite)
 
 
 @pytest.fixture(scope="module")
@@ -281,9 +281,9 @@ def test_changed_parameters_or_prep_are_recomputed_never_mixed(prep_flows, synth
     with pytest.raises(SchemaError, match="other parameters"):
         reader.read(record.video_id, record.frame)
     assert any("other parameters" in p for p in verify_flows(prep).problems)
-    # re-preparing PREP with other settings invalidates the flows of every video
+    # re-preparing PREP with other settings (--overwrite) replaces the flows of every video
     compute_flows(prep, workers=0, progress=False)
-    prepare(synth_root, prep, window=6)
+    prepare(synth_root, prep, window=6, overwrite=True)
     run = compute_flows(prep, workers=0, progress=False)
     assert len(run.computed) == 5 and verify_flows(prep, samples=3).ok
 

@@ -1,7 +1,6 @@
 """Metrics against hand computations and against pycocotools used directly."""
 
 import json
-import math
 
 import numpy as np
 import pytest

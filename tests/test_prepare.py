@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 from cli.main import app
 from pipeline.datasets.a2d import list_annotated_frames, read_a2d, read_frame_annotation
 from pipeline.prepare import PrepareSettings, prepare_a2d
-from schemas.prepared_reader import PreparedDataset
 from pipeline.video import decode_frames, resize_masks
 from schemas.prepared import SchemaError
+from schemas.prepared_reader import PreparedDataset
 
 SETTINGS = PrepareSettings(window=8, short_side=64, max_long_side=88)
 
@@ -172,7 +172,10 @@ def test_killed_run_leaves_no_corrupt_shard_and_resumes(synth_root, tmp_path):
     assert manifest["counts"]["videos_resumed"] == len(shards)
     prepare(synth_root, tmp_path / "fresh")
     assert (prep / "samples.jsonl").read_bytes() == (tmp_path / "fresh/samples.jsonl").read_bytes()
-    # changed settings are never mixed with old shards: everything is recomputed
-    changed = prepare(synth_root, prep, settings=PrepareSettings(window=6, short_side=64, max_long_side=88))
+    # changed settings are never mixed with old shards: refused, or with overwrite everything is recomputed
+    other = PrepareSettings(window=6, short_side=64, max_long_side=88)
+    with pytest.raises(ValueError, match="--window 8 -> 6"):
+        prepare(synth_root, prep, settings=other)
+    changed = prepare(synth_root, prep, settings=other, overwrite=True)
     assert changed["counts"]["videos_resumed"] == 0
     assert all(len(r.window) == 6 for r in PreparedDataset(prep).records)

@@ -170,7 +170,7 @@ def test_single_instance_frame_is_stored_as_w_by_h(tmp_path):
 
 
 def test_same_seed_same_set_other_seed_other_set(sets):
-    (root, summary), (again, summary_again), (other, summary_other) = sets["a"], sets["a_again"], sets["b"]
+    (root, summary), (again, summary_again), (other, _) = sets["a"], sets["a_again"], sets["b"]
     assert summary == summary_again
     for name in ("text_annotations/a2d_annotation.txt", "text_annotations/a2d_missed_videos.txt",
                  "Release/videoset.csv"):
@@ -284,7 +284,7 @@ def test_an_annotated_frame_near_each_end_exercises_window_clamping(sets):
 
 def test_rewrite_into_the_same_root_leaves_no_stale_files(tmp_path):
     write_synthetic_a2d(tmp_path, seed=5, **SETTINGS)
-    summary = write_synthetic_a2d(tmp_path, seed=6, **{**SETTINGS, "videos": 3})
+    summary = write_synthetic_a2d(tmp_path, seed=6, **{**SETTINGS, "videos": 3}, overwrite=True)
     ids = {r[0] for r in _videoset(tmp_path)}
     assert len(ids) == 3
     assert {p.stem for p in (tmp_path / "Release" / "clips320H").iterdir()} == ids

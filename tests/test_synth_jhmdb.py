@@ -125,7 +125,7 @@ def test_same_seed_same_bytes_and_arrays_other_seed_other_set(sets):
 
 def test_rewrite_into_the_same_root_leaves_no_stale_files(tmp_path):
     write_synthetic_jhmdb(tmp_path, seed=5, **{**SETTINGS, "frames": 12})
-    summary = write_synthetic_jhmdb(tmp_path, seed=6, **{**SETTINGS, "videos": 2})
+    summary = write_synthetic_jhmdb(tmp_path, seed=6, **{**SETTINGS, "videos": 2}, overwrite=True)
     ids = set(summary["puppets"])
     for tree in ("Rename_Images", "puppet_mask"):
         assert set(_folders(tmp_path, tree)) == ids

@@ -1,7 +1,6 @@
 """Training as the paper and MTTR define it, at real scale: flip words, the mask count across processes,
 settings on resume, non-finite predictions, validation with best.pt, checkpoints without weight files."""
 import json
-import os
 import socket
 
 import pytest

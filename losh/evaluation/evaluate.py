@@ -3,6 +3,7 @@ optional predicted-mask PNGs and side-by-side pictures."""
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -39,12 +40,14 @@ def evaluate_checkpoint(data: Path, checkpoint: Path, *, split: str | None = Non
     test), in float32 unless `amp` is 'bf16' (MTTR evaluates in float32, whatever the training used),
     scored at the original video size unless `resolution` is 'prepared'. Whole-video splits
     (Refer-YouTube-VOS, Refer-DAVIS17) give J&F, and with `submission` the server's zip."""
-    split = split or load_manifest(Path(data))["eval_split"]
+    manifest = load_manifest(Path(data))
+    split = split or manifest["eval_split"]
     if amp not in AMP_CHOICES:
         raise ValueError(f"amp must be one of {AMP_CHOICES}, got {amp!r}")
     dev = select_device(Dist(local_rank=int(os.environ.get("LOCAL_RANK", "0"))), device)   # one process
     model, ckpt = load_model(checkpoint, dev, use_ema=use_ema, inference_short_pathway=inference_short_pathway,
                              text_encoder=text_encoder)
+    windows, notes = window_check(manifest, model.config, split)
     metrics = evaluate_model(model, data, split=split, save_predictions=save_predictions, visualize=visualize,
                              visualize_dir=visualize_dir or (Path(out).parent / "pictures" if out else Path("pictures")),
                              batch_size=batch_size, num_workers=num_workers, amp=amp, progress=progress,
@@ -54,13 +57,33 @@ def evaluate_checkpoint(data: Path, checkpoint: Path, *, split: str | None = Non
               "weights": "ema" if use_ema and ckpt.get("model_ema") is not None else "trained",
               "amp": amp, "precision": "bfloat16" if amp == "bf16" and dev.type == "cuda" else "float32",
               "resolution": resolution, "batch_size": batch_size,
-              "inference_short_pathway": model.config.inference_short_pathway}
+              "inference_short_pathway": model.config.inference_short_pathway, "window": windows,
+              **({"warnings": notes} if notes else {})}
     if out is not None:
         atomic_write_json(Path(out), report)
     return report
 
 
 EXPRESSIONS_PER_CLIP = 8
+
+
+class WindowMismatch(UserWarning):
+    """The data was prepared with another window than the checkpoint's model was trained on."""
+
+
+def window_check(manifest: dict, config: ModelConfig, split: str) -> tuple[dict[str, int], list[str]]:
+    """Both windows ({"data": prepared, "model": config.window}) and, where the split's samples are windows of another
+    length than the model's, a note (also warned as WindowMismatch): the model then sees windows it never trained
+    on, and its metrics are not those of its own protocol. Whole-video splits are cut into the model's windows."""
+    windows = {"data": int(manifest["window"]), "model": int(config.window)}
+    kind = manifest["splits"].get(split, {}).get("kind")
+    if windows["data"] == windows["model"] or kind != "window":
+        return windows, []
+    note = (f"the data was prepared with --window {windows['data']} but the model was trained on windows of "
+            f"{windows['model']} frames: it is scored on {windows['data']}-frame windows; prepare the data with "
+            f"--window {windows['model']} to score it as trained")
+    warnings.warn(note, WindowMismatch, stacklevel=2)
+    return windows, [note]
 
 
 @torch.no_grad()

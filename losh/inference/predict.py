@@ -21,7 +21,8 @@ Streaming: a video file is read in three sequential passes, none of which holds 
 The per-query mask logits `predict_video` keeps until the selection is known go to a memmap on disk beyond
 `losh.inference.video_inference.SPILL_BYTES`.
 
-Output (all written into a temporary sibling folder, renamed to OUT at the end; nothing is left on error):
+Output (all written into a temporary sibling folder, renamed to OUT at the end; nothing is left on error, and
+what a killed run left, `.OUT.partial-<pid>`, is removed by the next run):
     OUT/<expression-slug>/<frame:05d>.png     bool masks at the video's size (0/255), `frame`: the 0-based index
                                               of the frame in the video (with fps sampling: of the kept frame
                                               in the decoded video; in a folder: its natural-sort position)
@@ -31,7 +32,6 @@ Output (all written into a temporary sibling folder, renamed to OUT at the end; 
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import time
@@ -48,7 +48,8 @@ from losh.errors import PredictError, PredictUsageError, first_line
 from losh.inference.drawing import PALETTE, legend_patch, render_overlay, write_preview
 from losh.inference.frames import FolderFrames, open_frames
 from pipeline.video import H264Writer, NoVideoEncoder, resize_frame
-from schemas.atomic import atomic_write_json
+from schemas.atomic import atomic_write_json, remove_stale_staging, staging_path
+from schemas.folders import publish_folder
 
 __all__ = ["PredictError", "PredictUsageError", "predict"]
 
@@ -85,26 +86,20 @@ def _prepare_out(out: Path, overwrite: bool) -> Path:
             raise PredictError(f"{out} exists and is not empty (use --overwrite to replace it)")
     if not out.parent.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
-    stage = out.parent / f".{out.name}.partial-{os.getpid()}"
+    stage = staging_path(out)
     if stage.exists():
         shutil.rmtree(stage)
     stage.mkdir()
     return stage
 
 
-def _publish(stage: Path, out: Path) -> None:
-    """Moves the finished staging folder to `out` (replacing what was there, checked before)."""
-    out = Path(out)
-    if out.exists() or out.is_symlink():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-        os.replace(stage, out)
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
-    else:
-        os.replace(stage, out)
+def remove_stale_outputs(out: Path) -> list[Path]:
+    """What killed predicts of `out` left beside it: their staging folders, and the earlier `out` that a publish
+    moved aside when the new one is in place. A live process's are kept."""
+    removed = remove_stale_staging(out)
+    if out.is_dir():   # else the aside folder may be the only copy of the earlier output
+        removed += remove_stale_staging(out, ".old-")
+    return removed
 
 
 def _load(checkpoint: Path, device: torch.device, use_ema: bool, inference_short_pathway: str | None,
@@ -168,6 +163,7 @@ def predict(checkpoint: Path, video: Path, texts: Sequence[str], out: Path, *, f
         raise PredictUsageError(f"--fps must be positive, got {fps}")
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
         raise PredictError(f"{out} exists and is not empty (use --overwrite to replace it)")
+    remove_stale_outputs(out)
     try:
         dev = select_device(Dist(), device)
     except RuntimeError as e:
@@ -205,7 +201,7 @@ def predict(checkpoint: Path, video: Path, texts: Sequence[str], out: Path, *, f
             report["timings"] = {k: round(v, 3) for k, v in timings.items()}
             report["timings"]["frames_per_s"] = round(report["frames"] / max(timings["total_s"], 1e-9), 2)
             atomic_write_json(stage / "predictions.json", report)
-            _publish(stage, out)
+            publish_folder(stage, out)   # replaces what was there (checked before)
         except BaseException:
             shutil.rmtree(stage, ignore_errors=True)
             raise

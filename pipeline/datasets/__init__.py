@@ -37,6 +37,21 @@ DATASETS: dict[str, tuple[Callable[..., DatasetPlan], dict]] = {
 }
 
 
+# data set -> its reader's options and their defaults (what else than the settings decides a prepared set)
+READER_OPTIONS: dict[str, dict[str, object]] = {
+    "a2d": {},
+    "jhmdb": {"samples_metadata": None, "seed": 0},
+    "refer-youtube-vos": {"holdout_videos": 0, "seed": 0},
+    "refer-davis": {"split": "val"},
+}
+
+
+def with_default_options(dataset: str, options: dict[str, object]) -> dict[str, object]:
+    """The reader options of `dataset` a call gives, defaults filled in (None: the default); others dropped."""
+    defaults = READER_OPTIONS.get(dataset, {})
+    return {k: default if options.get(k) is None else options[k] for k, default in defaults.items()}
+
+
 def plan_dataset(dataset: str, root: Path, **options: object) -> DatasetPlan:
     if dataset not in DATASETS:
         raise ValueError(f"unknown data set {dataset!r}; one of {', '.join(DATASETS)}")
