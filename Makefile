@@ -25,7 +25,7 @@ test: install
 	$(BIN)/python -m pytest tests
 
 demo: install
-	$(BIN)/python -m cli.demo --out $(DEMO)
+	$(BIN)/python -m losh.cli.demo --out $(DEMO)
 
 bench: install
 	$(BIN)/python -m bench.run $(BENCH)

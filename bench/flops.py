@@ -27,8 +27,8 @@ from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
 
 from losh.models.registry import build_model
-from schemas.config import with_overrides
-from schemas.presets import get_config
+from losh.schemas.config import with_overrides
+from losh.schemas.presets import get_config
 
 PAPER_GFLOPS = {"losh-m": 253.2, "mttr": 238.9, "losh-s": None, "sgmg": None}
 # (frames, height, width, annotated position) of one sample

@@ -24,8 +24,8 @@ import cv2
 import h5py
 import numpy as np
 
-from pipeline.flow_field import encode, farneback, gray_from_bgr, to_grid
-from pipeline.flows import (
+from losh.pipeline.flow_field import encode, farneback, gray_from_bgr, to_grid
+from losh.pipeline.flows import (
     build_flow_jobs,
     compute_flows,
     compute_video_flows,
@@ -34,11 +34,11 @@ from pipeline.flows import (
     read_gray_frames,
     start_local_cluster,
 )
-from pipeline.prepare import PrepareSettings, prepare_a2d
-from pipeline.synth import write_synthetic_a2d
-from schemas.flow_reader import FlowReader
-from schemas.flows import FlowParams, parse_compression
-from schemas.prepared_reader import PreparedDataset
+from losh.pipeline.prepare import PrepareSettings, prepare_a2d
+from losh.pipeline.synth import write_synthetic_a2d
+from losh.schemas.flow_reader import FlowReader
+from losh.schemas.flows import FlowParams, parse_compression
+from losh.schemas.prepared_reader import PreparedDataset
 
 REPEATS = 2            # best of: the machine is shared, the minimum is the least disturbed run
 PARALLEL_REPEATS = 3
@@ -117,7 +117,7 @@ def flow_arrays(prep: Path) -> dict[str, bytes]:
 
 
 def warm_workers(client) -> None:
-    client.run(lambda: __import__("pipeline.flows"))   # imports, outside the timing (a real run is hours)
+    client.run(lambda: __import__("losh.pipeline.flows"))   # imports, outside the timing (a real run is hours)
 
 
 def parallel_local(prep: Path, workers: int) -> dict:

@@ -22,7 +22,7 @@ Measuring:
     step_time_s         LoSh-S vs SgMg, 3 x 5 x 360 x 640, the same
     deformable_attention  LoSh-S's grid_sample deformable attention, forward + backward, at 5 x 360 x 640
     ddp                 two processes train LoSh-M's dims under DDP on the one GPU (NCCL if it allows, else gloo)
-    torchrun            `torchrun --nproc-per-node 1 -m cli.main train` on a small synthetic set, and a probe that
+    torchrun            `torchrun --nproc-per-node 1 -m losh.cli.main train` on a small synthetic set, and a probe that
                         joins the NCCL process group under the same launcher
     loader              seconds to load a batch of 3 with flows, with the trainer's default workers, against the
                         measured LoSh-M step (`loader_vs_step_ratio`, < 1: it keeps up)
@@ -50,7 +50,7 @@ import torch
 
 from bench import gpu_parts
 from bench.gpu_parts import PROBE_OUT_ENV, ROOT, Plan
-from schemas.atomic import atomic_write_text
+from losh.schemas.atomic import atomic_write_text
 
 SCHEMA = "losh.gpu_check"
 QUICK_PARTS = ("cuda_tests", "smoke")
@@ -71,7 +71,7 @@ def make_plan(dry_run: bool, steps: int | None, compile_steps: int | None) -> Pl
                     budgets={"cuda_tests": 150, "smoke": 90, "step_time": 90, "step_time_s": 90,
                              "deformable_attention": 60, "ddp": 120, "step_time_compiled": 60, "torchrun": 150,
                              "loader": 90})
-    from schemas.train import TrainSettings
+    from losh.schemas.train import TrainSettings
     return Plan(dry_run=False, models=("losh-m", "mttr"), size=(320, 576), models_s=("losh-s", "sgmg"),
                 size_s=(360, 640), steps=steps or 20, compile_steps=compile_steps or 10, warmup=3, amp="bf16",
                 compile_backend="inductor", torchrun_config="losh-m", torchrun_size=(128, 176), torchrun_steps=5,

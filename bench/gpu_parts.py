@@ -98,7 +98,7 @@ def step_time(plan: Plan, compiled: bool, deadline: float, save_partial=None, pa
     outlasts the time box still leaves what was measured)."""
     from tqdm import tqdm
 
-    from schemas.presets import get_config
+    from losh.schemas.presets import get_config
 
     device = _device()
     cuda = device.type == "cuda"
@@ -177,9 +177,9 @@ def step_time(plan: Plan, compiled: bool, deadline: float, save_partial=None, pa
 def _synthetic_prepared(folder: Path, size: tuple[int, int], videos: int, annotated: int, workers: int) -> Path:
     """A prepared set with flows, made on the spot: synthetic A2D layout, manual short text (no
     tagger), flows computed in this process (no Dask)."""
-    from pipeline.flows import compute_flows
-    from pipeline.prepare import PrepareSettings, prepare_a2d
-    from pipeline.synth import write_synthetic_a2d
+    from losh.pipeline.flows import compute_flows
+    from losh.pipeline.prepare import PrepareSettings, prepare_a2d
+    from losh.pipeline.synth import write_synthetic_a2d
 
     h, w = size
     raw, prep = folder / "raw", folder / "prep"
@@ -210,10 +210,10 @@ def _run_with_timeout(cmd: list[str], env: dict, timeout: float) -> tuple[int | 
 
 
 def torchrun(plan: Plan, deadline: float) -> dict:
-    """`torchrun --nproc-per-node 1 -m cli.main train` on a small synthetic set, and a one-process
+    """`torchrun --nproc-per-node 1 -m losh.cli.main train` on a small synthetic set, and a one-process
     probe of the same launcher that initialises the process group (NCCL on CUDA) and runs DDP."""
-    from schemas.config import save_config, with_overrides
-    from schemas.presets import get_config
+    from losh.schemas.config import save_config, with_overrides
+    from losh.schemas.presets import get_config
 
     cuda = torch.cuda.is_available()
     backend = "nccl" if cuda else "gloo"
@@ -230,7 +230,7 @@ def torchrun(plan: Plan, deadline: float) -> dict:
         out["data_s"] = round(time.perf_counter() - start, 2)
         config_path = tmp / "config.json"
         save_config(with_overrides(get_config(plan.torchrun_config), NO_DOWNLOAD), config_path)
-        train_cmd = ["-m", "cli.main", "train", "--data", str(prep), "--out", str(tmp / "run"),
+        train_cmd = ["-m", "losh.cli.main", "train", "--data", str(prep), "--out", str(tmp / "run"),
                      "--config", str(config_path), "--epochs", "2", "--max-steps", str(plan.torchrun_steps),
                      "--batch-size", str(BATCH), "--workers", str(plan.torchrun_workers)]
         out["command"] = "torchrun --standalone --nproc-per-node 1 " + " ".join(train_cmd[1:])
@@ -486,8 +486,8 @@ def _ddp_rank(rank: int, world: int, backend: str, port: int, plan: Plan, folder
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
+    from losh.schemas.train import TrainSettings
     from losh.training.loop import train_step
-    from schemas.train import TrainSettings
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     result: dict = {"rank": rank, "backend": backend}

@@ -126,11 +126,11 @@ def count_step(spec: str, steps: int = 3, size: tuple[int, int] = (64, 96), wher
     per step, by kind."""
     from bench.train_step import NO_DOWNLOAD, host_batch
     from losh.models.registry import build_criterion, build_model
+    from losh.schemas.config import with_overrides
+    from losh.schemas.presets import get_config
+    from losh.schemas.train import TrainSettings
     from losh.training.loop import LossLog, train_step
     from losh.training.optim import param_groups
-    from schemas.config import with_overrides
-    from schemas.presets import get_config
-    from schemas.train import TrainSettings
 
     torch.manual_seed(0)
     config = with_overrides(get_config(spec), NO_DOWNLOAD)

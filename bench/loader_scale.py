@@ -33,12 +33,12 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from losh.data.dataset import RVOSDataset, collate
-from pipeline.flows import compute_flows
-from pipeline.prepare import PrepareSettings, prepare_a2d
-from pipeline.synth import write_synthetic_a2d
-from schemas.flows import FLOWS_DIR, INDEX_FILE
-from schemas.open_files import DEFAULT_MAX_OPEN, MAX_OPEN_ENV
-from schemas.prepared import read_json
+from losh.pipeline.flows import compute_flows
+from losh.pipeline.prepare import PrepareSettings, prepare_a2d
+from losh.pipeline.synth import write_synthetic_a2d
+from losh.schemas.flows import FLOWS_DIR, INDEX_FILE
+from losh.schemas.open_files import DEFAULT_MAX_OPEN, MAX_OPEN_ENV
+from losh.schemas.prepared import read_json
 
 SIZES = (300, 3000)
 WORKERS = 4

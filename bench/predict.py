@@ -24,10 +24,10 @@ import torch
 from bench.video_inference import synthetic_video
 from losh.inference.predict import predict
 from losh.models.registry import build_model
+from losh.pipeline.video import write_h264
+from losh.schemas.config import with_overrides
+from losh.schemas.presets import get_config
 from losh.training.checkpoint import CHECKPOINT_SCHEMA, CHECKPOINT_VERSION, atomic_save
-from pipeline.video import write_h264
-from schemas.config import with_overrides
-from schemas.presets import get_config
 
 FRAMES, THREADS, FPS = 48, 2, 24
 VIDEO_SIZE = (360, 648)              # resized to 160 x 288 (tiny) and 320 x 576 (losh-m, A2D's setting)

@@ -15,9 +15,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipeline.prepare import PrepareSettings, prepare_a2d
-from pipeline.synth import write_synthetic_a2d
-from schemas.prepared_reader import PreparedDataset
+from losh.pipeline.prepare import PrepareSettings, prepare_a2d
+from losh.pipeline.synth import write_synthetic_a2d
+from losh.schemas.prepared_reader import PreparedDataset
 
 
 def _decode_ms(prep: Path, repeats: int = 3) -> float:

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.shorten import RULES, TAGGERS, Shortener, TaggerUnavailable, agreement
+from losh.pipeline.shorten import RULES, TAGGERS, Shortener, TaggerUnavailable, agreement
 
 # The shared data sit next to the repository: ../shared/data relative to its root.
 DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "a2d_expressions_dev.csv"

@@ -27,12 +27,12 @@ import torch
 
 from losh.data.dataset import Augment, RVOSDataset, collate
 from losh.models.registry import build_criterion, build_model
+from losh.schemas.config import with_overrides
+from losh.schemas.presets import get_config
+from losh.schemas.train import TrainSettings
 from losh.training.device import autocast_for, to_device
 from losh.training.loop import train_step
 from losh.training.optim import param_groups
-from schemas.config import with_overrides
-from schemas.presets import get_config
-from schemas.train import TrainSettings
 
 BATCH = 3
 NO_DOWNLOAD = {"backbone.require_weights": False, "text.pretrained": False}
@@ -136,9 +136,9 @@ def time_models(specs: tuple[str, ...], size: tuple[int, int], steps: int, devic
 
 def time_loader(size: tuple[int, int], repeats: int = 5) -> float:
     """Median seconds to load one batch of 3 samples (frames, masks, flows, flip) with one worker."""
-    from pipeline.flows import compute_flows
-    from pipeline.prepare import PrepareSettings, prepare_a2d
-    from pipeline.synth import write_synthetic_a2d
+    from losh.pipeline.flows import compute_flows
+    from losh.pipeline.prepare import PrepareSettings, prepare_a2d
+    from losh.pipeline.synth import write_synthetic_a2d
 
     h, w = size
     with tempfile.TemporaryDirectory() as tmp:

@@ -25,9 +25,9 @@ import torch
 
 from losh.inference.video_inference import ArrayFrames, predict_video
 from losh.models.registry import build_model
-from schemas.config import with_overrides
-from schemas.frame_codec import decode_frame, encode_frame
-from schemas.presets import get_config
+from losh.schemas.config import with_overrides
+from losh.schemas.frame_codec import decode_frame, encode_frame
+from losh.schemas.presets import get_config
 
 FRAMES, WINDOW, THREADS, REPEATS = 48, 8, 2, 2
 TINY_SIZE, ORIGINAL_SIZE, PAPER_SIZE = (160, 288), (360, 640), (320, 576)

@@ -17,10 +17,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from schemas.atomic import atomic_write_json
-from schemas.config import load_config, save_config, with_overrides
-from schemas.presets import get_config
-from schemas.train import TrainSettings
+from losh.schemas.atomic import atomic_write_json
+from losh.schemas.config import load_config, save_config, with_overrides
+from losh.schemas.presets import get_config
+from losh.schemas.train import TrainSettings
 
 DEMO_VIDEOS = 120
 JHMDB_VIDEOS = 24        # scored only: 72 samples
@@ -56,13 +56,13 @@ def run(args: list[str], processes: int = 1) -> None:
     env = None
     if processes > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
-        cmd = [*launcher, "-m", "cli.main", *args]
+        cmd = [*launcher, "-m", "losh.cli.main", *args]
         threads = max(1, (os.cpu_count() or 1) // processes)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        print(f"\n$ OMP_NUM_THREADS={threads} torchrun --standalone --nproc-per-node={processes} -m cli.main "
+        print(f"\n$ OMP_NUM_THREADS={threads} torchrun --standalone --nproc-per-node={processes} -m losh.cli.main "
               f"{shlex.join(args)}", flush=True)
     else:
-        cmd = [sys.executable, "-m", "cli.main", *args]
+        cmd = [sys.executable, "-m", "losh.cli.main", *args]
         print(f"\n$ losh {shlex.join(args)}", flush=True)
     start = time.time()
     subprocess.run(cmd, check=True, env=env)
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         run(["predict", "--checkpoint", str(run_dir / "checkpoints" / "last.pt"), "--video", str(video),
              "--out", str(out / "predict"), "--overwrite", *[a for t in texts for a in ("--text", t)]])
     except subprocess.CalledProcessError as e:
-        shown = e.cmd[e.cmd.index("cli.main") + 1:] if "cli.main" in e.cmd else e.cmd
+        shown = e.cmd[e.cmd.index("losh.cli.main") + 1:] if "losh.cli.main" in e.cmd else e.cmd
         print(f"demo stopped: `losh {shlex.join(shown)}` exited with {e.returncode}", file=sys.stderr)
         return e.returncode
     manifest = json.loads((prep / "manifest.json").read_text())

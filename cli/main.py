@@ -25,7 +25,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from schemas.locks import FolderBusy
+from losh.schemas.locks import FolderBusy
 
 app = typer.Typer(
     help="LoSh (CVPR 2024) toolkit for referring video object segmentation: "
@@ -96,8 +96,8 @@ def one_of(new: Path | None, old: Path | None, name: str) -> Path | None:
 def config_with(spec: str, sets: list[str] | None = None, backbone_weights: Path | None = None,
                 text_encoder: str | None = None, window: int | None = None):
     """A model config: a preset spec or JSON file, then the options that change it (validated as a whole)."""
-    from schemas.config import parse_assignments, with_overrides
-    from schemas.presets import resolve_config
+    from losh.schemas.config import parse_assignments, with_overrides
+    from losh.schemas.presets import resolve_config
 
     overrides = parse_assignments(sets or [])
     if backbone_weights is not None:
@@ -132,8 +132,8 @@ def synth(
     out = one_of(out, out_old, "--out")
     if out is None:
         fail("give the folder to write: --out RAW", 2)
-    from pipeline.synth import write_synthetic_a2d
-    from pipeline.synth_layouts import (
+    from losh.pipeline.synth import write_synthetic_a2d
+    from losh.pipeline.synth_layouts import (
         write_synthetic_jhmdb,
         write_synthetic_refer_davis,
         write_synthetic_refer_youtube_vos,
@@ -149,7 +149,7 @@ def synth(
                                                       frames=frames, overwrite=overwrite)}
     if layout not in writers:
         fail(f"--layout must be one of {', '.join(writers)}", 2)
-    from schemas.folders import FolderNotEmpty
+    from losh.schemas.folders import FolderNotEmpty
     try:
         summary = writers[layout]()
     except FolderNotEmpty as e:
@@ -167,7 +167,7 @@ def shorten(
     rule: Annotated[str, typer.Option(help="first-verb (the paper's rule) or subject (default).")] = "subject",
 ) -> None:
     """Show the short (subject-centric) expression of long expressions."""
-    from pipeline.shorten import RULES, TAGGERS, Shortener, TaggerUnavailable
+    from losh.pipeline.shorten import RULES, TAGGERS, Shortener, TaggerUnavailable
 
     if tagger not in TAGGERS:
         fail(f"--tagger must be one of {', '.join(TAGGERS)}", 2)
@@ -238,10 +238,10 @@ def prepare_data(
 ) -> None:
     """Raw data set -> prepared data set: short expressions, merged masks, manifest, HDF5 shards."""
     workers = max(default_workers(workers), 1)   # 0 and 1 both mean: this process
-    from pipeline.datasets import DATASETS
-    from pipeline.datasets.base import DatasetRootError
-    from pipeline.prepare import prepare_dataset, settings_for
-    from pipeline.shorten import TaggerUnavailable
+    from losh.pipeline.datasets import DATASETS
+    from losh.pipeline.datasets.base import DatasetRootError
+    from losh.pipeline.prepare import prepare_dataset, settings_for
+    from losh.pipeline.shorten import TaggerUnavailable
 
     if dataset not in DATASETS:
         fail(f"--dataset must be one of {', '.join(DATASETS)}, got {dataset!r}", 2)
@@ -251,7 +251,7 @@ def prepare_data(
                             jpeg_quality=jpeg_quality, decoder=decoder)
     if samples_metadata != "mttr" and dataset != "jhmdb":
         fail("--samples-metadata is for --dataset jhmdb", 2)
-    from pipeline.datasets.jhmdb import MTTR_PROTOCOL
+    from losh.pipeline.datasets.jhmdb import MTTR_PROTOCOL
     protocol = {"mttr": MTTR_PROTOCOL, "seed": None}.get(samples_metadata, Path(samples_metadata))
     options = {"refer-youtube-vos": {"holdout_videos": holdout_videos, "seed": seed}, "refer-davis": {"split": split},
                "jhmdb": {"samples_metadata": protocol, "seed": seed}}.get(dataset, {})
@@ -314,12 +314,12 @@ def compute_flows(
     if prep is None:
         fail("give the prepared data set: --data PREP", 2)
     workers = default_workers(workers) if scheduler is None else workers
-    from pipeline.flow_verify import verify_flows
-    from pipeline.flows import FlowComputeError, parse_split
-    from pipeline.flows import compute_flows as run_compute_flows
-    from schemas.flows import FarnebackParams, FlowParams
-    from schemas.prepared import SchemaError
-    from schemas.prepared_reader import PreparedDataMissing, load_manifest
+    from losh.pipeline.flow_verify import verify_flows
+    from losh.pipeline.flows import FlowComputeError, parse_split
+    from losh.pipeline.flows import compute_flows as run_compute_flows
+    from losh.schemas.flows import FarnebackParams, FlowParams
+    from losh.schemas.prepared import SchemaError
+    from losh.schemas.prepared_reader import PreparedDataMissing, load_manifest
 
     if verify:
         report = verify_flows(prep, samples=verify_samples)
@@ -424,12 +424,12 @@ def train(
     from dataclasses import replace
 
     from losh.errors import AssetMissing
+    from losh.schemas.config import ConfigError
+    from losh.schemas.prepared import SchemaError
+    from losh.schemas.prepared_reader import PreparedDataMissing
+    from losh.schemas.train import TrainConfigError, TrainSettings
     from losh.training.loop import NonFiniteLoss, RunExists, run_settings
     from losh.training.loop import train as run_training
-    from schemas.config import ConfigError
-    from schemas.prepared import SchemaError
-    from schemas.prepared_reader import PreparedDataMissing
-    from schemas.train import TrainConfigError, TrainSettings
 
     try:
         checkpoint = out / "checkpoints" / "last.pt"
@@ -437,7 +437,7 @@ def train(
             config = str(out / "config.json") if resume and (out / "config.json").is_file() else "losh-m"
         model_config = config_with(config, set_, backbone_weights, text_encoder, window)
         # resuming: the run's own settings are the base, so that only what is given here changes
-        from schemas.torch_files import trusting_files
+        from losh.schemas.torch_files import trusting_files
         with trusting_files(trust_checkpoint):
             settings = run_settings(out) if resume and checkpoint.exists() else TrainSettings()
         if settings_file is not None:
@@ -507,8 +507,8 @@ def convert_checkpoint(
     """A published MTTR, SgMg or official LoSh file as a losh checkpoint: every tensor mapped (or dropped on a
     named list), the config read from the tensors' shapes; evaluate, predict and train --init-from read it."""
     from losh.errors import AssetMissing
+    from losh.schemas.torch_files import trusting_files
     from losh.training.convert import convert_checkpoint as run_conversion
-    from schemas.torch_files import trusting_files
 
     try:
         with trusting_files(trust_checkpoint):
@@ -567,8 +567,8 @@ def evaluate(
     split whose masks are private, optional pictures."""
     from losh.errors import AssetMissing
     from losh.evaluation.frame_metrics import METRIC_KEYS, format_table
-    from schemas.prepared import SchemaError
-    from schemas.prepared_reader import PreparedDataMissing, load_manifest
+    from losh.schemas.prepared import SchemaError
+    from losh.schemas.prepared_reader import PreparedDataMissing, load_manifest
 
     if (checkpoint is None) == (predictions is None):
         fail("give exactly one of --checkpoint and --predictions", 2)
@@ -594,8 +594,8 @@ def evaluate(
     try:
         if predictions is not None:
             from losh.evaluation.predictions import score_predictions
-            from schemas.atomic import atomic_write_json
-            from schemas.prepared_reader import load_manifest
+            from losh.schemas.atomic import atomic_write_json
+            from losh.schemas.prepared_reader import load_manifest
             split = split or load_manifest(data)["eval_split"]
             metrics, missing = score_predictions(data, predictions, split, resolution=resolution, raw=raw)
             report = {**metrics, "split": split, "predictions": str(predictions), "missing_predictions": len(missing)}
@@ -606,7 +606,7 @@ def evaluate(
                 atomic_write_json(out, report)
         else:
             from losh.evaluation.evaluate import WindowMismatch, evaluate_checkpoint
-            from schemas.torch_files import trusting_files
+            from losh.schemas.torch_files import trusting_files
             stack.enter_context(trusting_files(trust_checkpoint))
             stack.enter_context(warnings_as_lines(WindowMismatch))
             report = evaluate_checkpoint(data, checkpoint, split=split, out=out, save_predictions=save_predictions,
@@ -618,8 +618,8 @@ def evaluate(
             split = report["split"]
             if baselines:
                 from losh.evaluation.evaluate import trivial_baselines, untrained_model_mean_iou
-                from schemas.atomic import atomic_write_json
-                from schemas.config import ModelConfig
+                from losh.schemas.atomic import atomic_write_json
+                from losh.schemas.config import ModelConfig
                 config = ModelConfig.from_dict(torch_load_config(checkpoint))
                 report["baselines"] = {**trivial_baselines(data, split, resolution=resolution, raw=raw),
                                        "untrained_model_mean_iou": untrained_model_mean_iou(data, config, split=split)}
@@ -705,7 +705,7 @@ def predict(
 
     if not text:
         fail("give at least one expression: --text \"the man in red\"", 2)
-    from schemas.torch_files import trusting_files
+    from losh.schemas.torch_files import trusting_files
 
     try:
         with trusting_files(trust_checkpoint):
@@ -740,7 +740,7 @@ def config_show(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help=SET_HELP)] = None,
 ) -> None:
     """Print a config as JSON, with --set changes applied."""
-    from schemas.config import ConfigError
+    from losh.schemas.config import ConfigError
     try:
         typer.echo(json.dumps(config_with(spec, set_).to_dict(), indent=1))
     except (ConfigError, OSError) as e:
@@ -758,7 +758,7 @@ def config_save(
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Write a config as JSON (what `losh train --config FILE` reads), with the changes given."""
-    from schemas.config import ConfigError, save_config
+    from losh.schemas.config import ConfigError, save_config
     if out.exists() and not overwrite:
         fail(f"{out} exists: pass --overwrite to replace it", 2)
     try:

@@ -20,6 +20,13 @@ from pathlib import Path
 
 __all__ = ["evaluate", "load_model", "predict_video", "prepare"]
 
+# In a source checkout the toolkit's other packages sit beside this folder (cli/, pipeline/, schemas/); an
+# installed wheel holds them inside it. Either way they import as losh.cli, losh.pipeline and losh.schemas, and
+# `losh` is the only top-level name the toolkit takes.
+_CHECKOUT = Path(__file__).resolve().parent.parent
+if (_CHECKOUT / "schemas" / "__init__.py").is_file() and str(_CHECKOUT) not in __path__:
+    __path__.append(str(_CHECKOUT))
+
 
 def load_model(path: str | Path, device: str = "cpu", *, use_ema: bool = True):
     """The model of a losh checkpoint (trained here, or a published file converted by `losh convert-checkpoint`)
@@ -37,7 +44,7 @@ def prepare(dataset: str, root: str | Path, out: str | Path, *, short_text: str 
     """A raw data set (`dataset`: a2d, jhmdb, refer-youtube-vos, refer-davis; `root` in the layout it ships) as a
     prepared one in `out`, as `losh prepare-data` does; `options` as its flags (window, short_side, ...).
     Returns the manifest."""
-    from pipeline.prepare import prepare_dataset, settings_for
+    from losh.pipeline.prepare import prepare_dataset, settings_for
 
     setting_names = ("window", "short_side", "max_long_side", "codec", "jpeg_quality", "decoder")
     settings = settings_for(dataset, **{k: options.pop(k, None) for k in setting_names})

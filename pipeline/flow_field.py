@@ -8,8 +8,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from schemas.flow_units import vector_scale
-from schemas.flows import FarnebackParams, FlowParams
+from losh.schemas.flow_units import vector_scale
+from losh.schemas.flows import FarnebackParams, FlowParams
 
 
 def gray_from_bgr(frame_bgr: np.ndarray) -> np.ndarray:

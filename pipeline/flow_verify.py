@@ -1,4 +1,4 @@
-"""`losh compute-flows PREP --verify`: re-read every flow shard and recompute a sample of flows.
+"""`losh compute-flows --data PREP --verify`: re-read every flow shard and recompute a sample of flows.
 
 Checks, with the parameters the index records: every annotated frame of the splits it covers is there; every
 shard is readable, belongs to the index's parameters and PREP's frames, has the right shapes and
@@ -14,10 +14,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipeline.flows import FlowJob, build_flow_jobs, frame_flows, index_splits, read_gray_frames
-from schemas.flow_reader import load_index
-from schemas.flows import FlowParams, check_shard_attrs
-from schemas.prepared import SchemaError
+from losh.pipeline.flows import FlowJob, build_flow_jobs, frame_flows, index_splits, read_gray_frames
+from losh.schemas.flow_reader import load_index
+from losh.schemas.flows import FlowParams, check_shard_attrs
+from losh.schemas.prepared import SchemaError
 
 SLACK = 1e-3   # grid pixels, on top of the rounding bound: other CPUs' float arithmetic
 

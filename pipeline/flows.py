@@ -1,4 +1,4 @@
-"""`losh compute-flows PREP`: the Farneback flows of every annotated frame, in parallel with Dask.
+"""`losh compute-flows --data PREP`: the Farneback flows of every annotated frame, in parallel with Dask.
 
 One task per video: it decodes the video's needed frames once from its PREP shard, computes the
 flows from each annotated frame k to its stored frames k+t, and writes PREP/flows/<video_id>.h5
@@ -33,9 +33,9 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.flow_field import encode, farneback, gray_from_bgr, to_grid
-from schemas.atomic import atomic_path, atomic_write_text
-from schemas.flows import (
+from losh.pipeline.flow_field import encode, farneback, gray_from_bgr, to_grid
+from losh.schemas.atomic import atomic_path, atomic_write_text
+from losh.schemas.flows import (
     FLOWS_DIR,
     FLOWS_SCHEMA,
     FLOWS_VERSION,
@@ -46,11 +46,11 @@ from schemas.flows import (
     index_splits,
     parse_compression,
 )
-from schemas.frame_codec import decode_frame
-from schemas.locks import folder_lock, refuse_if_locked
-from schemas.prepared import SPLITS, SchemaError, read_json
-from schemas.prepared_reader import load_manifest, load_records
-from schemas.safe_paths import join_ids
+from losh.schemas.frame_codec import decode_frame
+from losh.schemas.locks import folder_lock, refuse_if_locked
+from losh.schemas.prepared import SPLITS, SchemaError, read_json
+from losh.schemas.prepared_reader import load_manifest, load_records
+from losh.schemas.safe_paths import join_ids
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3   # glibc mallopt parameters
 

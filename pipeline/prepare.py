@@ -26,17 +26,17 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.datasets import DATASETS, plan_dataset
-from pipeline.datasets.a2d import CorruptMaskFile, list_annotated_frames, read_frame_annotation
-from pipeline.datasets.base import DatasetPlan, DatasetRootError, Problem, VideoSpec
-from pipeline.masks import group_by_short, merge_masks
-from pipeline.prepared_folder import (
+from losh.pipeline.datasets import DATASETS, plan_dataset
+from losh.pipeline.datasets.a2d import CorruptMaskFile, list_annotated_frames, read_frame_annotation
+from losh.pipeline.datasets.base import DatasetPlan, DatasetRootError, Problem, VideoSpec
+from losh.pipeline.masks import group_by_short, merge_masks
+from losh.pipeline.prepared_folder import (
     recorded_reader_options,
     remove_prepared_set,
     replaces_existing_set,
     requested_settings,
 )
-from pipeline.video import (
+from losh.pipeline.video import (
     DECODERS,
     VideoUnreadable,
     decode_frames,
@@ -45,12 +45,12 @@ from pipeline.video import (
     target_size,
     window_indices,
 )
-from schemas.atomic import atomic_path, atomic_write_text
-from schemas.flows import FLOWS_DIR
-from schemas.frame_codec import encode_frame
-from schemas.locks import folder_lock, refuse_if_locked
-from schemas.prepared import PREPARED_SCHEMA, PREPARED_VERSION, SampleRecord
-from schemas.safe_paths import join_ids, unsafe_reason
+from losh.schemas.atomic import atomic_path, atomic_write_text
+from losh.schemas.flows import FLOWS_DIR
+from losh.schemas.frame_codec import encode_frame
+from losh.schemas.locks import folder_lock, refuse_if_locked
+from losh.schemas.prepared import PREPARED_SCHEMA, PREPARED_VERSION, SampleRecord
+from losh.schemas.safe_paths import join_ids, unsafe_reason
 
 SHORT_SOURCES = ("machine", "manual")
 
@@ -390,7 +390,7 @@ def extract_shorts(plan: DatasetPlan, short_source: str, tagger: str, rule: str
                                    "short_query column in a2d_annotation.txt); use --short-text machine")
         shorts = [e.manual_short or "" for e in expressions]
     else:
-        from pipeline.shorten import Shortener, spacy_model_name
+        from losh.pipeline.shorten import Shortener, spacy_model_name
         shortener = Shortener(tagger=tagger, rule=rule)
         shorts = shortener.shorten_many([e.long for e in expressions])
         info.update(tagger=tagger, rule=rule, model=spacy_model_name() if tagger == "spacy" else "nltk")

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.datasets import with_default_options
-from pipeline.datasets.jhmdb import METADATA_FILE
-from schemas.atomic import TEMPORARY_MARK
-from schemas.flows import FLOWS_DIR, INDEX_FILE
-from schemas.folders import FolderNotEmpty, check_writable_folder, folder_names
-from schemas.locks import LOCK_NAME
+from losh.pipeline.datasets import with_default_options
+from losh.pipeline.datasets.jhmdb import METADATA_FILE
+from losh.schemas.atomic import TEMPORARY_MARK
+from losh.schemas.flows import FLOWS_DIR, INDEX_FILE
+from losh.schemas.folders import FolderNotEmpty, check_writable_folder, folder_names
+from losh.schemas.locks import LOCK_NAME
 
 MANIFEST, RECORDS, REPORT, SHARDS = "manifest.json", "samples.jsonl", "report.json", "shards"
 # what prepare-data (and compute-flows, in flows/) writes into OUT: a folder holding only these is its own

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.synth_language import describe
-from pipeline.synth_output import synthetic_set
-from pipeline.synth_render import FPS, background, render, write_h5, write_mp4, write_text
-from pipeline.synth_scenes import (
+from losh.pipeline.synth_language import describe
+from losh.pipeline.synth_output import synthetic_set
+from losh.pipeline.synth_render import FPS, background, render, write_h5, write_mp4, write_text
+from losh.pipeline.synth_scenes import (
     COLOURS,
     MEAN_SHADE,
     Video,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.synth_scenes import Instance
+from losh.pipeline.synth_scenes import Instance
 
 # (progressive forms, third-person forms). No word may contain "left" or "right" as a substring
 # except the direction itself ("bright", "upright"...): the flip augmentation swaps them textually.

@@ -1,4 +1,4 @@
-"""The synthetic scenes of `pipeline.synth` written in the Refer-YouTube-VOS, Refer-DAVIS17 and JHMDB-Sentences
+"""The synthetic scenes of `losh.pipeline.synth` written in the Refer-YouTube-VOS, Refer-DAVIS17 and JHMDB-Sentences
 layouts (see pipeline/datasets/), so that tests and demos read every data set's reader on real-layout files.
 
 Refer-YouTube-VOS: every 5th frame of a source video is released as JPEG (00000, 00005, ...); train has a
@@ -18,11 +18,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.synth import plan_video
-from pipeline.synth_output import synthetic_set
-from pipeline.synth_render import render, write_text
-from pipeline.synth_scenes import video_ids
-from schemas.atomic import atomic_path, atomic_write_json
+from losh.pipeline.synth import plan_video
+from losh.pipeline.synth_output import synthetic_set
+from losh.pipeline.synth_render import render, write_text
+from losh.pipeline.synth_scenes import video_ids
+from losh.schemas.atomic import atomic_path, atomic_write_json
 
 RELEASE_STEP = 5       # Refer-YouTube-VOS releases every 5th frame
 _PALETTE = [0, 0, 0] + [v for i in range(1, 256) for v in ((i * 97) % 256, (i * 57) % 256, (i * 151) % 256)]

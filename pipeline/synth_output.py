@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from schemas.atomic import atomic_write_json, remove_stale_staging, staging_path
-from schemas.folders import (
+from losh.schemas.atomic import atomic_write_json, remove_stale_staging, staging_path
+from losh.schemas.folders import (
     FolderNotEmpty,
     check_writable_folder,
     files_below,

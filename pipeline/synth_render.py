@@ -9,8 +9,8 @@ import cv2
 import h5py
 import numpy as np
 
-from pipeline.synth_scenes import COLOURS, SHADE_BASE, SHADE_NOISE, SHADE_STRIPE, Video
-from schemas.atomic import atomic_path, atomic_write_text
+from losh.pipeline.synth_scenes import COLOURS, SHADE_BASE, SHADE_NOISE, SHADE_STRIPE, Video
+from losh.schemas.atomic import atomic_path, atomic_write_text
 
 FPS = 24
 

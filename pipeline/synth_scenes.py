@@ -1,6 +1,6 @@
 """The synthetic scenes' plan: which shapes a video holds (size x colour x shape), what each does (moving
 left/right/up/down, jumping, standing still, rotating), their paths and drawing order, and which frames are
-annotated. Deterministic for a seed. `pipeline.synth` puts a plan together with its language and pictures."""
+annotated. Deterministic for a seed. `losh.pipeline.synth` puts a plan together with its language and pictures."""
 from __future__ import annotations
 
 import math

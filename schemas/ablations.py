@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from schemas.config import ConfigError
+from losh.schemas.config import ConfigError
 
 # Each ablation is a set of field overrides ("part.field": value) applied to a preset.
 ABLATIONS: dict[str, dict[str, Any]] = {

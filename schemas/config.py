@@ -3,7 +3,7 @@ versioned.
 
 A config is a frozen `ModelConfig` made of parts (`backbone`, `text`, `transformer`, `loss`, and `sgmg` for
 SgMg's own parts); `architecture` says which model it builds ("mttr": LoSh-M/MTTR, "sgmg": LoSh-S/SgMg).
-The named presets are in `schemas.presets`, the ablation switches ("PRESET:ABLATION") in `schemas.ablations`;
+The named presets are in `losh.schemas.presets`, the ablation switches ("PRESET:ABLATION") in `losh.schemas.ablations`;
 `with_overrides` changes dotted fields of a config ("loss.fbc": 0.0).
 
 JSON form (`save_config` / `load_config`): {"schema": "losh.model_config", "version": 2, ...fields};
@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
-from schemas.atomic import atomic_write_text
+from losh.schemas.atomic import atomic_write_text
 
 CONFIG_SCHEMA = "losh.model_config"
 CONFIG_VERSION = 3

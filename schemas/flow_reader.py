@@ -14,10 +14,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from schemas.flows import INDEX_FILE, FlowParams, check_shard_attrs, flows_dir, index_splits, validate_index
-from schemas.open_files import OpenFiles
-from schemas.prepared import SchemaError, read_json
-from schemas.prepared_reader import load_manifest
+from losh.schemas.flows import INDEX_FILE, FlowParams, check_shard_attrs, flows_dir, index_splits, validate_index
+from losh.schemas.open_files import OpenFiles
+from losh.schemas.prepared import SchemaError, read_json
+from losh.schemas.prepared_reader import load_manifest
 
 
 class FlowsMissing(FileNotFoundError):
@@ -31,7 +31,7 @@ class FlowsStale(SchemaError):
 def load_index(prep: Path) -> dict:
     path = flows_dir(prep) / INDEX_FILE
     if not path.exists():
-        raise FlowsMissing(f"{path} does not exist: run `losh compute-flows {prep}` (or let it finish)")
+        raise FlowsMissing(f"{path} does not exist: run `losh compute-flows --data {prep}` (or let it finish)")
     return validate_index(read_json(path), str(path))
 
 
@@ -83,12 +83,12 @@ class FlowReader:
     def _missing(self, video_id: str, frame: int) -> FlowsMissing:
         """Why (video_id, frame) has no flows, and the command that adds them."""
         where = flows_dir(self.root) / INDEX_FILE
-        from schemas.prepared_reader import load_manifest, load_records  # only on this error path
+        from losh.schemas.prepared_reader import load_manifest, load_records  # only on this error path
         split = next((r.split for r in load_records(self.root, load_manifest(self.root))
                       if r.video_id == video_id and r.frame == frame), None)
         if split is not None and split not in self.splits:
             return FlowsMissing(f"no flows for video {video_id!r} frame {frame}: it is a {split} sample and {where} "
-                                f"covers only the {'+'.join(self.splits)} split; run `losh compute-flows "
+                                f"covers only the {'+'.join(self.splits)} split; run `losh compute-flows --data "
                                 f"{self.root} --split {split}` (or --split all)")
         return FlowsMissing(f"no flows for video {video_id!r} frame {frame} in {where} (not an annotated frame of "
                             "this PREP, or flows computed before it changed): re-run `losh compute-flows`")
@@ -107,11 +107,11 @@ class FlowReader:
             more = f" and {len(stale) - 3} more" if len(stale) > 3 else ""
             raise FlowsStale(f"the flows of {len(stale)} videos ({', '.join(stale[:3])}{more}) were computed from "
                              f"other shards than {self.root} holds now (it was prepared again): recompute them with "
-                             f"`losh compute-flows {self.root}`")
+                             f"`losh compute-flows --data {self.root}`")
         if bad:
             more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
             raise SchemaError(f"{len(bad)} flow shards cannot be used: {'; '.join(bad[:5])}{more}; re-run "
-                              f"`losh compute-flows {self.root}`: it keeps the whole shards and computes the others")
+                              f"`losh compute-flows --data {self.root}`: it keeps the whole shards and computes the others")
 
     def _shard_problems(self, video_ids: list[str], manifest: dict) -> tuple[list[str], list[str]]:
         """(the flow shards of `video_ids` that cannot be used, why; the videos whose flows were computed from
@@ -140,7 +140,7 @@ class FlowReader:
         if computed_for != now:
             raise FlowsStale(f"the flows in {flows_dir(self.root)} were computed from {self.root} as it was prepared "
                              f"with other settings (settings_hash {computed_for}, now {now}): recompute them with "
-                             f"`losh compute-flows {self.root}`")
+                             f"`losh compute-flows --data {self.root}`")
 
     def _prep_shard_hashes(self, manifest: dict, video_ids: set[str]) -> dict[str, str]:
         """The `settings_hash` of the PREP shards of `video_ids` (what each flow shard records it was computed

@@ -1,4 +1,4 @@
-"""Contract of the precomputed optical flows of a prepared data set (`losh compute-flows PREP`).
+"""Contract of the precomputed optical flows of a prepared data set (`losh compute-flows --data PREP`).
 
 PREP/flows/index.json   written last: schema + version, parameters and their hash, one entry per
                         video {video_id, file, frames, inputs_hash, frame_size, grid}, counts
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from schemas.prepared import SPLITS, SchemaError, check_version
+from losh.schemas.prepared import SPLITS, SchemaError, check_version
 
 FLOWS_SCHEMA = "losh.flows"
 FLOWS_VERSION = 1

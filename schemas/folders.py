@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from schemas.atomic import staging_path
+from losh.schemas.atomic import staging_path
 
 
 class FolderNotEmpty(ValueError):

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from schemas.atomic import process_alive
+from losh.schemas.atomic import process_alive
 
 LOCK_NAME = ".losh.lock"
 

@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from schemas.safe_paths import unsafe_reason
+from losh.schemas.safe_paths import unsafe_reason
 
 PREPARED_SCHEMA = "losh.prepared"
 PREPARED_VERSION = 3   # 2: video_frames, MTTR's sample list; 3: any data set (kinds, targets, expression ids)

@@ -13,9 +13,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from schemas.frame_codec import decode_frame
-from schemas.open_files import OpenFiles
-from schemas.prepared import PREPARED_SCHEMA, SampleRecord, SchemaError, read_json, validate_manifest
+from losh.schemas.frame_codec import decode_frame
+from losh.schemas.open_files import OpenFiles
+from losh.schemas.prepared import PREPARED_SCHEMA, SampleRecord, SchemaError, read_json, validate_manifest
 
 
 class PreparedDataMissing(FileNotFoundError):

@@ -9,15 +9,15 @@
     sgmg     the SgMg baseline at the same settings
     tiny-s   LoSh-S's classes in the dims of `tiny`
 
-and a preset with an ablation switch of `schemas.ablations` ("losh-m:wo-ca").
+and a preset with an ablation switch of `losh.schemas.ablations` ("losh-m:wo-ca").
 """
 from __future__ import annotations
 
 import os
 from dataclasses import replace
 
-from schemas.ablations import ABLATIONS, ablation_overrides, parse_spec
-from schemas.config import (
+from losh.schemas.ablations import ABLATIONS, ablation_overrides, parse_spec
+from losh.schemas.config import (
     BackboneConfig,
     ConfigError,
     LossConfig,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from schemas.prepared import SPLITS
+from losh.schemas.prepared import SPLITS
 
 TRAIN_SCHEMA = "losh.train"
 TRAIN_VERSION = 1

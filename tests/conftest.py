@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.synth import write_synthetic_a2d
+from losh.pipeline.synth import write_synthetic_a2d
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -35,7 +35,7 @@ def raw_copy(synth_root, tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def prepared(synth_root, tmp_path_factory) -> Path:
     """`synth_root` prepared at its own 64 x 88 size, manual short text (read-only)."""
-    from pipeline.prepare import PrepareSettings, prepare_a2d
+    from losh.pipeline.prepare import PrepareSettings, prepare_a2d
 
     out = tmp_path_factory.mktemp("prepared") / "prep"
     # PyAV (the default decoder, as MTTR reads A2D) where installed; OpenCV where not (the lent GPU machine)
@@ -48,7 +48,7 @@ def prepared(synth_root, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def prepared_with_flows(prepared, tmp_path_factory) -> Path:
     """A copy of `prepared` with its Farneback flows (computed in-process, read-only)."""
-    from pipeline.flows import compute_flows
+    from losh.pipeline.flows import compute_flows
 
     out = tmp_path_factory.mktemp("prepared_flows") / "prep"
     shutil.copytree(prepared, out)

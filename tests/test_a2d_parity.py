@@ -12,11 +12,11 @@ import pytest
 import torch
 from av.video.frame import PictureType
 
-from pipeline.flows import build_flow_jobs, compute_flows, offset_targets
-from pipeline.prepare import PrepareSettings, prepare_a2d
-from pipeline.video import count_frames, decode_frames, window_indices
-from schemas.flows import FlowParams
-from schemas.prepared_reader import PreparedDataset
+from losh.pipeline.flows import build_flow_jobs, compute_flows, offset_targets
+from losh.pipeline.prepare import PrepareSettings, prepare_a2d
+from losh.pipeline.video import count_frames, decode_frames, window_indices
+from losh.schemas.flows import FlowParams
+from losh.schemas.prepared_reader import PreparedDataset
 
 # libx264 is in PyAV's wheel; mpeg4 (also with B-frames) is the fallback where it is not
 CODEC = "libx264" if "libx264" in av.codecs_available else "mpeg4"
@@ -266,9 +266,9 @@ def test_flows_training_step_and_evaluation_run_on_empty_masks_and_past_end(pari
     from losh.data.dataset import RVOSDataset, collate
     from losh.evaluation.evaluate import evaluate_checkpoint
     from losh.models.registry import build_criterion, build_model
+    from losh.schemas.presets import get_config
+    from losh.schemas.train import TrainSettings
     from losh.training.loop import forward_and_loss, train
-    from schemas.presets import get_config
-    from schemas.train import TrainSettings
     prep = tmp_path / "prep"
     shutil.copytree(parity_prep["prep"], prep)
     compute_flows(prep, workers=0, progress=False)

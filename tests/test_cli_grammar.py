@@ -7,7 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.main import app
+from losh.cli.main import app
 from losh.training.checkpoint import load_checkpoint
 
 runner = CliRunner()
@@ -63,8 +63,8 @@ def test_train_set_is_recorded_and_resume_reads_the_runs_own_config(prepared, tm
 
 def test_evaluate_writes_a_folder_refuses_to_replace_it_silently_and_keeps_the_old_file_form(prepared, tmp_path):
     from losh.models.registry import build_model
+    from losh.schemas.presets import get_config
     from losh.training.checkpoint import CHECKPOINT_SCHEMA, CHECKPOINT_VERSION
-    from schemas.presets import get_config
 
     config = get_config("tiny:wo-fbc")
     torch.manual_seed(0)

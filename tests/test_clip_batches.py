@@ -4,10 +4,10 @@ import torch
 
 from losh.data.dataset import Augment, ClipDataset, RVOSDataset, collate, collate_clips
 from losh.models.registry import build_criterion, build_model
+from losh.schemas.presets import get_config
+from losh.schemas.train import TrainConfigError, TrainSettings
 from losh.training.checkpoint import load_checkpoint
 from losh.training.loop import forward_and_loss, train
-from schemas.presets import get_config
-from schemas.train import TrainConfigError, TrainSettings
 
 
 def test_clips_hold_the_expressions_of_one_frame_and_an_epoch_visits_every_sample_once(prepared_with_flows):

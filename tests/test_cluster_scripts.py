@@ -15,7 +15,7 @@ from distributed.cli.dask_scheduler import main as dask_scheduler_cli
 from distributed.cli.dask_worker import main as dask_worker_cli
 from torch.distributed.run import get_args_parser
 
-from cli.main import app
+from losh.cli.main import app
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM = REPO / "scripts" / "slurm"
@@ -112,7 +112,7 @@ def test_train_sbatch_starts_torchrun_c10d_on_every_node(tmp_path):
     args = get_args_parser().parse_args(argv)
     assert (args.nnodes, args.nproc_per_node, args.rdzv_backend) == ("3", "4", "c10d")
     assert (args.rdzv_endpoint, args.rdzv_id) == ("gpu-a:29500", "4242")   # the allocation's first node
-    assert args.module and args.training_script == "cli.main"
+    assert args.module and args.training_script == "losh.cli.main"
     assert env["MASTER_ADDR"] == "gpu-a" and env["MASTER_PORT"] == "29500" and env["LOSH_MAX_OPEN_SHARDS"] == "64"
     ctx = check_losh(args.training_script_args)
     assert ctx.info_name == "train" and ctx.params["data"] == prep and ctx.params["out"] == run
@@ -155,7 +155,7 @@ def test_flows_sbatch_starts_a_dask_cluster_and_compute_flows_on_it(tmp_path):
     losh = [argv for argv, _ in only(calls, "losh")]
     assert len(losh) == 2
     ctx = check_losh(losh[0])
-    assert ctx.info_name == "compute-flows" and ctx.params["prep"] == prep
+    assert ctx.info_name == "compute-flows" and ctx.params["data"] == prep and ctx.params["prep"] is None
     assert ctx.params["scheduler"] == "tcp://gpu-a:8786" and ctx.params["split"] == "train"
     assert check_losh(losh[1]).params["verify"] is True
 

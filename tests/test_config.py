@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from schemas.ablations import ABLATIONS, PAPER_ROWS
-from schemas.config import (
+from losh.schemas.ablations import ABLATIONS, PAPER_ROWS
+from losh.schemas.config import (
     CONFIG_SCHEMA,
     CONFIG_VERSION,
     ConfigError,
@@ -12,7 +12,7 @@ from schemas.config import (
     save_config,
     with_overrides,
 )
-from schemas.presets import get_config, resolve_config
+from losh.schemas.presets import get_config, resolve_config
 
 
 def test_paper_preset_has_the_paper_settings():

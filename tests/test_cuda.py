@@ -9,12 +9,12 @@ from torch.utils.data import DataLoader
 from bench.train_step import NO_DOWNLOAD
 from losh.data.dataset import RVOSDataset, collate
 from losh.models.registry import build_criterion, build_model
+from losh.schemas.config import with_overrides
+from losh.schemas.presets import get_config
+from losh.schemas.train import TrainSettings
 from losh.training.checkpoint import load_checkpoint
 from losh.training.device import to_device
 from losh.training.loop import forward_and_loss, train
-from schemas.config import with_overrides
-from schemas.presets import get_config
-from schemas.train import TrainSettings
 
 pytestmark = [pytest.mark.cuda]
 

@@ -5,7 +5,7 @@ import torch
 
 from losh.data.dataset import Augment, RVOSDataset, collate, normalise_frames, swap_left_right
 from losh.evaluation.predictions import mask_path, score_predictions, write_mask, write_scores
-from schemas.prepared_reader import PreparedDataset
+from losh.schemas.prepared_reader import PreparedDataset
 
 
 @pytest.fixture()
@@ -76,7 +76,7 @@ def test_flows_follow_the_flip_and_the_resize(prepared_with_flows):
     assert torch.equal(b["flows"][:, 1], a["flows"][:, 1].flip(-1))
     assert torch.equal(a["flow_valid"], b["flow_valid"])
     # stored in grid pixels (stride 4): the loader gives frame pixels, 4x larger
-    from schemas.flow_reader import FlowReader
+    from losh.schemas.flow_reader import FlowReader
     r = plain.data.records[0]
     grid, _ = FlowReader(prepared_with_flows).read(r.video_id, r.frame)
     assert torch.allclose(a["flows"], torch.from_numpy(grid) * 4)

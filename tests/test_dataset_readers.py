@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
-from pipeline.datasets import refer_davis
-from pipeline.datasets import refer_youtube_vos as ryv
+from losh.pipeline.datasets import refer_davis
+from losh.pipeline.datasets import refer_youtube_vos as ryv
 from tests.conftest import SHARED
 
 REAL_VALID = SHARED / "data" / "refer_youtube_vos_valid_meta_expressions.json"
@@ -103,7 +103,7 @@ def test_synthetic_refer_youtube_vos_layout_reads_back(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from pipeline.synth_layouts import write_synthetic_refer_youtube_vos
+    from losh.pipeline.synth_layouts import write_synthetic_refer_youtube_vos
 
     summary = write_synthetic_refer_youtube_vos(tmp_path, videos=3, seed=1, height=64, width=88, frames=20,
                                                 progress=False)
@@ -127,7 +127,7 @@ def test_synthetic_refer_youtube_vos_layout_reads_back(tmp_path):
 
 
 def test_synthetic_refer_davis_layout_reads_back(tmp_path):
-    from pipeline.synth_layouts import write_synthetic_refer_davis
+    from losh.pipeline.synth_layouts import write_synthetic_refer_davis
 
     write_synthetic_refer_davis(tmp_path, videos=2, seed=2, height=64, width=88, frames=10, progress=False)
     raw = refer_davis.read_refer_davis(tmp_path)
@@ -142,7 +142,7 @@ def test_synthetic_refer_davis_layout_reads_back(tmp_path):
 def test_losh_synth_writes_each_layout(tmp_path):
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from losh.cli.main import app
 
     runner = CliRunner()
     for layout in ("refer-youtube-vos", "refer-davis"):

@@ -2,9 +2,9 @@
 import json
 from dataclasses import replace
 
-from cli.demo import TRAIN_SETTINGS, same_recipe
-from schemas.config import save_config
-from schemas.presets import get_config
+from losh.cli.demo import TRAIN_SETTINGS, same_recipe
+from losh.schemas.config import save_config
+from losh.schemas.presets import get_config
 
 
 def test_an_earlier_demo_run_is_resumed_only_with_the_same_config_and_settings(tmp_path):
@@ -24,9 +24,9 @@ def test_an_earlier_demo_run_is_resumed_only_with_the_same_config_and_settings(t
 
 def test_the_demo_model_is_losh_s_with_its_cross_attention():
     """The demo's overrides make a valid LoSh-S config whose 2-layer encoder still has a CA layer (layer 2)."""
-    from cli.demo import DEMO_BASE_CONFIG, DEMO_CONFIG_OVERRIDES
+    from losh.cli.demo import DEMO_BASE_CONFIG, DEMO_CONFIG_OVERRIDES
     from losh.models.registry import build_model
-    from schemas.config import with_overrides
+    from losh.schemas.config import with_overrides
 
     config = with_overrides(get_config(DEMO_BASE_CONFIG), DEMO_CONFIG_OVERRIDES)
     assert config.architecture == "sgmg" and config.use_short_text and config.window == 5

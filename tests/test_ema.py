@@ -57,7 +57,7 @@ def test_state_round_trip_and_bad_decay():
 
 
 def test_train_settings_refuse_a_decay_outside_0_1():
-    from schemas.train import TrainConfigError, TrainSettings
+    from losh.schemas.train import TrainConfigError, TrainSettings
     assert TrainSettings(ema_decay=0.999).validate().ema_decay == 0.999
     with pytest.raises(TrainConfigError, match="ema_decay"):
         TrainSettings(ema_decay=1.0).validate()

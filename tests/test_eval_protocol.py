@@ -8,19 +8,19 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.main import app
+from losh.cli.main import app
 from losh.data.size_batches import size_grouped_batches
 from losh.evaluation.evaluate import evaluate_checkpoint
 from losh.evaluation.ground_truth import GroundTruth
 from losh.evaluation.predictions import score_predictions
 from losh.inference.video_inference import query_masks
+from losh.pipeline.datasets.a2d import read_frame_annotation
+from losh.pipeline.prepare import PrepareSettings, prepare_a2d
+from losh.pipeline.synth import write_synthetic_a2d
+from losh.schemas.prepared_reader import PreparedDataset
+from losh.schemas.presets import get_config
+from losh.schemas.train import TrainSettings
 from losh.training.loop import train
-from pipeline.datasets.a2d import read_frame_annotation
-from pipeline.prepare import PrepareSettings, prepare_a2d
-from pipeline.synth import write_synthetic_a2d
-from schemas.prepared_reader import PreparedDataset
-from schemas.presets import get_config
-from schemas.train import TrainSettings
 
 IOU_KEYS = ("overall_iou", "mean_iou", "precision@0.5", "precision@0.6", "precision@0.7", "precision@0.8",
             "precision@0.9", "j", "f", "jf", "num_images")

@@ -6,12 +6,12 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
-from pipeline.flow_verify import verify_flows
-from pipeline.flows import compute_flows
-from schemas.flow_reader import FlowReader, FlowsMissing
-from schemas.flows import FlowParams
-from schemas.prepared_reader import PreparedDataset
+from losh.cli.main import app
+from losh.pipeline.flow_verify import verify_flows
+from losh.pipeline.flows import compute_flows
+from losh.schemas.flow_reader import FlowReader, FlowsMissing
+from losh.schemas.flows import FlowParams
+from losh.schemas.prepared_reader import PreparedDataset
 
 
 @pytest.fixture()
@@ -43,7 +43,7 @@ def test_train_then_all_computes_only_the_test_videos(prep):
     assert reader.read(r_train.video_id, r_train.frame)[0].shape[0] == 4
     r_test = PreparedDataset(prep, "test").records[0]
     with pytest.raises(FlowsMissing, match=rf"video '{r_test.video_id}' frame {r_test.frame}: it is a test sample "
-                                           r"and .*index.json covers only the train split; run `losh compute-flows "
+                                           r"and .*index.json covers only the train split; run `losh compute-flows --data "
                                            rf"{prep} --split test` \(or --split all\)"):
         reader.read(r_test.video_id, r_test.frame)
     with pytest.raises(FlowsMissing, match="not an annotated frame of this PREP"):

@@ -16,15 +16,15 @@ import torch
 from distributed import Client
 from typer.testing import CliRunner
 
-from cli.main import app
-from pipeline.flow_field import farneback, gray_from_bgr, hflip_flows, to_grid
-from pipeline.flow_verify import verify_flows
-from pipeline.flows import compute_flows
-from pipeline.prepare import PrepareSettings, prepare_a2d
-from schemas.flow_reader import FlowReader, FlowsMissing
-from schemas.flows import FlowParams
-from schemas.prepared import SchemaError
-from schemas.prepared_reader import PreparedDataset
+from losh.cli.main import app
+from losh.pipeline.flow_field import farneback, gray_from_bgr, hflip_flows, to_grid
+from losh.pipeline.flow_verify import verify_flows
+from losh.pipeline.flows import compute_flows
+from losh.pipeline.prepare import PrepareSettings, prepare_a2d
+from losh.schemas.flow_reader import FlowReader, FlowsMissing
+from losh.schemas.flows import FlowParams
+from losh.schemas.prepared import SchemaError
+from losh.schemas.prepared_reader import PreparedDataset
 
 REPO = Path(__file__).resolve().parents[1]
 VIDEO_FRAMES = 16   # the synth_root fixture's clips
@@ -203,7 +203,7 @@ def test_hflip_of_flows_matches_the_flows_of_mirrored_frames():
 
 SLOW_RUN = """
 import sys, time
-import pipeline.flows as flows
+import losh.pipeline.flows as flows
 original = flows.compute_video_flows
 def slow(job):   # defined in __main__, so Dask ships it to the workers by value
     result = original(job)

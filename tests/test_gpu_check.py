@@ -180,8 +180,8 @@ def test_compiled_parts_give_the_eager_losses():
     from bench.gpu_parts import COMPILED_PARTS, compile_in_place
     from bench.train_step import synthetic_batch
     from losh.models.registry import build_criterion, build_model
+    from losh.schemas.presets import get_config
     from losh.training.loop import forward_and_loss
-    from schemas.presets import get_config
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

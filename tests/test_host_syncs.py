@@ -48,7 +48,7 @@ def test_a_training_step_syncs_at_most_the_bound(spec, bound):
 def test_matching_runs_in_float32_under_bf16_autocast():
     from losh.models.losh_m.matcher import FrameTargets, LongShortMatcher
     from losh.models.losh_s.matcher import ReferredTarget, match_referred
-    from schemas.config import LossConfig
+    from losh.schemas.config import LossConfig
 
     g = torch.Generator().manual_seed(0)
     masks = (torch.rand(3, 2 * 6 * 8, generator=g) > 0.5).float()

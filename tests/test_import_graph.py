@@ -1,6 +1,7 @@
 """The import graph of the toolkit: no circles, no import from a lower layer to a higher one, no private names.
 
-Layers, top to bottom: cli and bench -> losh -> pipeline -> schemas. Inside losh: training, evaluation and
+Layers, top to bottom: cli and bench -> losh -> pipeline -> schemas (installed as losh.cli, losh.pipeline and
+losh.schemas: `losh` is the toolkit's one top-level name). Inside losh: training, evaluation and
 inference -> the models (one folder each, and the registry that builds them) and data -> the models' shared parts
 -> losh.errors; the package itself (`losh.load_model`) sits above them all. A model's folder never imports
 another model's; only the registry knows them all. Every import
@@ -12,8 +13,9 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("cli", "bench", "losh", "pipeline", "schemas")
-TOP_LAYER = {"cli": 3, "bench": 3, "losh": 2, "pipeline": 1, "schemas": 0}
+# the repository's folders and the names they import as
+PACKAGES = {"cli": "losh.cli", "bench": "bench", "losh": "losh", "pipeline": "losh.pipeline", "schemas": "losh.schemas"}
+LAYERS = {"losh.cli": 3, "bench": 3, "losh": 2, "losh.pipeline": 1, "losh.schemas": 0}
 # rooms inside losh, by prefix (the longest prefix that matches decides), and their rank
 LOSH_ROOMS = {
     "losh.training": 3, "losh.evaluation": 3, "losh.inference": 3,
@@ -27,13 +29,21 @@ MODEL_FOLDERS = ("losh.models.losh_m", "losh.models.losh_s")
 
 def _modules() -> dict[str, Path]:
     modules = {}
-    for package in PACKAGES:
-        for path in (ROOT / package).rglob("*.py"):
-            parts = list(path.relative_to(ROOT).with_suffix("").parts)
-            if parts[-1] == "__init__":
+    for folder, name in PACKAGES.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            parts = list(path.relative_to(ROOT / folder).with_suffix("").parts)
+            if parts and parts[-1] == "__init__":
                 parts = parts[:-1]
-            modules[".".join(parts)] = path
+            modules[".".join([name, *parts])] = path
     return modules
+
+
+def _layer(module: str) -> tuple[str, int]:
+    """(the layer's package, its rank) of a module: losh.cli, bench, losh (the core), losh.pipeline, losh.schemas."""
+    for package in sorted(LAYERS, key=len, reverse=True):
+        if module == package or module.startswith(package + "."):
+            return package, LAYERS[package]
+    raise AssertionError(f"{module} is in no layer")
 
 
 def _imports(path: Path, name: str, modules: dict[str, Path]) -> list[tuple[str, list[str], int]]:
@@ -53,7 +63,7 @@ def _imports(path: Path, name: str, modules: dict[str, Path]) -> list[tuple[str,
                     found.append((target, [], node.lineno))
                 else:
                     found.append((base, [alias.name], node.lineno))
-    return [(target, names, line) for target, names, line in found if target.split(".")[0] in PACKAGES]
+    return [(target, names, line) for target, names, line in found if target.split(".")[0] in ("losh", "bench")]
 
 
 def _graph() -> tuple[dict[str, set[str]], list[tuple[str, str, list[str], int]]]:
@@ -118,8 +128,8 @@ def test_no_import_circles():
 def test_no_import_from_a_lower_layer_to_a_higher_one():
     wrong = []
     for source, target, _, line in _graph()[1]:
-        top_s, top_t = source.split(".")[0], target.split(".")[0]
-        if TOP_LAYER[top_t] > TOP_LAYER[top_s]:
+        (top_s, layer_s), (top_t, layer_t) = _layer(source), _layer(target)
+        if layer_t > layer_s:
             wrong.append(f"{source}:{line} imports {target}")
         elif top_s == top_t == "losh":
             (room_s, rank_s), (room_t, rank_t) = _room(source), _room(target)
@@ -152,3 +162,17 @@ def test_the_graph_reader_sees_the_real_imports():
     assert "losh.evaluation.evaluate" in graph["losh.training.loop"]           # an import inside a function
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _room("losh.models.shared.losses") == ("losh.models.shared", 1)
+
+
+def test_losh_is_the_only_top_level_name_and_every_package_is_installed():
+    """pyproject.toml installs cli/, pipeline/ and schemas/ under losh; its package list names every folder with
+    an __init__.py (a package left out would be missing from a wheel)."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    setuptools = project["tool"]["setuptools"]
+    assert all(name.split(".")[0] == "losh" for name in setuptools["packages"])
+    assert setuptools["package-dir"] == {"losh.cli": "cli", "losh.pipeline": "pipeline", "losh.schemas": "schemas"}
+    packages = {name for name, path in _modules().items() if path.name == "__init__.py" and not name.startswith("bench")}
+    assert packages == set(setuptools["packages"])
+    assert project["project"]["scripts"]["losh"] == "losh.cli.main:app"

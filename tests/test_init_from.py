@@ -5,14 +5,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.main import app
+from losh.cli.main import app
 from losh.models.registry import build_model
+from losh.schemas.config import with_overrides
+from losh.schemas.presets import get_config
+from losh.schemas.train import TrainSettings
 from losh.training.checkpoint import load_checkpoint
 from losh.training.init_from import InitMismatch, initialise_from
 from losh.training.loop import train
-from schemas.config import with_overrides
-from schemas.presets import get_config
-from schemas.train import TrainSettings
 
 runner = CliRunner()
 

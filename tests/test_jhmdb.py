@@ -10,16 +10,16 @@ import pytest
 from scipy.io import loadmat
 from typer.testing import CliRunner
 
-from cli.main import app
+from losh.cli.main import app
 from losh.evaluation.evaluate import evaluate_checkpoint
 from losh.evaluation.ground_truth import GroundTruth
+from losh.pipeline.datasets.jhmdb import METADATA_FILE, read_samples_metadata
+from losh.pipeline.prepare import PrepareSettings, prepare_dataset
+from losh.pipeline.synth_layouts import write_synthetic_jhmdb
+from losh.schemas.prepared_reader import PreparedDataset
+from losh.schemas.presets import get_config
+from losh.schemas.train import TrainSettings
 from losh.training.loop import train
-from pipeline.datasets.jhmdb import METADATA_FILE, read_samples_metadata
-from pipeline.prepare import PrepareSettings, prepare_dataset
-from pipeline.synth_layouts import write_synthetic_jhmdb
-from schemas.prepared_reader import PreparedDataset
-from schemas.presets import get_config
-from schemas.train import TrainSettings
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SETTINGS = PrepareSettings(window=8, short_side=96, max_long_side=132)   # 64 x 88 frames stored larger

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
+from losh.schemas.train import TrainConfigError, TrainSettings
 from losh.training.optim import warmed_up
-from schemas.train import TrainConfigError, TrainSettings
 
 
 def _optimizer() -> torch.optim.Optimizer:

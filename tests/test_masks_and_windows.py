@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from pipeline.masks import group_by_short, merge_masks, short_key
-from pipeline.video import target_size, window_indices
-from schemas.prepared import SampleRecord, SchemaError, validate_manifest
+from losh.pipeline.masks import group_by_short, merge_masks, short_key
+from losh.pipeline.video import target_size, window_indices
+from losh.schemas.prepared import SampleRecord, SchemaError, validate_manifest
 
 
 def test_window_follows_mttr_convention_and_clamps():

@@ -8,8 +8,8 @@ from torchvision.models.video.swin_transformer import SwinTransformer3d
 from losh.errors import WeightsMissing
 from losh.models.registry import build_model
 from losh.models.shared.backbone import VideoSwinBackbone
-from schemas.config import BackboneConfig, with_overrides
-from schemas.presets import get_config
+from losh.schemas.config import BackboneConfig, with_overrides
+from losh.schemas.presets import get_config
 
 TINY = get_config("tiny").backbone
 

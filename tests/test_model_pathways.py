@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from losh.models.registry import build_model
-from schemas.config import with_overrides
-from schemas.presets import get_config
+from losh.schemas.config import with_overrides
+from losh.schemas.presets import get_config
 
 B, T, H, W, K = 2, 4, 48, 64, 2
 LONG = ["the big red circle is moving to the left", "a small blue square jumping"]

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from losh.models.registry import build_criterion, build_model
+from losh.schemas.config import with_overrides
+from losh.schemas.presets import get_config
 from losh.training.optim import param_groups
-from schemas.config import with_overrides
-from schemas.presets import get_config
 
 B, T, H, W, K = 2, 4, 64, 96, 2
 LONG = ["the big red circle is moving to the left", "a small blue square jumping up and down"]
@@ -93,7 +93,7 @@ def test_every_trainable_parameter_gets_a_gradient_and_the_frozen_text_encoder_n
     # frozen, yet its dropout on while the model trains: MTTR and SgMg call model.train() on the whole model
     assert model.text_encoder.model.training == config.text.dropout_when_frozen is True
     from losh.models.shared.text_encoder import TextEncoder
-    from schemas.config import with_overrides
+    from losh.schemas.config import with_overrides
     quiet = TextEncoder(with_overrides(config, {"text.dropout_when_frozen": False}).text).train()
     assert not quiet.model.training           # the switch off: frozen means no dropout either
 

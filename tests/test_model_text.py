@@ -7,8 +7,8 @@ import torch
 from losh.errors import TextEncoderMissing
 from losh.models.shared.text_encoder import TextEncoder
 from losh.models.shared.tiny_tokenizer import builtin_corpus, train_bpe_tokenizer
-from schemas.config import TextConfig
-from schemas.presets import get_config
+from losh.schemas.config import TextConfig
+from losh.schemas.presets import get_config
 
 TINY = replace(get_config("tiny").text, freeze=True)   # the paper's frozen encoder, in tiny dims
 

@@ -18,14 +18,18 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.main import app
-from pipeline.prepare import PrepareSettings, prepare_a2d
-from pipeline.prepared_folder import PreparedSetDiffers
-from pipeline.synth import write_synthetic_a2d
-from pipeline.synth_layouts import write_synthetic_jhmdb, write_synthetic_refer_davis, write_synthetic_refer_youtube_vos
-from pipeline.synth_output import SYNTH_MARKER
-from schemas.folders import FolderNotEmpty
-from schemas.locks import LOCK_NAME
+from losh.cli.main import app
+from losh.pipeline.prepare import PrepareSettings, prepare_a2d
+from losh.pipeline.prepared_folder import PreparedSetDiffers
+from losh.pipeline.synth import write_synthetic_a2d
+from losh.pipeline.synth_layouts import (
+    write_synthetic_jhmdb,
+    write_synthetic_refer_davis,
+    write_synthetic_refer_youtube_vos,
+)
+from losh.pipeline.synth_output import SYNTH_MARKER
+from losh.schemas.folders import FolderNotEmpty
+from losh.schemas.locks import LOCK_NAME
 
 
 def _decoder() -> str:
@@ -124,7 +128,7 @@ def test_synth_overwrite_keeps_a_marked_set_that_holds_files_it_did_not_write(tm
 
 
 def test_synth_error_midway_leaves_the_earlier_set_and_no_staging(tmp_path, monkeypatch):
-    from pipeline import synth
+    from losh.pipeline import synth
 
     out = tmp_path / "raw"
     WRITERS["a2d"](out)
@@ -228,15 +232,15 @@ def test_prepare_cli_refuses_other_settings_in_one_line(prepared, synth_root, tm
 # ------------------------------------------------------------------------------------------------- train
 
 def _train_settings():
-    from schemas.train import TrainSettings
+    from losh.schemas.train import TrainSettings
     return TrainSettings(epochs=1, batch_size=1, num_workers=0, max_steps=1, amp="off", eval_every=0)
 
 
 def test_train_refuses_flows_of_another_preparation_before_the_run_folder_exists(prepared_with_flows, synth_root,
                                                                                   tmp_path):
+    from losh.schemas.flow_reader import FlowsStale
+    from losh.schemas.presets import get_config
     from losh.training.loop import train
-    from schemas.flow_reader import FlowsStale
-    from schemas.presets import get_config
 
     prep = tmp_path / "prep"
     prepare(synth_root, prep, replace(SETTINGS, short_side=48, max_long_side=66))
@@ -249,14 +253,14 @@ def test_train_refuses_flows_of_another_preparation_before_the_run_folder_exists
     result = CliRunner().invoke(app, ["train", "--data", str(prep), "--out", str(run), "--config", "tiny",
                                       "--workers", "0", "--max-steps", "1"])
     lines = result.output.strip().splitlines()
-    assert result.exit_code == 1 and len(lines) == 1 and f"losh compute-flows {prep}" in lines[0]
+    assert result.exit_code == 1 and len(lines) == 1 and f"losh compute-flows --data {prep}" in lines[0]
     assert not run.exists()
 
 
 def test_train_refuses_flows_of_shards_prepared_again(prepared_with_flows, tmp_path):
     from losh.data.dataset import RVOSDataset
-    from pipeline.flows import compute_flows
-    from schemas.flow_reader import FlowsStale
+    from losh.pipeline.flows import compute_flows
+    from losh.schemas.flow_reader import FlowsStale
 
     prep = tmp_path / "prep"
     shutil.copytree(prepared_with_flows, prep)
@@ -299,8 +303,8 @@ def test_predict_removes_stale_staging_folders_of_its_target_only(tmp_path, live
 def window_8_checkpoint(tmp_path_factory) -> Path:
     """An untrained `tiny:wo-fbc` model (window 8) saved as a training checkpoint."""
     from losh.models.registry import build_model
+    from losh.schemas.presets import get_config
     from losh.training.checkpoint import CHECKPOINT_SCHEMA, CHECKPOINT_VERSION, atomic_save
-    from schemas.presets import get_config
 
     torch.manual_seed(0)
     config = get_config("tiny:wo-fbc")

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from bench.loader_scale import scale_prep
-from schemas.flow_reader import FlowReader
-from schemas.open_files import MAX_OPEN_ENV, OpenFiles
-from schemas.prepared_reader import PreparedDataset
+from losh.schemas.flow_reader import FlowReader
+from losh.schemas.open_files import MAX_OPEN_ENV, OpenFiles
+from losh.schemas.prepared_reader import PreparedDataset
 
 SHARDS = 40
 BOUND = 5

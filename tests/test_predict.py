@@ -14,12 +14,12 @@ from typer.testing import CliRunner
 import losh.inference.drawing as ld
 import losh.inference.frames as lf
 import losh.inference.predict as lp
-from cli.main import app
+from losh.cli.main import app
 from losh.inference.video_inference import video_windows
 from losh.models.registry import build_model
+from losh.pipeline.video import write_h264
+from losh.schemas.presets import get_config
 from losh.training.checkpoint import CHECKPOINT_SCHEMA, CHECKPOINT_VERSION, atomic_save
-from pipeline.video import write_h264
-from schemas.presets import get_config
 
 H, W = 64, 88                     # the video's size
 RESOLUTION = {"short_side": 48, "max_long_side": 66}   # the checkpoint's training frames: input 48 x 66

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
-from pipeline.datasets.a2d import list_annotated_frames, read_a2d, read_frame_annotation
-from pipeline.prepare import PrepareSettings, prepare_a2d
-from pipeline.video import decode_frames, resize_masks
-from schemas.prepared import SchemaError
-from schemas.prepared_reader import PreparedDataset
+from losh.cli.main import app
+from losh.pipeline.datasets.a2d import list_annotated_frames, read_a2d, read_frame_annotation
+from losh.pipeline.prepare import PrepareSettings, prepare_a2d
+from losh.pipeline.video import decode_frames, resize_masks
+from losh.schemas.prepared import SchemaError
+from losh.schemas.prepared_reader import PreparedDataset
 
 SETTINGS = PrepareSettings(window=8, short_side=64, max_long_side=88)
 
@@ -141,7 +141,7 @@ def test_reader_refuses_another_version_and_malformed_records(synth_root, tmp_pa
 
 SLOW_RUN = """
 import sys, time
-import pipeline.prepare as p
+import losh.pipeline.prepare as p
 from pathlib import Path
 original = p.prepare_video
 def slow(job):

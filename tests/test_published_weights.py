@@ -14,9 +14,9 @@ import torch
 from typer.testing import CliRunner
 
 import losh
-from cli.main import app
-from schemas.config import with_overrides
-from schemas.presets import get_config
+from losh.cli.main import app
+from losh.schemas.config import with_overrides
+from losh.schemas.presets import get_config
 
 FIXTURES = Path(__file__).parent / "fixtures" / "published"
 TOLERANCE = 1e-4            # max |ours - reference| / max |reference|: float32 noise

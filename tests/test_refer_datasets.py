@@ -10,17 +10,17 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli.main import app
+from losh.cli.main import app
 from losh.evaluation.evaluate import evaluate_checkpoint
 from losh.evaluation.submission import check_submission, read_submission
 from losh.evaluation.video_metrics import expression_j_f
+from losh.pipeline.prepare import PrepareSettings, consecutive_windows, prepare_dataset
+from losh.pipeline.synth_layouts import write_synthetic_refer_davis, write_synthetic_refer_youtube_vos
+from losh.schemas.config import with_overrides
+from losh.schemas.prepared_reader import PreparedDataset
+from losh.schemas.presets import get_config
+from losh.schemas.train import TrainSettings
 from losh.training.loop import forward_and_loss, train
-from pipeline.prepare import PrepareSettings, consecutive_windows, prepare_dataset
-from pipeline.synth_layouts import write_synthetic_refer_davis, write_synthetic_refer_youtube_vos
-from schemas.config import with_overrides
-from schemas.prepared_reader import PreparedDataset
-from schemas.presets import get_config
-from schemas.train import TrainSettings
 
 WINDOW = 6
 SETTINGS = PrepareSettings(window=WINDOW, short_side=64, max_long_side=88)
@@ -39,7 +39,7 @@ def ytvos(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(ytvos, tmp_path_factory):
     _, prep, _ = ytvos
-    from pipeline.flows import compute_flows
+    from losh.pipeline.flows import compute_flows
     compute_flows(prep, workers=0, progress=False)
     config = with_overrides(get_config("tiny:msh"), {"window": WINDOW})
     out = tmp_path_factory.mktemp("run")

@@ -15,15 +15,15 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-from cli.main import app
+from losh.cli.main import app
 from losh.models.losh_s.criterion import LoShSCriterion
 from losh.models.losh_s.model import LoShS
 from losh.models.registry import build_criterion, build_model
+from losh.schemas.config import ConfigError, LossConfig, load_config, save_config, with_overrides
+from losh.schemas.presets import get_config
+from losh.schemas.train import TrainSettings
 from losh.training.loop import config_for_data
 from losh.training.optim import param_groups
-from schemas.config import ConfigError, LossConfig, load_config, save_config, with_overrides
-from schemas.presets import get_config
-from schemas.train import TrainSettings
 
 B, T, H, W, K = 2, 5, 64, 96, 2
 LONG = ["the big red circle is moving to the left", "a small blue square jumping up and down"]
@@ -716,9 +716,9 @@ def test_long_short_term_of_the_matching_cost_prefers_queries_whose_pathways_agr
 @pytest.fixture(scope="module")
 def prepared_s(tmp_path_factory) -> Path:
     """A small synthetic A2D set prepared with 5-frame windows, manual short text, and its flows."""
-    from pipeline.flows import compute_flows
-    from pipeline.prepare import PrepareSettings, prepare_a2d
-    from pipeline.synth import write_synthetic_a2d
+    from losh.pipeline.flows import compute_flows
+    from losh.pipeline.prepare import PrepareSettings, prepare_a2d
+    from losh.pipeline.synth import write_synthetic_a2d
 
     base = tmp_path_factory.mktemp("sgmg_data")
     write_synthetic_a2d(base / "raw", videos=4, seed=3, height=64, width=88, frames=12, annotated_per_video=1,
@@ -741,8 +741,8 @@ def _train(data, run, *extra):
 
 def test_cli_trains_resumes_evaluates_and_predicts_with_losh_s(prepared_s, tmp_path):
     from losh.evaluation.frame_metrics import METRIC_KEYS
+    from losh.pipeline.video import write_h264
     from losh.training.checkpoint import load_checkpoint, load_model
-    from pipeline.video import write_h264
 
     train_samples = json.loads((prepared_s / "manifest.json").read_text())["counts"]["samples_train"]
     steps = -(-train_samples // 2)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import shorten
-from pipeline.shorten import (
+from losh.pipeline import shorten
+from losh.pipeline.shorten import (
     RULES,
     SPACY_MODELS,
     TAGGERS,

@@ -9,9 +9,9 @@ import torch
 
 from bench.train_step import synthetic_batch
 from losh.models.registry import build_criterion, build_model
+from losh.schemas.config import with_overrides
+from losh.schemas.presets import get_config
 from losh.training.loop import forward_and_loss
-from schemas.config import with_overrides
-from schemas.presets import get_config
 
 GOLDEN = json.loads((Path(__file__).parent / "fixtures" / "losses_3447b0c.json").read_text())
 

@@ -8,8 +8,8 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.synth import COLOURS, MALFORMED_INSTANCE_ID, MEAN_SHADE, write_synthetic_a2d
-from pipeline.synth_render import write_h5 as _write_h5
+from losh.pipeline.synth import COLOURS, MALFORMED_INSTANCE_ID, MEAN_SHADE, write_synthetic_a2d
+from losh.pipeline.synth_render import write_h5 as _write_h5
 
 VIDEOS, HEIGHT, WIDTH, FRAMES = 6, 64, 88, 12
 SETTINGS = dict(videos=VIDEOS, height=HEIGHT, width=WIDTH, frames=FRAMES, annotated_per_video=3, progress=False)

@@ -9,8 +9,8 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from pipeline.synth_layouts import JHMDB_CLASSES, JHMDB_SHORT_MASKS, jhmdb_puppet, write_synthetic_jhmdb
-from pipeline.synth_layouts import scenes as layout_scenes
+from losh.pipeline.synth_layouts import JHMDB_CLASSES, JHMDB_SHORT_MASKS, jhmdb_puppet, write_synthetic_jhmdb
+from losh.pipeline.synth_layouts import scenes as layout_scenes
 
 VIDEOS, HEIGHT, WIDTH, FRAMES = 4, 64, 88, 10
 SETTINGS = dict(videos=VIDEOS, height=HEIGHT, width=WIDTH, frames=FRAMES, progress=False)
@@ -73,7 +73,7 @@ def test_frames_are_every_frame_as_1_based_pngs_under_the_puppets_action_class(s
 
 
 def test_part_mask_is_h_by_w_by_t_uint8_0_1_and_the_puppets_rendered_mask(sets, scenes):
-    from pipeline.synth_render import render as _render
+    from losh.pipeline.synth_render import render as _render
 
     root, summary = sets["a"]
     for video in scenes:
@@ -154,7 +154,7 @@ def test_unusable_arguments_say_why():
 def test_losh_synth_layout_jhmdb(tmp_path):
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from losh.cli.main import app
 
     result = CliRunner().invoke(app, ["synth", str(tmp_path), "--layout", "jhmdb", "--videos", "3", "--height", "64",
                                       "--width", "88", "--frames", "8"])

@@ -4,7 +4,7 @@ from torch.utils.data import DataLoader
 
 from losh.data.dataset import RVOSDataset, collate
 from losh.models.registry import build_model
-from schemas.presets import get_config
+from losh.schemas.presets import get_config
 
 
 def test_the_loaders_token_ids_are_the_models_and_give_the_same_outputs(prepared):

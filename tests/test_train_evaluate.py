@@ -9,14 +9,14 @@ import torch
 from typer.testing import CliRunner
 
 import losh.training.loop as train_module
-from cli.main import app
+from losh.cli.main import app
 from losh.data.dataset import ClipDataset, RVOSDataset
 from losh.evaluation.evaluate import trivial_baselines
 from losh.evaluation.frame_metrics import METRIC_KEYS
+from losh.schemas.presets import get_config
+from losh.schemas.train import TrainSettings
 from losh.training.checkpoint import load_checkpoint
 from losh.training.loop import NonFiniteLoss, RunExists, train
-from schemas.presets import get_config
-from schemas.train import TrainSettings
 
 CONFIG = get_config("tiny:wo-fbc")   # flows are tested with compute-flows; here the loop itself
 
@@ -172,7 +172,7 @@ def test_torchrun_with_two_processes_shards_the_data_and_trains_one_model(prepar
     samples, or over clips with their expressions)."""
     run = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "cli.main", "train", "--data", str(prepared), "--out", str(run), "--config", "tiny:wo-fbc",
+           "-m", "losh.cli.main", "train", "--data", str(prepared), "--out", str(run), "--config", "tiny:wo-fbc",
            "--epochs", "1", "--batch-size", "1", "--expressions-per-clip", str(expressions_per_clip),
            "--workers", "0", "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

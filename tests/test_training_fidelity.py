@@ -9,15 +9,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from typer.testing import CliRunner
 
-from cli.main import app
+from losh.cli.main import app
 from losh.data.dataset import swap_left_right
 from losh.evaluation.evaluate import evaluate_checkpoint
 from losh.models.losh_m.criterion import average_over_processes
+from losh.schemas.config import with_overrides
+from losh.schemas.presets import get_config
+from losh.schemas.train import TrainSettings
 from losh.training.checkpoint import load_checkpoint
 from losh.training.loop import SettingsChanged, train
-from schemas.config import with_overrides
-from schemas.presets import get_config
-from schemas.train import TrainSettings
 
 CONFIG = get_config("tiny:wo-fbc")
 
@@ -143,7 +143,7 @@ def test_inference_runs_the_taggers_short_text_even_on_manually_prepared_data(pr
     from losh.data.dataset import RVOSDataset
     from losh.evaluation.evaluate import evaluate_model
     from losh.models.registry import build_model
-    from pipeline.shorten import Shortener
+    from losh.pipeline.shorten import Shortener
 
     torch.manual_seed(0)
     model = build_model(CONFIG)                       # tiny: cross-attention, inference_short_pathway "encoder"

@@ -15,15 +15,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.main import app
+from losh.cli.main import app
+from losh.pipeline.prepare import PrepareSettings, prepare_a2d, prepare_dataset
+from losh.schemas.locks import LOCK_NAME, FolderBusy, folder_lock, refuse_if_locked
+from losh.schemas.prepared import SampleRecord, SchemaError
+from losh.schemas.presets import get_config
+from losh.schemas.safe_paths import UnsafeName, join_ids, unsafe_reason
+from losh.schemas.train import TrainSettings
 from losh.training.checkpoint import load_checkpoint
 from losh.training.loop import train
-from pipeline.prepare import PrepareSettings, prepare_a2d, prepare_dataset
-from schemas.locks import LOCK_NAME, FolderBusy, folder_lock, refuse_if_locked
-from schemas.prepared import SampleRecord, SchemaError
-from schemas.presets import get_config
-from schemas.safe_paths import UnsafeName, join_ids, unsafe_reason
-from schemas.train import TrainSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = PrepareSettings(window=8, short_side=64, max_long_side=88)
@@ -75,9 +75,9 @@ def test_a2d_ids_that_escape_are_reported_and_nothing_is_read_or_written_outside
 
 
 def test_refer_youtube_vos_and_davis_ids_that_escape_are_reported(tmp_path):
-    from pipeline.datasets.refer_davis import read_refer_davis
-    from pipeline.datasets.refer_youtube_vos import read_meta_expressions
-    from pipeline.synth_layouts import write_synthetic_refer_davis
+    from losh.pipeline.datasets.refer_davis import read_refer_davis
+    from losh.pipeline.datasets.refer_youtube_vos import read_meta_expressions
+    from losh.pipeline.synth_layouts import write_synthetic_refer_davis
 
     meta = tmp_path / "meta_expressions.json"
     meta.write_text(json.dumps({"videos": {
@@ -187,7 +187,7 @@ def test_a_second_writer_is_refused_at_once_naming_the_first(prepared, tmp_path,
     _plant_lock(prep, live_process.pid, "losh prepare-data")
     with pytest.raises(FolderBusy, match="prepare-data"):
         prepare_a2d(prepared, prep, short_source="manual", settings=SETTINGS, workers=1, progress=False)
-    from pipeline.flows import compute_flows
+    from losh.pipeline.flows import compute_flows
     with pytest.raises(FolderBusy, match="being written"):   # flows of a PREP that prepare-data writes
         compute_flows(prep, workers=0, progress=False)
 
@@ -204,7 +204,7 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
 
 def test_two_trainings_started_together_one_runs_one_is_refused(prepared, tmp_path):
     run = tmp_path / "run"
-    command = [sys.executable, "-m", "cli.main", "train", "--data", str(prepared), "--out", str(run), "--config",
+    command = [sys.executable, "-m", "losh.cli.main", "train", "--data", str(prepared), "--out", str(run), "--config",
                "tiny:wo-fbc", "--workers", "0", "--max-steps", "30", "--epochs", "10"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -240,7 +240,7 @@ def test_a_damaged_shard_is_named_before_the_run_folder_exists_and_prepare_data_
 
 
 def test_a_deleted_shard_gives_evaluation_its_name_and_the_repair(prepared, tmp_path):
-    from schemas.prepared_reader import PreparedDataset
+    from losh.schemas.prepared_reader import PreparedDataset
 
     copy = tmp_path / "prep"
     shutil.copytree(prepared, copy)
@@ -298,7 +298,7 @@ def _children(pid: int) -> set[int]:
 
 
 def test_prepare_datas_pool_workers_die_with_a_killed_parent(synth_root, tmp_path):
-    script = (f"from pipeline.prepare import PrepareSettings, prepare_a2d\n"
+    script = (f"from losh.pipeline.prepare import PrepareSettings, prepare_a2d\n"
               f"prepare_a2d({str(synth_root)!r}, {str(tmp_path / 'prep')!r}, short_source='manual', "
               f"settings=PrepareSettings(window=8, short_side=64, max_long_side=88, codec='png'), workers=2, "
               f"progress=False)\n")
@@ -320,7 +320,7 @@ def test_prepare_datas_pool_workers_die_with_a_killed_parent(synth_root, tmp_pat
 
 
 def test_dask_scratch_space_is_private_to_the_run(prepared, tmp_path, monkeypatch):
-    import pipeline.flows as flows
+    import losh.pipeline.flows as flows
 
     seen = []
     real = flows.start_local_cluster
@@ -338,7 +338,7 @@ def test_dask_scratch_space_is_private_to_the_run(prepared, tmp_path, monkeypatc
 
 
 def test_prepare_dataset_api_keeps_its_lock_for_the_whole_run(synth_root, tmp_path, monkeypatch):
-    import pipeline.prepare as prepare
+    import losh.pipeline.prepare as prepare
 
     held = []
     real = prepare._prepare_dataset

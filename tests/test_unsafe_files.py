@@ -7,10 +7,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.main import app
-from schemas.presets import get_config
-from schemas.torch_files import UnsafeFile, safe_torch_load, trusting_files
-from schemas.train import TrainSettings
+from losh.cli.main import app
+from losh.schemas.presets import get_config
+from losh.schemas.torch_files import UnsafeFile, safe_torch_load, trusting_files
+from losh.schemas.train import TrainSettings
 
 FIXTURES = Path(__file__).parent / "fixtures" / "legacy_checkpoints"
 
@@ -86,7 +86,7 @@ def test_every_entry_point_refuses_a_checkpoint_that_runs_code(command, trained_
 
 def test_backbone_weights_that_run_code_are_refused(tmp_path):
     from losh.models.shared.backbone import VideoSwinBackbone
-    from schemas.config import with_overrides
+    from losh.schemas.config import with_overrides
 
     marker = tmp_path / "MARKER"
     torch.save({"state_dict": {}, "meta": _RunsCode(marker)}, tmp_path / "swin.pth")

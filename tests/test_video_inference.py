@@ -11,7 +11,7 @@ from torch import nn
 from losh.data.dataset import IMAGENET_MEAN, IMAGENET_STD
 from losh.inference.video_inference import ArrayFrames, FrameSource, predict_video, query_masks, video_windows
 from losh.models.registry import build_model
-from schemas.presets import get_config
+from losh.schemas.presets import get_config
 
 H, W = 32, 64                 # input size (stride-4 logits 8 x 16)
 OUT = (48, 96)                # the "original" video size

@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from pipeline.flow_field import hflip_flows
-from schemas.flow_units import rescale_vectors
-from schemas.prepared import SampleRecord
-from schemas.prepared_reader import PreparedDataset
+from losh.pipeline.flow_field import hflip_flows
+from losh.schemas.flow_units import rescale_vectors
+from losh.schemas.prepared import SampleRecord
+from losh.schemas.prepared_reader import PreparedDataset
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -76,7 +76,7 @@ class RVOSDataset(Dataset):
         self.data.records = evenly_spread(self.data.records, max_samples)
         self.flows = None
         if with_flows:
-            from schemas.flow_reader import FlowReader
+            from losh.schemas.flow_reader import FlowReader
             self.flows = FlowReader(prep)
         self.augment = augment
         self.seed = seed

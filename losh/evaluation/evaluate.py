@@ -20,12 +20,12 @@ from losh.inference.drawing import comparison_picture, save_picture
 from losh.inference.short_text import INFERENCE_TAGGER, tagger_short_texts
 from losh.inference.video_inference import query_masks
 from losh.models.registry import build_model
+from losh.schemas.atomic import atomic_write_json
+from losh.schemas.config import ModelConfig
+from losh.schemas.prepared_reader import PreparedDataset, load_manifest
+from losh.schemas.safe_paths import join_ids
 from losh.training.checkpoint import load_model
 from losh.training.device import AMP_CHOICES, Dist, autocast_for, padding_mask_of, select_device, to_device
-from schemas.atomic import atomic_write_json
-from schemas.config import ModelConfig
-from schemas.prepared_reader import PreparedDataset, load_manifest
-from schemas.safe_paths import join_ids
 
 
 @torch.no_grad()
@@ -166,7 +166,7 @@ def inference_short_texts(data, config: ModelConfig, require_tagger: bool = True
     info = data.manifest["short_text"]
     if info["source"] == "machine":
         return None, f"machine ({info['tagger']}/{info['rule']}, prepared)"
-    from pipeline.shorten import TaggerUnavailable
+    from losh.pipeline.shorten import TaggerUnavailable
 
     try:
         shorts = tagger_short_texts([r.long for r in data.records])

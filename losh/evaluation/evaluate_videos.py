@@ -23,8 +23,8 @@ from losh.data.dataset import evenly_spread
 from losh.evaluation.submission import SubmissionWriter
 from losh.evaluation.video_metrics import JFAccumulator, compose_label_maps, davis_unsupervised_sequence, frame_j_f
 from losh.inference.video_inference import predict_video
-from schemas.prepared import SampleRecord
-from schemas.prepared_reader import PreparedDataset
+from losh.schemas.prepared import SampleRecord
+from losh.schemas.prepared_reader import PreparedDataset
 
 
 class ShardFrames:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from schemas.prepared import SampleRecord, SchemaError
-from schemas.prepared_reader import PreparedDataset
+from losh.schemas.prepared import SampleRecord, SchemaError
+from losh.schemas.prepared_reader import PreparedDataset
 
 RESOLUTIONS = ("original", "prepared")
 
@@ -45,7 +45,7 @@ class GroundTruth:
         if self.dataset != "a2d":
             raise SchemaError(f"original-resolution scoring of {self.dataset!r} samples prepared at another size "
                               "is not supported: use --resolution prepared")
-        from pipeline.datasets.a2d import CorruptMaskFile, read_frame_annotation
+        from losh.pipeline.datasets.a2d import CorruptMaskFile, read_frame_annotation
         path = self.raw / "text_annotations" / "a2d_annotation_with_instances" / record.video_id / f"{record.frame:05d}.h5"
         if not path.exists():
             raise FileNotFoundError(f"sample {record.sample_id} was prepared at {record.size[0]}x{record.size[1]}, "

@@ -23,10 +23,10 @@ from tqdm import tqdm
 
 from losh.evaluation.frame_metrics import MetricAccumulator
 from losh.evaluation.ground_truth import GroundTruth
-from schemas.atomic import atomic_path, atomic_write_json
-from schemas.prepared import SampleRecord, SchemaError, check_version
-from schemas.prepared_reader import PreparedDataset
-from schemas.safe_paths import join_ids
+from losh.schemas.atomic import atomic_path, atomic_write_json
+from losh.schemas.prepared import SampleRecord, SchemaError, check_version
+from losh.schemas.prepared_reader import PreparedDataset
+from losh.schemas.safe_paths import join_ids
 
 PREDICTIONS_SCHEMA = "losh.predictions"
 PREDICTIONS_VERSION = 2

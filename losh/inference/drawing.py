@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from schemas.atomic import atomic_path
+from losh.schemas.atomic import atomic_path
 
 GT_COLOUR = (0, 200, 0)      # RGB
 PRED_COLOUR = (230, 40, 40)

@@ -13,7 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from losh.errors import PredictError, PredictUsageError
-from pipeline.video import VideoUnreadable, probe_frame_rate, resize_frame, stream_frames, target_size
+from losh.pipeline.video import VideoUnreadable, probe_frame_rate, resize_frame, stream_frames, target_size
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
@@ -27,7 +27,7 @@ def natural_key(name: str) -> list:
 
 
 def _decoded(path: Path) -> Iterator[tuple[int, object]]:
-    """`pipeline.video.stream_frames`, its errors as `PredictError`."""
+    """`losh.pipeline.video.stream_frames`, its errors as `PredictError`."""
     try:
         yield from stream_frames(path)
     except VideoUnreadable as e:

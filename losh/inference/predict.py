@@ -10,7 +10,7 @@ training data was prepared (short side, long-side cap: `ckpt["data_preparation"]
 320 / 576 for older checkpoints) and the masks come back at the video's own size.
 
 Its parts: the video's frames (`losh.inference.frames`), the overlay's drawing (`losh.inference.drawing`), the
-H.264 writer (`pipeline.video.H264Writer`) and the checkpoint's model (`losh.training.checkpoint`).
+H.264 writer (`losh.pipeline.video.H264Writer`) and the checkpoint's model (`losh.training.checkpoint`).
 
 Streaming: a video file is read in three sequential passes, none of which holds the video:
 1. `VideoFileFrames` counts the frames to keep (all, or with `fps` one per 1/fps seconds of timestamps);
@@ -47,9 +47,9 @@ from tqdm import tqdm
 from losh.errors import PredictError, PredictUsageError, first_line
 from losh.inference.drawing import PALETTE, legend_patch, render_overlay, write_preview
 from losh.inference.frames import FolderFrames, open_frames
-from pipeline.video import H264Writer, NoVideoEncoder, resize_frame
-from schemas.atomic import atomic_write_json, remove_stale_staging, staging_path
-from schemas.folders import publish_folder
+from losh.pipeline.video import H264Writer, NoVideoEncoder, resize_frame
+from losh.schemas.atomic import atomic_write_json, remove_stale_staging, staging_path
+from losh.schemas.folders import publish_folder
 
 __all__ = ["PredictError", "PredictUsageError", "predict"]
 
@@ -125,7 +125,7 @@ def short_texts_for(texts: Sequence[str], required: bool) -> list[str] | None:
     inference gets it (paper 3.8: only the long expression is given). None when the tagger is not installed
     and the model does not need it."""
     from losh.inference.short_text import tagger_short_texts
-    from pipeline.shorten import TaggerUnavailable
+    from losh.pipeline.shorten import TaggerUnavailable
 
     try:
         return tagger_short_texts(texts)

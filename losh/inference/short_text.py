@@ -10,8 +10,8 @@ INFERENCE_TAGGER = f"{TAGGER}/{RULE}"
 
 def tagger_short_texts(texts: Sequence[str]) -> list[str]:
     """The tagger's short text of each expression; the long text itself where the tagger finds none. Raises
-    `pipeline.shorten.TaggerUnavailable` when the tagger is not installed."""
-    from pipeline.shorten import Shortener
+    `losh.pipeline.shorten.TaggerUnavailable` when the tagger is not installed."""
+    from losh.pipeline.shorten import Shortener
 
     shorts = Shortener(tagger=TAGGER, rule=RULE).shorten_many(list(texts))
     return [short.strip() or text for short, text in zip(shorts, texts)]

@@ -111,15 +111,15 @@ def query_masks(logits: torch.Tensor, padded: tuple[int, int], valid: tuple[int,
 # ----------------------------------------------------------------------------------------- windows
 
 def video_windows(frames: int, window: int) -> list[tuple[int, int, int]]:
-    """(start, stop, keep_from) per model pass: frames start..stop-1 go in, the predictions of frames
-    keep_from..stop-1 are kept. Consecutive windows of `window` frames; a short last one becomes the last
+    """(start, end, keep_from) per model pass: frames [start, end) go in, the predictions of frames
+    [keep_from, end) are kept. Consecutive windows of `window` frames; a short last one becomes the last
     `window` frames of the video (MTTR's split); a video of at most `window` frames is one window."""
     if window < 1 or frames < 1:
         raise ValueError(f"need window >= 1 and frames >= 1, got window={window}, frames={frames}")
     out = []
     for start in range(0, frames, window):
-        stop = min(start + window, frames)
-        out.append((max(0, stop - window), stop, start))
+        end = min(start + window, frames)
+        out.append((max(0, end - window), end, start))
     return out
 
 
@@ -213,7 +213,7 @@ def predict_video(model: torch.nn.Module, source: FrameSource, long_texts: list[
 
     `short_texts`: one per long text; needed when the model runs the short text through its encoder at
     inference (`config.inference_uses_short_text`; the tagger's short text, see
-    `pipeline.shorten.Shortener`), ignored otherwise. `window`: frames per model pass (module docstring:
+    `losh.pipeline.shorten.Shortener`), ignored otherwise. `window`: frames per model pass (module docstring:
     MTTR's split; the last window is completed backwards to `window` frames). `output_size`: (H, W) of the
     masks, the original video size (default: the input size). `amp`: 'off' (float32) or 'bf16' (CUDA).
     `spill_dir`: keep the mask logits in a memmap there (otherwise in memory, or in a temporary directory
@@ -236,7 +236,7 @@ def predict_video(model: torch.nn.Module, source: FrameSource, long_texts: list[
         if short_texts is None:
             raise ValueError("this model runs the short text through the encoder at inference "
                              "(inference_short_pathway = 'encoder'): pass short_texts (e.g. the tagger's, "
-                             "pipeline.shorten.Shortener), or use a config with inference_short_pathway = 'none'")
+                             "losh.pipeline.shorten.Shortener), or use a config with inference_short_pathway = 'none'")
     else:
         short_texts = None
     if short_texts is not None and len(short_texts) != len(long_texts):

@@ -6,7 +6,7 @@
     fmt = PUBLISHED_FORMATS["sgmg"]      # a published file's format: its names onto ours
 
 A third base model is one folder beside `losh_m/` and `losh_s/` (its model and criterion, built on
-`losh.models.shared`) and one line in `ARCHITECTURES` (and its name in `schemas.config.Architecture`).
+`losh.models.shared`) and one line in `ARCHITECTURES` (and its name in `losh.schemas.config.Architecture`).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from losh.models.losh_s import published as sgmg_published
 from losh.models.losh_s.criterion import LoShSCriterion
 from losh.models.losh_s.model import LoShS
 from losh.models.shared.published import Conversion
-from schemas.config import ModelConfig
+from losh.schemas.config import ModelConfig
 
 # architecture -> (model class, criterion class); each model takes (config, load_pretrained), each criterion
 # (config.loss, use_short_text)

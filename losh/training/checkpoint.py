@@ -2,7 +2,7 @@
 
     model, ckpt = load_model("run/checkpoints/last.pt", torch.device("cpu"))   # ready for model.infer(...)
 
-A checkpoint holds tensors and plain values only, and is read as data (`schemas.torch_files`): a file that would
+A checkpoint holds tensors and plain values only, and is read as data (`losh.schemas.torch_files`): a file that would
 run code when loaded is refused, naming what it holds. Checkpoints written before the random-number states were
 stored as tensors hold numpy's state as an array: those three numpy classes are admitted for them.
 """
@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from losh.models.registry import build_model
-from schemas.atomic import atomic_copy, atomic_path
-from schemas.config import ModelConfig, with_overrides
-from schemas.torch_files import UnsafeFile, safe_torch_load
+from losh.schemas.atomic import atomic_copy, atomic_path
+from losh.schemas.config import ModelConfig, with_overrides
+from losh.schemas.torch_files import UnsafeFile, safe_torch_load
 
 CHECKPOINT_SCHEMA = "losh.checkpoint"
 CHECKPOINT_VERSION = 1

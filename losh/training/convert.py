@@ -3,7 +3,7 @@
     report = convert_checkpoint("mttr", "a2d_window8.pth.tar", "mttr_a2d.pt", trained_on="a2d")
     model = losh.load_model("mttr_a2d.pt")
 
-The file is read as data only (`schemas.torch_files`; SgMg's also holds its argparse options, admitted by name).
+The file is read as data only (`losh.schemas.torch_files`; SgMg's also holds its argparse options, admitted by name).
 Every tensor it holds is renamed onto the model (`losh.models.<model>.published`) or dropped on a named list with
 the reason; the config's dims come from the tensors' shapes on the format's preset (or `config`). Anything else is
 refused with what was found: another model's file, a missing tensor, a tensor with no home, a shape that differs.
@@ -21,10 +21,10 @@ from torch import Tensor
 
 from losh.models.registry import PUBLISHED_FORMATS, PublishedFormat, build_model
 from losh.models.shared.published import NotThisFormat, listing
+from losh.schemas.config import ModelConfig
+from losh.schemas.presets import resolve_config
+from losh.schemas.torch_files import safe_torch_load
 from losh.training.checkpoint import CHECKPOINT_SCHEMA, CHECKPOINT_VERSION, atomic_save
-from schemas.config import ModelConfig
-from schemas.presets import resolve_config
-from schemas.torch_files import safe_torch_load
 
 # what a published file holds beyond tensors and plain values: SgMg saves its argparse options ("args")
 PUBLISHED_FILE_CLASSES = [argparse.Namespace]

@@ -24,6 +24,11 @@ from tqdm import tqdm
 from losh.data.dataset import Augment, ClipDataset, RVOSDataset, collate, collate_clips, normalise_frames
 from losh.errors import NonFiniteOutputs
 from losh.models.registry import build_criterion, build_model
+from losh.schemas.atomic import remove_stale_temporaries
+from losh.schemas.config import ModelConfig, with_overrides
+from losh.schemas.flows import FLOWS_DIR
+from losh.schemas.locks import folder_lock, refuse_if_locked
+from losh.schemas.train import SAFE_TO_CHANGE_ON_RESUME, TrainSettings
 from losh.training.checkpoint import (
     CHECKPOINT_SCHEMA,
     CHECKPOINT_VERSION,
@@ -44,11 +49,6 @@ from losh.training.device import (
 from losh.training.ema import WeightAverage
 from losh.training.init_from import initialise_from
 from losh.training.optim import main_lr, param_groups, warmed_up
-from schemas.atomic import remove_stale_temporaries
-from schemas.config import ModelConfig, with_overrides
-from schemas.flows import FLOWS_DIR
-from schemas.locks import folder_lock, refuse_if_locked
-from schemas.train import SAFE_TO_CHANGE_ON_RESUME, TrainSettings
 
 
 class NonFiniteLoss(RuntimeError):
@@ -179,7 +179,7 @@ class LossLog:
 
 
 def dataset_manifest(data: Path) -> dict:
-    from schemas.prepared_reader import load_manifest
+    from losh.schemas.prepared_reader import load_manifest
     return load_manifest(Path(data))
 
 

@@ -5,26 +5,26 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.datasets.base import DatasetPlan
+from losh.pipeline.datasets.base import DatasetPlan
 
 
 def _a2d(root: Path, **_: object) -> DatasetPlan:
-    from pipeline.datasets.a2d import plan_a2d
+    from losh.pipeline.datasets.a2d import plan_a2d
     return plan_a2d(root)
 
 
 def _refer_youtube_vos(root: Path, *, holdout_videos: int = 0, seed: int = 0, **_: object) -> DatasetPlan:
-    from pipeline.datasets.refer_youtube_vos import plan_refer_youtube_vos
+    from losh.pipeline.datasets.refer_youtube_vos import plan_refer_youtube_vos
     return plan_refer_youtube_vos(root, holdout_videos=holdout_videos, seed=seed)
 
 
 def _jhmdb(root: Path, *, samples_metadata: Path | None = None, seed: int = 0, **_: object) -> DatasetPlan:
-    from pipeline.datasets.jhmdb import plan_jhmdb
+    from losh.pipeline.datasets.jhmdb import plan_jhmdb
     return plan_jhmdb(root, samples_metadata=samples_metadata, seed=seed)
 
 
 def _refer_davis(root: Path, *, split: str | None = None, **_: object) -> DatasetPlan:
-    from pipeline.datasets.refer_davis import plan_refer_davis
+    from losh.pipeline.datasets.refer_davis import plan_refer_davis
     return plan_refer_davis(root, split or "val")
 
 

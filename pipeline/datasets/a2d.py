@@ -16,7 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipeline.datasets.base import (
+from losh.pipeline.datasets.base import (
     DatasetPlan,
     DatasetRootError,
     ExpressionSpec,

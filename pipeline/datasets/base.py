@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from schemas.safe_paths import unsafe_reason
+from losh.schemas.safe_paths import unsafe_reason
 
 SAMPLINGS = ("annotated_frames", "consecutive", "whole_video")
 ANNOTATION_FORMATS = ("a2d_h5", "palette_png", "jhmdb_mat", "none")

@@ -20,7 +20,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.datasets.base import (
+from losh.pipeline.datasets.base import (
     DatasetPlan,
     DatasetRootError,
     ExpressionSpec,

@@ -17,9 +17,9 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.datasets.base import DatasetPlan, DatasetRootError, ExpressionSpec, VideoSpec
-from pipeline.datasets.base import Problem as PlanProblem
-from schemas.safe_paths import unsafe_reason
+from losh.pipeline.datasets.base import DatasetPlan, DatasetRootError, ExpressionSpec, VideoSpec
+from losh.pipeline.datasets.base import Problem as PlanProblem
+from losh.schemas.safe_paths import unsafe_reason
 
 SPLITS = ("train", "valid")
 

@@ -24,7 +24,7 @@ from losh.models.losh_m.matcher import Assignment, FrameTargets, LongShortMatche
 from losh.models.shared.criterion import LongShortCriterion, ReferredMasks, average_over_processes, parse_targets
 from losh.models.shared.long_short import take_positions
 from losh.models.shared.losses import dice_loss, is_referred_loss, sigmoid_focal_loss
-from schemas.config import LossConfig
+from losh.schemas.config import LossConfig
 
 
 class LoShMCriterion(LongShortCriterion):

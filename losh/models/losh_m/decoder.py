@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from schemas.config import TransformerConfig
+from losh.schemas.config import TransformerConfig
 
 
 class DecoderLayer(nn.Module):

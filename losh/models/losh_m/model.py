@@ -50,7 +50,7 @@ from losh.models.shared.long_short import (
 )
 from losh.models.shared.position_encoding import sine_position_encoding_2d
 from losh.models.shared.text_encoder import TextEncoder
-from schemas.config import ModelConfig
+from losh.schemas.config import ModelConfig
 
 
 class LoShM(nn.Module):

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from losh.models.shared.long_short import cross_attention_layers
-from schemas.config import TransformerConfig
+from losh.schemas.config import TransformerConfig
 
 
 class AttentionLayer(nn.Module):

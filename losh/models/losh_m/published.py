@@ -23,7 +23,7 @@ from losh.models.shared.published import (
     swin_key,
     text_config,
 )
-from schemas.config import ModelConfig
+from losh.schemas.config import ModelConfig
 
 FORMAT = "MTTR"
 CONTAINER_KEY = "model_state_dict"

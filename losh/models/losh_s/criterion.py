@@ -29,7 +29,7 @@ from losh.models.shared.box_ops import box_cxcywh_to_xyxy, elementwise_generaliz
 from losh.models.shared.criterion import LongShortCriterion, ReferredMasks, average_over_processes
 from losh.models.shared.long_short import take_positions
 from losh.models.shared.losses import dice_loss, sigmoid_focal_elements, sigmoid_focal_loss
-from schemas.config import LossConfig
+from losh.schemas.config import LossConfig
 
 
 class LoShSCriterion(LongShortCriterion):

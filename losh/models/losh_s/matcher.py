@@ -25,7 +25,7 @@ from losh.models.shared.box_ops import box_cxcywh_to_xyxy, elementwise_generaliz
 from losh.models.shared.criterion import ReferredMasks, parse_targets
 from losh.models.shared.losses import dice_coefficient, sigmoid_focal_cost
 from losh.models.shared.matching import long_short_cost
-from schemas.config import LossConfig
+from losh.schemas.config import LossConfig
 
 FOCAL_ALPHA, FOCAL_GAMMA = 0.25, 2.0
 

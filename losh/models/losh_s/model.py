@@ -57,7 +57,7 @@ from losh.models.shared.long_short import (
 )
 from losh.models.shared.position_encoding import sine_position_encoding_1d, sine_position_encoding_2d
 from losh.models.shared.text_encoder import TextEncoder
-from schemas.config import ModelConfig
+from losh.schemas.config import ModelConfig
 
 CLASS_PRIOR = 0.01   # the class bias starts at this probability (focal loss, as Deformable DETR / SgMg)
 

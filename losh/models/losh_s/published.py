@@ -25,7 +25,7 @@ from losh.models.shared.published import (
     swin_key,
     text_config,
 )
-from schemas.config import ModelConfig
+from losh.schemas.config import ModelConfig
 
 FORMAT = "SgMg"
 CONTAINER_KEY = "model"

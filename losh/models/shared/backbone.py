@@ -26,8 +26,8 @@ from torchvision.models.video.swin_transformer import SwinTransformer3d
 
 from losh.errors import WeightsMissing
 from losh.models.shared.window_attention import SDPAShiftedWindowAttention3d
-from schemas.config import BackboneConfig
-from schemas.torch_files import safe_torch_load
+from losh.schemas.config import BackboneConfig
+from losh.schemas.torch_files import safe_torch_load
 
 _HOW_TO_GET_WEIGHTS = (
     "Provide Kinetics-400 Video Swin weights of the config's variant as a local file and set backbone.weights to "

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from losh.errors import NonFiniteOutputs
 from losh.models.shared.losses import fbc_loss, lsi_loss
-from schemas.config import LossConfig
+from losh.schemas.config import LossConfig
 
 PATHWAYS = ("long", "short")
 

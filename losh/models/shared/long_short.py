@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from schemas.config import ModelConfig
+from losh.schemas.config import ModelConfig
 
 
 class TextFrames(NamedTuple):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from torch import Tensor
 
 from losh.models.shared.backbone import convert_swin_state_dict
-from schemas.config import SWIN_VARIANTS, BackboneConfig, TextConfig
+from losh.schemas.config import SWIN_VARIANTS, BackboneConfig, TextConfig
 
 
 class NotThisFormat(ValueError):

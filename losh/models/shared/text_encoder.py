@@ -20,7 +20,7 @@ from transformers import AutoModel, AutoTokenizer, RobertaConfig, RobertaModel
 
 from losh.errors import TextEncoderMissing
 from losh.models.shared.tiny_tokenizer import builtin_corpus, train_bpe_tokenizer, wrap_tokenizer_json
-from schemas.config import TextConfig
+from losh.schemas.config import TextConfig
 
 
 def _how_to_provide(name: str) -> str:

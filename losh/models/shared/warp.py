@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from schemas.flow_units import rescale_vectors
+from losh.schemas.flow_units import rescale_vectors
 
 
 def resize_flow(flow: Tensor, size: tuple[int, int], frame_size: tuple[int, int] | None = None) -> Tensor:
