@@ -29,11 +29,11 @@ FRAME_SIZE = (128, 176)   # small frames keep the CPU demo within minutes
 # dominated), so the demo trains twice the steps in its budget; L_fbc's offsets -2..+2 still fit
 DEMO_WINDOW = 5
 # The demo's model: the tiny-s preset (LoSh-S: deformable transformer, SCF, dynamic mask head) with the machine
-# short text (":msh"), a Swin window of 4 x 4 patches and 2 + 2 transformer layers instead of 4 + 4. Measured on
-# this CPU (docs/demo-recipes.md): tiny-s learns the demo's data in under half the steps tiny needs (833
-# steps: 52.0-56.8% test mean IoU over three seeds; tiny's 1904: 45.6-50.0%), and 2 + 2 layers make its step
-# 1.6x cheaper (each decoder layer's masks and losses are at full resolution)
-DEMO_BASE_CONFIG = "tiny-s:msh"
+# short text of the subject rule (":msh-subject", prepare-data's default), a Swin window of 4 x 4 patches and
+# 2 + 2 transformer layers instead of 4 + 4. Measured on this CPU (docs/experiments/2026-11-26-demo-recipe.md):
+# tiny-s learns the demo's data in under half the steps tiny needs, and 2 + 2 layers make its step 1.6x cheaper
+# (each decoder layer's masks and losses are at full resolution)
+DEMO_BASE_CONFIG = "tiny-s:msh-subject"
 DEMO_CONFIG_OVERRIDES = {"window": DEMO_WINDOW, "backbone.window_size": (8, 4, 4),
                          "transformer.num_encoder_layers": 2, "transformer.num_decoder_layers": 2}
 # Training runs as two single-threaded processes (DDP over gloo, one clip each a step): a small model's ops
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out
     raw, prep, run_dir = out / "raw", out / "prep", out / "run"
     evaluation, long_only_evaluation, jhmdb_evaluation = out / "eval", out / "eval-long-only", out / "eval-jhmdb"
-    config_file, settings_file = out / "tiny-s-msh.json", out / "train.json"
+    config_file, settings_file = out / "tiny-s.json", out / "train.json"
     h, w = FRAME_SIZE
     start = time.time()
     try:
@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         run(["prepare-data", "--dataset", "a2d", "--root", str(raw), "--out", str(prep),
              "--short-side", str(h), "--max-long-side", str(w), "--window", str(DEMO_WINDOW)])
         run(["compute-flows", "--data", str(prep)])
-        # a config file: the tiny-s:msh preset with the demo's overrides (what `losh train --config` reads;
-        # machine short text, prepare-data's default, is the paper's "w/ MSh" variant, hence ":msh"),
+        # a config file: the tiny-s:msh-subject preset with the demo's overrides (what `losh train --config` reads;
+        # the machine short text of prepare-data's default subject rule, named in the config),
         # and a settings file (`--settings`)
         config = with_overrides(get_config(DEMO_BASE_CONFIG), DEMO_CONFIG_OVERRIDES)
         save_config(config, config_file)

@@ -78,6 +78,8 @@ def main(version: Annotated[bool, typer.Option("--version", callback=_show_versi
 
 DEFAULT_WORKERS = 4
 WORKERS_HELP = "Processes that load or prepare data (0: in this process; default 4, at most the CPU count)."
+TAGGER_HELP = ("Part-of-speech tagger: auto (the rule's own: NLTK's for first-verb, as the paper, with spaCy's where "
+               "NLTK's data is missing; spaCy's for subject), spacy or nltk.")
 SET_HELP = "KEY=VALUE: a config field by its dotted name, e.g. loss.fbc=0.0 (repeatable; validated)."
 
 
@@ -163,19 +165,22 @@ def shorten(
     csv_in: Annotated[Optional[Path], typer.Option("--csv", help="CSV file with expressions.")] = None,
     column: Annotated[str, typer.Option(help="Column of --csv holding the long expressions.")] = "query",
     out: Annotated[Optional[Path], typer.Option(help="Output CSV: every input column plus `short`.")] = None,
-    tagger: Annotated[str, typer.Option(help="Part-of-speech tagger: spacy or nltk.")] = "spacy",
+    tagger: Annotated[str, typer.Option(help=TAGGER_HELP)] = "auto",
     rule: Annotated[str, typer.Option(help="first-verb (the paper's rule) or subject (default).")] = "subject",
 ) -> None:
     """Show the short (subject-centric) expression of long expressions."""
-    from losh.pipeline.shorten import RULES, TAGGERS, Shortener, TaggerUnavailable
+    from losh.pipeline.shorten import RULES, TAGGERS, Shortener, TaggerUnavailable, resolve_tagger
 
-    if tagger not in TAGGERS:
-        fail(f"--tagger must be one of {', '.join(TAGGERS)}", 2)
+    if tagger not in ("auto", *TAGGERS):
+        fail(f"--tagger must be one of auto, {', '.join(TAGGERS)}", 2)
     if rule not in RULES:
         fail(f"--rule must be one of {', '.join(RULES)}", 2)
     if not texts and csv_in is None:
         fail("give expressions as arguments or --csv FILE", 2)
     try:
+        tagger, note = resolve_tagger(tagger, rule)
+        if note:
+            warn(note)
         shortener = Shortener(tagger=tagger, rule=rule)
         if texts:
             for text, short in zip(texts, shortener.shorten_many(texts)):
@@ -212,7 +217,7 @@ def prepare_data(
     dataset: Annotated[str, typer.Option(help="a2d (A2D-Sentences), jhmdb (JHMDB-Sentences), refer-youtube-vos or "
                                               "refer-davis.")] = "a2d",
     short_text: Annotated[str, typer.Option(help="machine (tagger) or manual (A2D's short_query column).")] = "machine",
-    tagger: Annotated[str, typer.Option(help="Tagger for machine short text: spacy or nltk.")] = "spacy",
+    tagger: Annotated[str, typer.Option(help=TAGGER_HELP)] = "auto",
     rule: Annotated[str, typer.Option(help="Short-text rule: subject or first-verb.")] = "subject",
     window: Annotated[Optional[int], typer.Option(min=1, help="Frames a sample's window holds (default: the data "
                                                           "set's, MTTR's: a2d 8, refer-youtube-vos/davis 12).")] = None,
@@ -260,6 +265,8 @@ def prepare_data(
                                    settings=settings, workers=workers, overwrite=overwrite, **options)
     except (DatasetRootError, TaggerUnavailable, ValueError, FolderBusy) as e:
         fail(str(e))
+    if manifest["short_text"].get("note"):
+        warn(manifest["short_text"]["note"])
     c = manifest["counts"]
     per_split = ", ".join(f"{info['samples']} {name} ({info['kind']}{'' if info['masks'] else ', no masks'})"
                           for name, info in manifest["splits"].items())

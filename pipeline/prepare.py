@@ -444,6 +444,10 @@ def prepare_dataset(dataset: str, root: Path, out: Path, *, short_source: str = 
     is replaced, its flows/ included. Any other non-empty folder raises FolderNotEmpty, also with `overwrite`."""
     out = Path(out)
     settings = settings or settings_for(dataset)
+    tagger_note = None
+    if short_source == "machine":   # "auto": the rule's own tagger, or spaCy's where NLTK's data is missing
+        from losh.pipeline.shorten import resolve_tagger
+        tagger, tagger_note = resolve_tagger(tagger, rule)
     wanted = requested_settings(dataset, asdict(settings), short_source, tagger, rule, reader_options)
     replaces_existing_set(out, wanted, settings_hash(settings), overwrite)   # refused before OUT is touched
     with folder_lock(out, "losh prepare-data"):
@@ -451,12 +455,13 @@ def prepare_dataset(dataset: str, root: Path, out: Path, *, short_source: str = 
         replace = replaces_existing_set(out, wanted, settings_hash(settings), overwrite)   # as it is now, locked
         return _prepare_dataset(dataset, root, out, short_source=short_source, tagger=tagger, rule=rule,
                                 settings=settings, workers=workers, progress=progress, replace_existing=replace,
-                                **reader_options)
+                                tagger_note=tagger_note, **reader_options)
 
 
 def _prepare_dataset(dataset: str, root: Path, out: Path, *, short_source: str = "machine", tagger: str = "spacy",
                      rule: str = "subject", settings: PrepareSettings | None = None, workers: int | None = None,
-                     progress: bool = True, replace_existing: bool = False, **reader_options) -> dict:
+                     progress: bool = True, replace_existing: bool = False, tagger_note: str | None = None,
+                     **reader_options) -> dict:
     """Prepare a raw root of `dataset` into `out`; returns the manifest (with counts). `reader_options`
     go to the data set's reader (Refer-YouTube-VOS: holdout_videos, seed; Refer-DAVIS17: split).
     `replace_existing`: remove the prepared set in `out` (once the raw root has been read)."""
@@ -467,6 +472,8 @@ def _prepare_dataset(dataset: str, root: Path, out: Path, *, short_source: str =
     plan = plan_dataset(dataset, root, **reader_options)
     plan = without_unsafe_ids(plan)
     shorts, short_info = extract_shorts(plan, short_source, tagger, rule)
+    if tagger_note:
+        short_info["note"] = tagger_note
     if replace_existing:
         remove_prepared_set(out)
     (out / "shards").mkdir(parents=True, exist_ok=True)

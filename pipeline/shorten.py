@@ -475,6 +475,45 @@ def _tokens_from_doc(doc) -> list[TaggedToken]:
     return [TaggedToken(t.text, t.tag_, t.idx, t.idx + len(t)) for t in doc if not t.is_space]
 
 
+# The tagger each rule is written for: the paper's first-verb rule used NLTK's (4.4.1); the subject rule spaCy's.
+RULE_TAGGER = {"first-verb": "nltk", "subject": "spacy"}
+
+
+def resolve_tagger(tagger: str, rule: str) -> tuple[str, str | None]:
+    """(the tagger to use, a note or None). "auto": the rule's own tagger (`RULE_TAGGER`), as `available_tagger`
+    finds it. An explicit "nltk" without its data is left to raise TaggerUnavailable (what to install)."""
+    if tagger != "auto":
+        if tagger not in TAGGERS:
+            raise ValueError(f"unknown tagger {tagger!r}; choose one of auto, {', '.join(TAGGERS)}")
+        return tagger, None
+    return available_tagger(RULE_TAGGER.get(rule, "spacy"), rule)
+
+
+def nltk_tagger_installed() -> bool:
+    """Whether NLTK's part-of-speech tagger data is installed (`NLTK_DATA`)."""
+    try:
+        _nltk_pos_tag()
+    except TaggerUnavailable:
+        return False
+    return True
+
+
+def available_tagger(tagger: str, rule: str) -> tuple[str, str | None]:
+    """(`tagger`, None), or ("spacy", a note) where `tagger` is NLTK's and its tagger data is not installed: both
+    rules read Penn tags only, so spaCy's tagger applies the same rule."""
+    if tagger == "nltk":
+        try:
+            _nltk_pos_tag()
+        except TaggerUnavailable as error:
+            return "spacy", (f"NLTK's tagger data is not installed here: spaCy's tagger with the same rule ({rule}) "
+                             f"instead ({first_sentence(str(error))})")
+    return tagger, None
+
+
+def first_sentence(text: str) -> str:
+    return text.split(". ")[0].rstrip(".")
+
+
 class Shortener:
     """Short expressions from long ones with a tagger ("spacy", "nltk") and a rule."""
 

@@ -21,10 +21,14 @@ from typing import Any, Literal, get_args, get_type_hints
 from losh.schemas.atomic import atomic_write_text
 
 CONFIG_SCHEMA = "losh.model_config"
-CONFIG_VERSION = 3
+CONFIG_VERSION = 4
 # What a version-1 config (before these switches existed) meant: read it with that behaviour.
 _V1_BEHAVIOUR = {"text": {"lowercase": False}, "loss": {"fbc_reduction": "mean"},
                  "inference_short_pathway": "none"}
+# What a version-3 config meant (before the paper's per-frame terms and the short pathway's own visibility were
+# switches): read it so. "short_visibility" depends on the architecture (`_upgrade_v3`).
+_V3_BEHAVIOUR = {"loss": {"frame_terms": "sequence", "match_lsi_columns": "referred", "lsi_queries": "referred"},
+                 "short_text_rule": "subject", "short_text_tagger": "spacy"}
 # What a version-2 config meant (before the reference models' own behaviours were switches): read it so.
 _V2_BEHAVIOUR = {"text": {"collapse_whitespace": False, "dropout_when_frozen": False, "as_written_in_videos": False,
                           "layer_norm_eps": 1e-12},
@@ -38,6 +42,12 @@ DecodeFrames = Literal["annotated", "all"]
 ShortTextSource = Literal["data", "manual", "machine"]
 FbcReduction = Literal["mean", "pixel_mean", "sum"]
 MaskResolution = Literal["input", "stride4"]
+FrameTerms = Literal["per_frame", "sequence"]
+ShortVisibility = Literal["short", "long"]
+LsiColumns = Literal["referred", "all"]
+LsiQueries = Literal["referred", "matched"]
+ShortTextRule = Literal["subject", "first-verb"]
+ShortTextTagger = Literal["spacy", "nltk"]
 InferenceShortPathway = Literal["encoder", "none"]
 # "mttr": LoSh-M and MTTR (losh/models/losh_m/model.py); "sgmg": LoSh-S and SgMg (losh/models/losh_s/model.py)
 Architecture = Literal["mttr", "sgmg"]
@@ -219,6 +229,17 @@ class LossConfig:
     # SgMg: the box terms (matching cost and loss) take every supervised frame, a frame without the object with
     # an all-zero target box; off: only the frames where it is visible
     boxes_in_absent_frames: bool = False
+    # a query's masks over several supervised frames (Refer-YouTube-VOS): "per_frame" (the paper's eq. 1 and 5 sum
+    # per-frame terms; MTTR's dice and matching cost are per frame, averaged over the frames), "sequence" (the
+    # frames as one mask). Focal is the same either way; SgMg's own mask terms are always over the sequence
+    frame_terms: FrameTerms = "per_frame"
+    # the short pathway's "referred" class is on in the frames where its own target (the short expression's mask)
+    # is visible (eq. 3: p^s_gt), or, with "long", where the long expression's is
+    short_visibility: ShortVisibility = "short"
+    # the paper is silent on these two; the official LoSh code adds L_lsi to every instance's matching cost
+    # ("all") and averages the L_lsi loss over every matched query ("matched"): `losh-m:official`
+    match_lsi_columns: LsiColumns = "referred"
+    lsi_queries: LsiQueries = "referred"
 
     def validate(self) -> None:
         for name in ("is_referred", "dice", "focal", "lsi", "fbc", "match_is_referred", "match_dice",
@@ -236,6 +257,10 @@ class LossConfig:
         _check_choice("loss.fbc_variant", self.fbc_variant, FbcVariant)
         _check_choice("loss.fbc_reduction", self.fbc_reduction, FbcReduction)
         _check_choice("loss.mask_resolution", self.mask_resolution, MaskResolution)
+        _check_choice("loss.frame_terms", self.frame_terms, FrameTerms)
+        _check_choice("loss.short_visibility", self.short_visibility, ShortVisibility)
+        _check_choice("loss.match_lsi_columns", self.match_lsi_columns, LsiColumns)
+        _check_choice("loss.lsi_queries", self.lsi_queries, LsiQueries)
 
 
 @dataclass(frozen=True)
@@ -286,6 +311,11 @@ class ModelConfig:
     # the short texts trained on: "manual" (the data set's annotated short_query), "machine" (the tagger's), or
     # "data": what the prepared data holds (the paper finds the two equivalent, table 2); a run records which
     short_text_source: ShortTextSource = "data"
+    # the machine short text: the rule and tagger of `losh shorten` ("first-verb": the paper's, 4.4.1; "subject":
+    # ours, closer to human short texts). Training on machine short text, the data must hold this one (a run on
+    # "data" records the data's); at inference the short text is derived from the long expression with it
+    short_text_rule: ShortTextRule = "subject"
+    short_text_tagger: ShortTextTagger = "spacy"
     window: int = 8                                  # frames per sample around the annotated frame
     # inference (paper 3.8: the short prediction head is deactivated, the long expression is what is given):
     # "encoder" runs the short text derived from the long expression by the tagger through the multimodal
@@ -311,6 +341,8 @@ class ModelConfig:
             raise ConfigError(f"window must be >= 1, got {self.window}")
         _check_choice("architecture", self.architecture, Architecture)
         _check_choice("short_text_source", self.short_text_source, ShortTextSource)
+        _check_choice("short_text_rule", self.short_text_rule, ShortTextRule)
+        _check_choice("short_text_tagger", self.short_text_tagger, ShortTextTagger)
         _check_choice("inference_short_pathway", self.inference_short_pathway, InferenceShortPathway)
         self.backbone.validate()
         self.text.validate()
@@ -370,9 +402,11 @@ class ModelConfig:
             raise ConfigError(f"{where}: not a {CONFIG_SCHEMA} file (schema={schema!r})")
         version = data.get("version", CONFIG_VERSION)
         if version == 1:
-            data = _upgrade(_upgrade_v1(data), _V2_BEHAVIOUR)
+            data = _upgrade_v3(_upgrade(_upgrade_v1(data), _V2_BEHAVIOUR))
         elif version == 2:
-            data = _upgrade(data, _V2_BEHAVIOUR)
+            data = _upgrade_v3(_upgrade(data, _V2_BEHAVIOUR))
+        elif version == 3:
+            data = _upgrade_v3(data)
         elif version != CONFIG_VERSION:
             raise ConfigError(f"{where}: {CONFIG_SCHEMA} version {version!r}, this toolkit "
                               f"reads versions 1 to {CONFIG_VERSION}")
@@ -390,6 +424,15 @@ def _upgrade(data: dict[str, Any], behaviour: dict[str, Any]) -> dict[str, Any]:
             data[key] = part
         else:
             data.setdefault(key, value)
+    return data
+
+
+def _upgrade_v3(data: dict[str, Any]) -> dict[str, Any]:
+    """A version-3 config with the switches added in version 4 set to what version 3 did: LoSh-M's short pathway
+    took the long target's visibility, LoSh-S's its own."""
+    data = _upgrade(data, _V3_BEHAVIOUR)
+    short_visibility = "short" if data.get("architecture", "mttr") == "sgmg" else "long"
+    data["loss"] = {"short_visibility": short_visibility, **data.get("loss", {})}
     return data
 
 

@@ -68,15 +68,32 @@ def test_version_1_configs_keep_their_behaviour():
     data["version"] = 1
     del data["text"]["lowercase"], data["inference_short_pathway"], data["loss"]["fbc_reduction"]
     old = ModelConfig.from_dict(data)
-    assert old.version == CONFIG_VERSION == 3 and not old.text.lowercase
+    assert old.version == CONFIG_VERSION == 4 and not old.text.lowercase
     assert old.inference_short_pathway == "none" and old.loss.fbc_reduction == "mean"
     data = get_config("mttr").to_dict()
     data["version"] = 1
     del data["inference_short_pathway"]
     assert ModelConfig.from_dict(data).inference_short_pathway == "none"
-    data["version"] = 4
-    with pytest.raises(ConfigError, match="version 4"):
+    data["version"] = 5
+    with pytest.raises(ConfigError, match="version 5"):
         ModelConfig.from_dict(data)
+
+
+@pytest.mark.parametrize("preset, short_visibility", [("losh-m", "long"), ("losh-s", "short")])
+def test_version_3_configs_keep_their_behaviour(preset, short_visibility):
+    """Before version 4: a query's masks over the frames were one sequence, LoSh-M's short pathway took the long
+    target's visibility, inference derived the subject rule's short text with spaCy."""
+    data = get_config(preset).to_dict()
+    data["version"] = 3
+    for key in ("frame_terms", "short_visibility", "match_lsi_columns", "lsi_queries"):
+        del data["loss"][key]
+    del data["short_text_rule"], data["short_text_tagger"]
+    old = ModelConfig.from_dict(data)
+    assert (old.loss.frame_terms, old.loss.short_visibility) == ("sequence", short_visibility)
+    assert (old.loss.match_lsi_columns, old.loss.lsi_queries) == ("referred", "referred")
+    assert (old.short_text_rule, old.short_text_tagger) == ("subject", "spacy")
+    new = get_config(preset)
+    assert (new.loss.frame_terms, new.loss.short_visibility) == ("per_frame", "short")
 
 
 def test_version_2_configs_keep_their_behaviour():

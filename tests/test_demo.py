@@ -8,7 +8,7 @@ from losh.schemas.presets import get_config
 
 
 def test_an_earlier_demo_run_is_resumed_only_with_the_same_config_and_settings(tmp_path):
-    config = get_config("tiny:msh")
+    config = get_config("tiny:msh-subject")
     run = tmp_path / "run"
     assert not same_recipe(run, config, TRAIN_SETTINGS)                     # nothing there
     save_config(config, run / "config.json")

@@ -31,6 +31,11 @@ VIDEO_FRAMES = 16   # the synth_root fixture's clips
 FARNEBACK = dict(pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2, flags=0)
 
 
+def visible_shards(folder: Path) -> list[Path]:
+    """The shards a reader sees: a writer's hidden temporary (`.NAME.tmp-PID-x.h5`) also ends in .h5."""
+    return [p for p in folder.glob("*.h5") if not p.name.startswith(".")]
+
+
 def prepare(root, out, window=8, overwrite=False):
     return prepare_a2d(root, out, short_source="manual", settings=PrepareSettings(window=window, short_side=64,
                        max_long_side=88), workers=1, progress=False, overwrite=overwrite)
@@ -218,11 +223,11 @@ def test_killed_run_leaves_complete_shards_and_a_rerun_finishes_and_verifies(pre
     prep = copy_prep(prep_flows, tmp_path / "prep", with_flows=False)
     proc = subprocess.Popen([sys.executable, "-c", SLOW_RUN, str(prep)], cwd=REPO)
     deadline = time.time() + 60
-    while time.time() < deadline and not list((prep / "flows").glob("*.h5")):
+    while time.time() < deadline and not visible_shards(prep / "flows"):
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    shards = sorted(p.name for p in (prep / "flows").glob("*.h5"))
+    shards = sorted(p.name for p in visible_shards(prep / "flows"))
     assert 1 <= len(shards) < 5 and not (prep / "flows/index.json").exists()
     for shard in shards:   # every visible shard is complete
         assert shard_arrays(prep / "flows" / shard)["flows"].shape[1:] == (4, 2, 16, 22)

@@ -174,5 +174,8 @@ def test_losh_is_the_only_top_level_name_and_every_package_is_installed():
     assert all(name.split(".")[0] == "losh" for name in setuptools["packages"])
     assert setuptools["package-dir"] == {"losh.cli": "cli", "losh.pipeline": "pipeline", "losh.schemas": "schemas"}
     packages = {name for name, path in _modules().items() if path.name == "__init__.py" and not name.startswith("bench")}
-    assert packages == set(setuptools["packages"])
+    data_only = {"losh.pipeline.datasets.protocols"}   # a folder of data files, installed as package data
+    assert packages == set(setuptools["packages"]) - data_only
     assert project["project"]["scripts"]["losh"] == "losh.cli.main:app"
+    from losh.pipeline.datasets.jhmdb import MTTR_PROTOCOL  # shipped data: installed with its package
+    assert MTTR_PROTOCOL.is_file() and "*.json" in setuptools["package-data"]["losh.pipeline.datasets.protocols"]

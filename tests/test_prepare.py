@@ -21,6 +21,11 @@ from losh.schemas.prepared_reader import PreparedDataset
 SETTINGS = PrepareSettings(window=8, short_side=64, max_long_side=88)
 
 
+def visible_shards(folder: Path) -> list[Path]:
+    """The shards a reader sees: a writer's hidden temporary (`.NAME.tmp-PID-x.h5`) also ends in .h5."""
+    return [p for p in folder.glob("*.h5") if not p.name.startswith(".")]
+
+
 def prepare(root, out, **kw):
     kw.setdefault("short_source", "manual")
     kw.setdefault("settings", SETTINGS)
@@ -159,11 +164,11 @@ def test_killed_run_leaves_no_corrupt_shard_and_resumes(synth_root, tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", SLOW_RUN, str(synth_root), str(prep)],
                             cwd=Path(__file__).resolve().parents[1])
     deadline = time.time() + 60
-    while time.time() < deadline and len(list((prep / "shards").glob("*.h5"))) < 2:
+    while time.time() < deadline and len(visible_shards(prep / "shards")) < 2:
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    shards = list((prep / "shards").glob("*.h5"))
+    shards = visible_shards(prep / "shards")
     assert 2 <= len(shards) < 5 and not (prep / "manifest.json").exists()
     for shard in shards:   # every visible shard is complete
         with h5py.File(shard) as f:

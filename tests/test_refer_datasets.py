@@ -41,7 +41,7 @@ def trained(ytvos, tmp_path_factory):
     _, prep, _ = ytvos
     from losh.pipeline.flows import compute_flows
     compute_flows(prep, workers=0, progress=False)
-    config = with_overrides(get_config("tiny:msh"), {"window": WINDOW})
+    config = with_overrides(get_config("tiny:msh-subject"), {"window": WINDOW})
     out = tmp_path_factory.mktemp("run")
     summary = train(prep, config, out, TrainSettings(epochs=1, batch_size=2, num_workers=0, log_every_steps=1,
                                                      max_steps=3, amp="off", lr_milestones=(1,)), progress=False)
@@ -91,7 +91,7 @@ def test_training_supervises_every_frame_of_the_window(ytvos, trained):
     # the batch's masks: one per supervised frame; the loss sees all of them
     from losh.data.dataset import ClipDataset, collate_clips
     from losh.models.registry import build_criterion, build_model
-    config = with_overrides(get_config("tiny:msh"), {"window": WINDOW, "loss.fbc": 0.0})
+    config = with_overrides(get_config("tiny:msh-subject"), {"window": WINDOW, "loss.fbc": 0.0})
     dataset = ClipDataset(prep, "train", max_expressions=4)
     batch = collate_clips([dataset[0]])
     assert batch["long_mask"].shape[1] == WINDOW and batch["supervised"] == list(range(WINDOW))

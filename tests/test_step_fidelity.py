@@ -19,8 +19,12 @@ GOLDEN = json.loads((Path(__file__).parent / "fixtures" / "losses_3447b0c.json")
 def losses_and_gradients(spec: str) -> dict:
     """What the fixture holds, computed the same way at that commit."""
     torch.manual_seed(0)
-    # the random RoBERTa's LayerNorm eps of that commit (now roberta-base's 1e-5, `text.layer_norm_eps`)
-    config = with_overrides(get_config(spec), {"text.layer_norm_eps": 1e-12})
+    # the random RoBERTa's LayerNorm eps of that commit (now roberta-base's 1e-5, `text.layer_norm_eps`), and
+    # LoSh-M's short pathway then taking the long target's visibility (now its own, `loss.short_visibility`)
+    old = {"text.layer_norm_eps": 1e-12}
+    if get_config(spec).architecture == "mttr":
+        old["loss.short_visibility"] = "long"
+    config = with_overrides(get_config(spec), old)
     model, criterion = build_model(config).train(), build_criterion(config)
     batch = synthetic_batch((48, 64), torch.device("cpu"), config.window)
     batch["valid_size"][1] = torch.tensor([40, 56])            # sample 1 padded

@@ -17,7 +17,7 @@ from losh.evaluation.frame_metrics import MetricAccumulator, mask_iou
 from losh.evaluation.ground_truth import GroundTruth
 from losh.evaluation.predictions import mask_path, write_mask, write_scores
 from losh.inference.drawing import comparison_picture, save_picture
-from losh.inference.short_text import INFERENCE_TAGGER, tagger_short_texts
+from losh.inference.short_text import tagger_short_texts
 from losh.inference.video_inference import query_masks
 from losh.models.registry import build_model
 from losh.schemas.atomic import atomic_write_json
@@ -157,26 +157,28 @@ def inference_short_texts(data, config: ModelConfig, require_tagger: bool = True
                           ) -> tuple[dict[str, str] | None, str | None]:
     """The short texts inference runs through the encoder ({sample_id: text}, or None to use the prepared
     ones) and where they come from. At inference only the long expression is given (paper 3.8): its short
-    text is the tagger's, derived from it. Data prepared with the tagger's short text already holds it; data
-    prepared with manual short text (annotations a test set would not have) gets the tagger's here. Where the
-    tagger is not installed: an error naming it, or with `require_tagger` False (validation during training) the
-    prepared short texts, said in the source."""
+    text is the machine short text the model was trained with (rule and tagger in its config). Data prepared with
+    that machine short text already holds it; other data (manual short text, which a test set would not have, or
+    another rule's) gets it here. Where the tagger is not installed: an error naming it, or with `require_tagger`
+    False (validation during training) the prepared short texts, said in the source."""
     if not config.inference_uses_short_text:
         return None, None
     info = data.manifest["short_text"]
-    if info["source"] == "machine":
+    if info["source"] == "machine" and (info.get("tagger"), info.get("rule")) == \
+            (config.short_text_tagger, config.short_text_rule):
         return None, f"machine ({info['tagger']}/{info['rule']}, prepared)"
     from losh.pipeline.shorten import TaggerUnavailable
 
     try:
-        shorts = tagger_short_texts([r.long for r in data.records])
+        shorts, tagger = tagger_short_texts([r.long for r in data.records], config)
     except TaggerUnavailable as error:
         if require_tagger:
             raise TaggerUnavailable(f"this model runs the short text through its encoder at inference, and the "
                                     f"tagger that derives it from the long text is missing: {error}") from error
-        return None, f"manual (prepared: the tagger is not installed, {INFERENCE_TAGGER} would be used)"
-    source = f"machine ({INFERENCE_TAGGER}, from the long expressions)"
-    return {r.sample_id: short for r, short in zip(data.records, shorts)}, source
+        return None, (f"{info['source']} (prepared: the tagger is not installed, "
+                      f"{config.short_text_tagger}/{config.short_text_rule} would be used)")
+    return {r.sample_id: short for r, short in zip(data.records, shorts)}, f"machine ({tagger}, from the long " \
+                                                                           f"expressions)"
 
 
 def _picture(model, batch, b, clip, annotated, padded, valid, best, pred_long, iou, dev, amp, path: Path) -> None:

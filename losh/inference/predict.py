@@ -49,6 +49,7 @@ from losh.inference.drawing import PALETTE, legend_patch, render_overlay, write_
 from losh.inference.frames import FolderFrames, open_frames
 from losh.pipeline.video import H264Writer, NoVideoEncoder, resize_frame
 from losh.schemas.atomic import atomic_write_json, remove_stale_staging, staging_path
+from losh.schemas.config import ModelConfig
 from losh.schemas.folders import publish_folder
 
 __all__ = ["PredictError", "PredictUsageError", "predict"]
@@ -120,15 +121,15 @@ def _load(checkpoint: Path, device: torch.device, use_ema: bool, inference_short
     return model, ckpt
 
 
-def short_texts_for(texts: Sequence[str], required: bool) -> list[str] | None:
-    """The tagger's short text of each expression (spaCy, subject rule; the long text when it finds none), as
-    inference gets it (paper 3.8: only the long expression is given). None when the tagger is not installed
-    and the model does not need it."""
+def short_texts_for(texts: Sequence[str], config: ModelConfig, required: bool) -> list[str] | None:
+    """The machine short text of each expression the model was trained with (its config's rule and tagger; the
+    long text when it finds none), as inference gets it (paper 3.8: only the long expression is given). None when
+    the tagger is not installed and the model does not need it."""
     from losh.inference.short_text import tagger_short_texts
     from losh.pipeline.shorten import TaggerUnavailable
 
     try:
-        return tagger_short_texts(texts)
+        return tagger_short_texts(texts, config)[0]
     except TaggerUnavailable as e:
         if required:
             raise PredictError(f"this model reads the short text at inference and the tagger is missing: {e}") from e
@@ -188,7 +189,7 @@ def predict(checkpoint: Path, video: Path, texts: Sequence[str], out: Path, *, f
     timings["count_s"] = time.perf_counter() - t0
     try:
         t0 = time.perf_counter()
-        shorts = short_texts_for(texts, required=bool(model.config.inference_uses_short_text))
+        shorts = short_texts_for(texts, model.config, required=bool(model.config.inference_uses_short_text))
         timings["short_text_s"] = time.perf_counter() - t0
         stage = _prepare_out(out, overwrite)
         try:

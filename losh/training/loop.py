@@ -197,26 +197,50 @@ def validation_for_data(settings: TrainSettings, manifest: dict) -> TrainSetting
 
 
 def config_for_data(config: ModelConfig, manifest: dict) -> ModelConfig:
-    """The config as this run trains it: short_text_source "data" becomes the prepared data's (recorded in the
-    run's config.json and checkpoints)."""
+    """The config as this run trains it: short_text_source "data" becomes the prepared data's, and a machine
+    short text's rule and tagger the data's (NLTK asked, spaCy's tagger where NLTK's data was missing at
+    prepare time); recorded in the run's config.json and checkpoints, and used at inference."""
+    short = manifest["short_text"]
+    overrides = {}
     if config.short_text_source == "data":
-        return with_overrides(config, {"short_text_source": manifest["short_text"]["source"]})
-    return config
+        overrides["short_text_source"] = short["source"]
+    if short["source"] == "machine" and config.use_short_text:
+        overrides.update({"short_text_rule": short.get("rule") or config.short_text_rule,
+                          "short_text_tagger": short.get("tagger") or config.short_text_tagger})
+    return with_overrides(config, overrides) if overrides else config
+
+
+def short_text_note(config: ModelConfig, manifest: dict) -> str | None:
+    """What a run says when its machine short text's tagger is not the one the config names (the rule is the
+    same: `check_data_matches_config` refuses another)."""
+    short = manifest["short_text"]
+    if config.use_short_text and config.short_text_source == "machine" and short["source"] == "machine" \
+            and short.get("tagger") and short["tagger"] != config.short_text_tagger:
+        return (f"config {config.name!r} names the {config.short_text_tagger} tagger; the data's machine short text "
+                f"was tagged by {short['tagger']} with the same rule ({short.get('rule')}): trained and recorded so")
+    return None
 
 
 def check_data_matches_config(manifest: dict, config: ModelConfig) -> None:
-    """Refuse a prepared set whose window or short-text source differs from what the config trains."""
+    """Refuse a prepared set whose window or short text differs from what the config trains."""
     if manifest["window"] != config.window:
         raise ValueError(f"the config trains on windows of {config.window} frames but the data was prepared with "
                          f"--window {manifest['window']} ({manifest['dataset']}); pass `losh train --window "
                          f"{manifest['window']}` or prepare again with --window {config.window}")
-    source = manifest["short_text"]["source"]
-    if config.use_short_text and config.short_text_source != "data" and source != config.short_text_source:
-        hint = ("append ':msh' to the preset (machine short text, the paper's LoSh-M w/ MSh)"
+    if not config.use_short_text or config.short_text_source == "data":
+        return
+    source, rule = manifest["short_text"]["source"], manifest["short_text"].get("rule")
+    if source != config.short_text_source:
+        hint = ("append ':msh' (the paper's first-verb rule) or ':msh-subject' to the preset"
                 if source == "machine" else "use a config with short_text_source 'manual'")
         raise ValueError(f"config {config.name!r} trains on {config.short_text_source} short text, but the data "
                          f"holds {source} short text (prepare-data --short-text {source}); {hint}, or re-prepare "
                          f"with --short-text {config.short_text_source}")
+    if source == "machine" and rule != config.short_text_rule:
+        raise ValueError(f"config {config.name!r} trains on the machine short text of the {config.short_text_rule} "
+                         f"rule, but the data holds the {rule} rule's; prepare a set with `losh prepare-data "
+                         f"--short-text machine --rule {config.short_text_rule} --tagger {config.short_text_tagger}` "
+                         f"(another --out)")
 
 
 def non_finite_loss(what: str, terms: dict[str, float], ckpt_path: Path) -> NonFiniteLoss:
@@ -249,6 +273,8 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
     out = Path(out)
     refuse_if_locked(out, "losh train")      # another process writes this run now: say so before anything else
     manifest = dataset_manifest(data)
+    check_data_matches_config(manifest, config)     # the config as asked, before the data's values fill it in
+    short_text_line = short_text_note(config, manifest)
     config = config_for_data(config, manifest)
     ckpt_path = out / "checkpoints" / "last.pt"
     checkpoint = None
@@ -281,7 +307,6 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
         torch.use_deterministic_algorithms(True, warn_only=True)
 
     # ---- data: shards only, prepared the way this config expects
-    check_data_matches_config(manifest, config)
     settings = validation_for_data(settings, manifest)
     with_flows = config.loss.fbc > 0
     augment = Augment(settings.scales, settings.max_long_side, settings.flip_p)
@@ -353,6 +378,8 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
         (out / "train.json").write_text(json.dumps(settings.to_dict(), indent=1))
+        if short_text_line:
+            tqdm.write(f"note: {short_text_line}")
         if init_report is not None:   # what came from where: the three lists
             (out / "init-from.json").write_text(json.dumps(init_report.to_dict(), indent=1))
             if progress:

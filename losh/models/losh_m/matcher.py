@@ -11,9 +11,14 @@ present), with MTTR's weights:
                                                   the same, the referred one replaced by the short
                                                   expression's (possibly merged) mask
 
-and, for the referred instance only (L_lsi involves the referred prediction, eq. 5),
+and, for the referred instance only (L_lsi involves the referred prediction, eq. 5; `lsi_columns` "all": for
+every instance, as the official LoSh code),
     cost_lsi * L_lsi(long mask_q, short mask_q).
 
+Over several supervised frames (`frame_terms` "per_frame", MTTR's): the dice and L_lsi of each frame, averaged
+over the frames (eq. 5 sums every term over the frames; the class cost is averaged too, so the argmin is eq. 5's);
+"sequence": a query's masks over the frames as one mask. A pathway's "referred" class holds in the frames where
+its own target is visible (eq. 3; `short_visibility` "long": the short pathway takes the long target's).
 Predicted masks are upsampled (bilinear) to the targets' resolution first, as MTTR does.
 """
 from __future__ import annotations
@@ -27,21 +32,32 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from losh.errors import NonFiniteOutputs
-from losh.models.shared.losses import dice_coefficient
+from losh.models.shared.losses import frame_mean_dice
 from losh.models.shared.matching import long_short_cost
 
 
 @dataclass
 class FrameTargets:
     """Targets of one sample over its A supervised frames, each instance's masks concatenated over the
-    frames as MTTR does (one mask sequence a query): masks (N, A*H*W) float; `visible` (A,) bool whether
-    the referred instance is visible in each frame (default: all)."""
+    frames (frame by frame: (N, A*H*W) float); `visible` (A,) bool whether the referred instance is visible in
+    each frame (default: all), `short_visible` whether the short expression's mask is (default: `visible`)."""
 
     long_masks: Tensor
     short_masks: Tensor
     referred_index: int
     size: tuple[int, int]
     visible: Tensor | None = None
+    short_visible: Tensor | None = None
+
+    @property
+    def frames(self) -> int:
+        return self.long_masks.shape[-1] // (self.size[0] * self.size[1])
+
+    def visible_for(self, pathway: str, short_visibility: str = "short") -> Tensor | None:
+        """The frames where `pathway`'s referred target is visible (None: all)."""
+        if pathway == "short" and short_visibility == "short" and self.short_visible is not None:
+            return self.short_visible
+        return self.visible
 
 
 @dataclass
@@ -51,6 +67,9 @@ class LongShortMatcher:
     cost_lsi: float = 5.0
     lsi_threshold: float = 0.5
     lsi_epsilon: float = 1.0
+    frame_terms: str = "per_frame"
+    short_visibility: str = "short"
+    lsi_columns: str = "referred"
 
     @torch.no_grad()
     def cost_matrix(self, long_logits: Tensor, long_probs: Tensor, target: FrameTargets,
@@ -63,21 +82,27 @@ class LongShortMatcher:
             long_logits = long_logits[None]
             short_logits = short_logits[None] if short_logits is not None else None
         frames = long_logits.shape[0]
-        visible = (target.visible.to(long_logits.device).bool() if target.visible is not None
-                   else torch.ones(frames, dtype=torch.bool, device=long_logits.device))
-        is_referred_class = torch.zeros(frames, n, dtype=torch.bool, device=long_logits.device)
-        is_referred_class[:, target.referred_index] = visible
+        per_frame = target.frames if self.frame_terms == "per_frame" else 1
         cost = long_logits.new_zeros(long_logits.shape[1], n)
-        pathways = [(long_logits, long_probs, target.long_masks)]
+        pathways = [("long", long_logits, long_probs, target.long_masks)]
         if short_logits is not None:
-            pathways.append((short_logits, short_probs, target.short_masks))
-        for logits, probs, masks in pathways:
+            pathways.append(("short", short_logits, short_probs, target.short_masks))
+        for name, logits, probs, masks in pathways:
+            visible = target.visible_for(name, self.short_visibility)
+            visible = (visible.to(logits.device).bool() if visible is not None
+                       else torch.ones(frames, dtype=torch.bool, device=logits.device))
+            is_referred_class = torch.zeros(frames, n, dtype=torch.bool, device=logits.device)
+            is_referred_class[:, target.referred_index] = visible
             p_referred = logits.softmax(-1)[..., 0:1]                                   # (A, Q, 1)
             p_class = torch.where(is_referred_class[:, None, :], p_referred, 1 - p_referred).mean(0)
-            cost = cost - self.cost_is_referred * p_class - self.cost_dice * dice_coefficient(probs, masks)
+            cost = cost - self.cost_is_referred * p_class - self.cost_dice * frame_mean_dice(probs, masks, per_frame)
         if short_probs is not None and self.cost_lsi > 0:
-            cost[:, target.referred_index] += long_short_cost(long_probs, short_probs, self.cost_lsi,
-                                                              self.lsi_threshold, self.lsi_epsilon)
+            lsi = long_short_cost(long_probs, short_probs, self.cost_lsi, self.lsi_threshold, self.lsi_epsilon,
+                                  per_frame)
+            if self.lsi_columns == "all":
+                cost = cost + lsi[:, None]
+            else:
+                cost[:, target.referred_index] += lsi
         return cost
 
     @torch.no_grad()

@@ -14,8 +14,9 @@ both); each CA is its own layer (attention + feed-forward), replacing the SA of 
 "short_from_long" (inverse: CA in the short pathway's even layers, long queries -> short queries),
 "bidirectional" (both, with separate CA layers).
 
-Without short features (inference, which never runs the short pathway), a long-pathway CA layer
-attends to the long pathway's own tokens: its weights are used as a self-attention.
+Without short features (inference with `inference_short_pathway` "none"; with "encoder", the default, the short
+text derived from the long one runs through the encoder and feeds the CA), a long-pathway CA layer attends to the
+long pathway's own tokens: its weights are used as a self-attention.
 """
 from __future__ import annotations
 

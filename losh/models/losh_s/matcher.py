@@ -9,7 +9,8 @@ config's `match_*` weights (SgMg's: class 2, box L1 5, GIoU 2, mask focal 2, dic
     box     L1 and -GIoU of q's boxes against the target's box, averaged over the same frames
     mask    the focal and -dice costs of q's stride-2 masks over the supervised frames (one sequence)
 
-plus eq. 5's long-short term `match_lsi * L_lsi(long mask of q, short mask of q)` (`losh.models.shared.matching`).
+plus eq. 5's long-short term `match_lsi * L_lsi(long mask of q, short mask of q)` (`losh.models.shared.matching`),
+per frame and averaged over the frames (`loss.frame_terms`; SgMg's own mask terms are over the sequence).
 The model matches inside its forward when given targets (as SgMg), so that only the matched query's masks are
 refined to full resolution; the criterion reuses those matches.
 """
@@ -113,6 +114,7 @@ def match_referred(layer: dict[str, dict[str, Tensor]], targets: list[ReferredTa
             giou = elementwise_generalized_box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(seen))
             cost = cost - c.match_giou * _visible_mean(giou, box_frames)
         if "short" in low_probs and c.match_lsi > 0:
+            frames = layer["long"]["pred_masks_low"].shape[1] if c.frame_terms == "per_frame" else 1
             cost = cost + long_short_cost(low_probs["long"], low_probs["short"], c.match_lsi,
-                                          c.lsi_threshold, c.lsi_epsilon)
+                                          c.lsi_threshold, c.lsi_epsilon, frames)
         return cost.argmin(dim=1)

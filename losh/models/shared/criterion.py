@@ -162,9 +162,11 @@ class LongShortCriterion(nn.Module):
         losses["loss"] = sum(self.weight_of(k) * v for k, v in losses.items())
         return losses
 
-    def lsi_term(self, long_probs: Tensor, short_probs: Tensor) -> Tensor:
-        """loss_lsi: eq. 1 on the matched query's long and short mask probabilities (B, P), batch mean."""
-        return lsi_loss(long_probs, short_probs, self.config.lsi_threshold, self.config.lsi_epsilon).mean()
+    def lsi_term(self, long_probs: Tensor, short_probs: Tensor, frames: int = 1) -> Tensor:
+        """loss_lsi: eq. 1 on matched queries' long and short mask probabilities (M, A*P) over A supervised
+        frames, per frame (loss.frame_terms "per_frame") or over the sequence, mean over the masks."""
+        frames = frames if self.config.frame_terms == "per_frame" else 1
+        return lsi_loss(long_probs, short_probs, self.config.lsi_threshold, self.config.lsi_epsilon, frames).mean()
 
     # ------------------------------------------------------------------------- a base model's parts
 

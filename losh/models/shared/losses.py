@@ -80,12 +80,31 @@ def is_referred_loss(logits: Tensor, referred_query: Tensor, eos_coef: float, vi
     return (nll * weights).sum() / (normaliser if normaliser is not None else logits.shape[0])
 
 
-def lsi_loss(long_probs: Tensor, short_probs: Tensor, threshold: float = 0.5, epsilon: float = 1.0) -> Tensor:
+def lsi_loss(long_probs: Tensor, short_probs: Tensor, threshold: float = 0.5, epsilon: float = 1.0,
+             frames: int = 1) -> Tensor:
     """Equation 1 per mask: 1 - (|m_l . m_s| + eps) / (|m_l| + eps), probabilities below `threshold`
-    set to 0 first. Shapes (..., P) -> (...)."""
+    set to 0 first. Shapes (..., P) -> (...). With `frames` A > 1, P holds A frames one after the other: the
+    term of each frame, averaged over the frames (eq. 1 sums them; the mean keeps the scale of one frame, as
+    MTTR's per-frame terms are divided by the number of frame masks)."""
+    if frames > 1:
+        long_probs, short_probs = (by_frame(p, frames) for p in (long_probs, short_probs))
     long_fg = long_probs * (long_probs >= threshold)
     short_fg = short_probs * (short_probs >= threshold)
-    return 1 - ((long_fg * short_fg).sum(-1) + epsilon) / (long_fg.sum(-1) + epsilon)
+    per_mask = 1 - ((long_fg * short_fg).sum(-1) + epsilon) / (long_fg.sum(-1) + epsilon)
+    return per_mask.mean(-1) if frames > 1 else per_mask
+
+
+def by_frame(masks: Tensor, frames: int) -> Tensor:
+    """(..., A*P) masks of A frames one after the other -> (..., A, P)."""
+    return masks.unflatten(-1, (frames, masks.shape[-1] // frames))
+
+
+def frame_mean_dice(probs: Tensor, targets: Tensor, frames: int) -> Tensor:
+    """MTTR's matching dice of masks over A frames: (Q, A*P) probabilities and (N, A*P) targets -> (Q, N), the
+    pairwise dice of each frame averaged over the frames (A = 1: `dice_coefficient`)."""
+    if frames == 1:
+        return dice_coefficient(probs, targets)
+    return dice_coefficient(by_frame(probs, frames).transpose(0, 1), by_frame(targets, frames).transpose(0, 1)).mean(0)
 
 
 def fbc_loss(features: Tensor, flows: Tensor, flow_valid: Tensor, annotated_index: int,

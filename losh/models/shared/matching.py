@@ -12,7 +12,8 @@ from losh.models.shared.losses import lsi_loss
 
 
 def long_short_cost(long_probs: Tensor, short_probs: Tensor, weight: float, threshold: float = 0.5,
-                    epsilon: float = 1.0) -> Tensor:
+                    epsilon: float = 1.0, frames: int = 1) -> Tensor:
     """weight * L_lsi(long mask, short mask) of each query's predictions for the referred object: (Q, P)
-    probabilities -> (Q,)."""
-    return weight * lsi_loss(long_probs, short_probs, threshold, epsilon)
+    probabilities -> (Q,); with `frames` > 1 per frame, averaged over the frames (eq. 5 sums every term over the
+    frames: averaging all of them keeps the argmin)."""
+    return weight * lsi_loss(long_probs, short_probs, threshold, epsilon, frames)
