@@ -49,6 +49,7 @@ LsiQueries = Literal["referred", "matched"]
 ShortTextRule = Literal["subject", "first-verb"]
 ShortTextTagger = Literal["spacy", "nltk"]
 InferenceShortPathway = Literal["encoder", "none"]
+LongShortAttention = Literal["deformable", "dense"]
 # "mttr": LoSh-M and MTTR (losh/models/losh_m/model.py); "sgmg": LoSh-S and SgMg (losh/models/losh_s/model.py)
 Architecture = Literal["mttr", "sgmg"]
 BackboneVariant = Literal["custom", "swin-t", "swin-b"]
@@ -93,7 +94,8 @@ class BackboneConfig:
                 raise ConfigError(f"backbone.variant {self.variant!r} has {SWIN_VARIANTS[self.variant]}, the config "
                                   f"says {dims}: set backbone.variant to 'custom' for other dims")
         if self.num_stages not in (3, 4):
-            raise ConfigError(f"backbone.num_stages must be 3 (strides 4-16) or 4 (strides 4-32), got {self.num_stages}")
+            raise ConfigError(f"backbone.num_stages must be 3 (strides 4-16) or 4 (strides 4-32), "
+                              f"got {self.num_stages}")
         if self.embed_dim <= 0:
             raise ConfigError(f"backbone.embed_dim must be positive, got {self.embed_dim}")
         if len(self.depths) != 4 or len(self.num_heads) != 4:
@@ -284,6 +286,8 @@ class SgmgConfig:
     # and window evaluation, its collate; 16 in whole-video inference, its forward); 1: not padded
     pad_multiple: int = 32
     pad_multiple_videos: int = 16
+    # LoSh's CA: "deformable" (long queries sample the short map nearby) or "dense" (3.4: short tokens as keys/values)
+    long_short_attention: LongShortAttention = "deformable"
 
     def validate(self) -> None:
         if self.num_feature_levels not in (3, 4):
@@ -301,6 +305,7 @@ class SgmgConfig:
             raise ConfigError(f"sgmg.sentence_feature must be 'pooler' or 'mean', got {self.sentence_feature!r}")
         if self.pad_multiple < 1 or self.pad_multiple_videos < 1:
             raise ConfigError("sgmg.pad_multiple and sgmg.pad_multiple_videos must be >= 1")
+        _check_choice("sgmg.long_short_attention", self.long_short_attention, LongShortAttention)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from losh.models.losh_s.deformable_attention import MSDeformAttn, level_shapes, spatial_shapes_tensor
+from losh.models.losh_s.dense_cross_attention import DenseCrossAttentionLayer
 from losh.models.shared.long_short import cross_attention_layers
 
 
@@ -91,21 +92,36 @@ class DeformableEncoderLayer(nn.Module):
 class LongShortDeformableEncoder(nn.Module):
     """LoSh's two-pathway encoder (paper 3.4) on deformable layers: the long and short pathways share the
     self-attention layers; with `cross_attention` "long_from_short" the even-numbered layers of the long pathway
-    are deformable cross-attention layers of their own: long tokens are the queries (they predict the sampling
-    offsets and weights), the short pathway's tokens at the same depth are the sampled values. Both pathways
-    hold the same visual grid (their SCF-fused features), so a long token samples the short map around its own
-    position. "short_from_long" and "bidirectional" as in LoSh-M; "none": SgMg's
-    encoder run on each pathway. Without a short pathway (inference), a long CA layer samples the long tokens."""
+    are cross-attention layers of their own, in one of two forms (`long_short_attention`):
 
-    def __init__(self, encoder_layer: DeformableEncoderLayer, num_layers: int, cross_attention: str = "none") -> None:
+    - "deformable": long tokens are the queries (they predict the sampling offsets and weights), the short
+      pathway's tokens at the same depth are the sampled values. Both pathways hold the same visual grid (their
+      SCF-fused features), so a long token samples the short map around its own position;
+    - "dense" (`DenseCrossAttentionLayer`, the paper's wording): long tokens are the queries of standard
+      multi-head attention whose keys and values are all the short pathway's tokens of the frame at that depth.
+
+    "short_from_long" and "bidirectional" as in LoSh-M (the same form in the other direction); "none": SgMg's
+    encoder run on each pathway. Without a short pathway (inference), a long CA layer attends to (samples) the
+    long tokens."""
+
+    def __init__(self, encoder_layer: DeformableEncoderLayer, num_layers: int, cross_attention: str = "none",
+                 long_short_attention: str = "deformable") -> None:
         super().__init__()
+        if long_short_attention not in ("deformable", "dense"):
+            raise ValueError(f"long_short_attention must be 'deformable' or 'dense', got {long_short_attention!r}")
         self.layers = nn.ModuleList(copy.deepcopy(encoder_layer) for _ in range(num_layers))
         self.num_layers = num_layers
         ca = cross_attention_layers(num_layers)
         long_reads_short = cross_attention in ("long_from_short", "bidirectional")
         short_reads_long = cross_attention in ("short_from_long", "bidirectional")
-        self.long_cross = nn.ModuleDict({str(i): copy.deepcopy(encoder_layer) for i in ca} if long_reads_short else {})
-        self.short_cross = nn.ModuleDict({str(i): copy.deepcopy(encoder_layer) for i in ca} if short_reads_long else {})
+
+        def cross_layer() -> nn.Module:
+            if long_short_attention == "dense":
+                return DenseCrossAttentionLayer.like(encoder_layer)
+            return copy.deepcopy(encoder_layer)
+
+        self.long_cross = nn.ModuleDict({str(i): cross_layer() for i in ca} if long_reads_short else {})
+        self.short_cross = nn.ModuleDict({str(i): cross_layer() for i in ca} if short_reads_long else {})
 
     def forward(self, long: Tensor, short: Tensor | None, spatial_shapes: Tensor, level_start_index: Tensor,
                 valid_ratios: Tensor, pos: Tensor, padding_mask: Tensor | None = None
@@ -225,18 +241,21 @@ class DeformableTransformerOutput(NamedTuple):
 
 class DeformableTransformer(nn.Module):
     """Deformable DETR's encoder-decoder, single stage, with learned query positions and given content queries;
-    with a short pathway, LoSh's two-pathway encoder and one decoder (shared queries) for both pathways."""
+    with a short pathway, LoSh's two-pathway encoder (its cross-attention "deformable" or "dense":
+    `long_short_attention`) and one decoder (shared queries) for both pathways."""
 
     def __init__(self, d_model: int = 256, nhead: int = 8, num_encoder_layers: int = 4, num_decoder_layers: int = 4,
                  dim_feedforward: int = 2048, dropout: float = 0.1, num_feature_levels: int = 4,
-                 dec_n_points: int = 4, enc_n_points: int = 4, cross_attention: str = "none") -> None:
+                 dec_n_points: int = 4, enc_n_points: int = 4, cross_attention: str = "none",
+                 long_short_attention: str = "deformable") -> None:
         super().__init__()
         self.d_model = d_model
         self.nhead = nhead
         self.num_feature_levels = num_feature_levels
         encoder_layer = DeformableEncoderLayer(d_model, dim_feedforward, dropout, num_feature_levels, nhead,
                                                enc_n_points)
-        self.encoder = LongShortDeformableEncoder(encoder_layer, num_encoder_layers, cross_attention)
+        self.encoder = LongShortDeformableEncoder(encoder_layer, num_encoder_layers, cross_attention,
+                                                  long_short_attention)
         decoder_layer = DeformableDecoderLayer(d_model, dim_feedforward, dropout, num_feature_levels, nhead,
                                                dec_n_points)
         self.decoder = DeformableDecoder(decoder_layer, num_decoder_layers)

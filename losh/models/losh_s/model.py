@@ -3,7 +3,8 @@
 The visual features of the decoded frames (Video Swin, strides 8, 16, 32, and a stride-2 convolution for 64,
 each projected to D with GroupNorm) are fused with each pathway's words by SgMg's spectrum-guided fusion
 (SCF); LoSh's two pathways then run through the deformable encoder (`LongShortDeformableEncoder`: the long
-pathway's even-numbered layers sample the short pathway's tokens, paper 3.4) and one decoder with shared
+pathway's even-numbered layers sample the short pathway's tokens, or attend to all of them with
+`sgmg.long_short_attention` "dense", paper 3.4) and one decoder with shared
 queries (5 per frame, their content the pathway's sentence feature, their positions learned). Per decoder
 layer and query: a referred-or-not logit, a box (iterative refinement), and SgMg's masks: a dynamic mask
 head on the summed encoder memory at stride 8 gives a 4 x 4 sub-pixel patch per pixel (a stride-2 mask,
@@ -92,7 +93,7 @@ class LoShS(nn.Module):
             d_model=d, nhead=tc.nheads, num_encoder_layers=tc.num_encoder_layers,
             num_decoder_layers=tc.num_decoder_layers, dim_feedforward=tc.dim_feedforward, dropout=tc.dropout,
             num_feature_levels=levels, dec_n_points=sc.dec_points, enc_n_points=sc.enc_points,
-            cross_attention=tc.cross_attention)
+            cross_attention=tc.cross_attention, long_short_attention=sc.long_short_attention)
         self.query_embed = nn.Embedding(tc.num_queries, d)
         layers = tc.num_decoder_layers
         class_embed, bbox_embed = nn.Linear(d, 1), MLP(d, d, 4, 3)
