@@ -365,7 +365,10 @@ def compute_flows(
 
 @app.command()
 def train(
-    data: Annotated[Path, typer.Option("--data", help="Prepared data set (PREP), with flows when L_fbc is on.")],
+    data: Annotated[str, typer.Option("--data", help="Prepared data set (PREP), with flows when L_fbc is on; or "
+                                                     "several, comma-separated, trained on as one mixture "
+                                                     "(refcoco,refcoco+,refcocog: SgMg's pre-training; the first "
+                                                     "validates).")],
     out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints, metrics.jsonl, config.")],
     config: Annotated[Optional[str], typer.Option(
         help="Preset (losh-m, mttr, tiny, losh-s, sgmg, tiny-s), preset:ablation (losh-m:wo-fbc) or a JSON config "
@@ -435,6 +438,13 @@ def train(
     from losh.schemas.prepared import SchemaError
     from losh.schemas.prepared_reader import PreparedDataMissing
     from losh.schemas.train import TrainConfigError, TrainSettings
+    from losh.data.mixture import parse_data_list
+
+    try:
+        data_sets = [Path(p) for p in parse_data_list(data)]
+    except ValueError as e:
+        fail(str(e), 2)
+    data = data_sets[0] if len(data_sets) == 1 else data_sets
     from losh.training.loop import NonFiniteLoss, RunExists, run_settings
     from losh.training.loop import train as run_training
 

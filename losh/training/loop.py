@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm import tqdm
 
 from losh.data.dataset import Augment, ClipDataset, RVOSDataset, collate, collate_clips, normalise_frames
+from losh.data.mixture import MixtureDataset
 from losh.errors import NonFiniteOutputs
 from losh.models.registry import build_criterion, build_model
 from losh.schemas.atomic import remove_stale_temporaries
@@ -243,16 +244,27 @@ def check_data_matches_config(manifest: dict, config: ModelConfig) -> None:
                          f"(another --out)")
 
 
+def check_same_short_text(sets: Sequence[Path]) -> None:
+    """The sets of a mixture hold the same kind of short text (source and rule): one config trains on them."""
+    kinds = {str(p): (m["short_text"]["source"], m["short_text"].get("rule"))
+             for p, m in ((p, dataset_manifest(p)) for p in sets)}
+    if len(set(kinds.values())) > 1:
+        raise ValueError("the prepared sets of --data hold different short texts (" + ", ".join(
+            f"{p}: {source}{f' {rule}' if rule else ''}" for p, (source, rule) in kinds.items())
+            + "): prepare them with the same --short-text and --rule")
+
+
 def non_finite_loss(what: str, terms: dict[str, float], ckpt_path: Path) -> NonFiniteLoss:
     return NonFiniteLoss(f"{what}: {terms}; the last good checkpoint is "
                          f"{ckpt_path if ckpt_path.exists() else 'not written yet'}")
 
 
-def train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, *, resume: bool = False,
-          device: str | None = None, progress: bool = True, init_from: Path | None = None,
+def train(data: Path | Sequence[Path], config: ModelConfig, out: Path, settings: TrainSettings, *,
+          resume: bool = False, device: str | None = None, progress: bool = True, init_from: Path | None = None,
           init_parts: Sequence[str] = ()) -> dict:
-    """Train and return a summary (epochs, steps, last losses, checkpoint path). `init_from`: a new run starts
-    from that checkpoint's weights (within `init_parts`, prefixes of the model's names; `init_from.py`)."""
+    """Train and return a summary (epochs, steps, last losses, checkpoint path). `data`: a prepared set, or several
+    trained on as one mixture (the first validates). `init_from`: a new run starts from that checkpoint's weights
+    (within `init_parts`, prefixes of the model's names; `init_from.py`)."""
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     try:
         with ExitStack() as stack:   # the run folder's lock, held until the run ends
@@ -262,9 +274,12 @@ def train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, *
         torch.use_deterministic_algorithms(deterministic_before)
 
 
-def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, *, resume: bool,
+def _train(data: Path | Sequence[Path], config: ModelConfig, out: Path, settings: TrainSettings, *, resume: bool,
            device: str | None, progress: bool, stack: ExitStack, init_from: Path | None,
            init_parts: Sequence[str]) -> dict:
+    # several prepared sets: one mixture (every sample of each once an epoch); the first one validates
+    sets = [Path(p) for p in data] if isinstance(data, (list, tuple)) else [Path(data)]
+    data = sets[0]
     settings.validate()
     d = setup_distributed()
     dev = select_device(d, device)
@@ -273,7 +288,9 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
     out = Path(out)
     refuse_if_locked(out, "losh train")      # another process writes this run now: say so before anything else
     manifest = dataset_manifest(data)
-    check_data_matches_config(manifest, config)     # the config as asked, before the data's values fill it in
+    for other in sets:                              # the config as asked, before the data's values fill it in
+        check_data_matches_config(dataset_manifest(other), config)
+    check_same_short_text(sets)
     short_text_line = short_text_note(config, manifest)
     config = config_for_data(config, manifest)
     ckpt_path = out / "checkpoints" / "last.pt"
@@ -310,15 +327,18 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
     settings = validation_for_data(settings, manifest)
     with_flows = config.loss.fbc > 0
     augment = Augment(settings.scales, settings.max_long_side, settings.flip_p)
-    if settings.expressions_per_clip > 1:
-        dataset = ClipDataset(data, "train", max_expressions=settings.expressions_per_clip, with_flows=with_flows,
-                              seed=settings.seed, augment=augment)
-    else:
-        dataset = RVOSDataset(data, "train", with_flows=with_flows, seed=settings.seed, augment=augment)
-    # before the run folder exists: the data it reads is whole, and no writer is working on it now
-    refuse_if_locked(data, "losh train")
-    if with_flows:
-        refuse_if_locked(Path(data) / FLOWS_DIR, "losh train")
+    parts = []
+    for prep in sets:
+        if settings.expressions_per_clip > 1:
+            parts.append(ClipDataset(prep, "train", max_expressions=settings.expressions_per_clip,
+                                     with_flows=with_flows, seed=settings.seed, augment=augment))
+        else:
+            parts.append(RVOSDataset(prep, "train", with_flows=with_flows, seed=settings.seed, augment=augment))
+        # before the run folder exists: the data it reads is whole, and no writer is working on it now
+        refuse_if_locked(prep, "losh train")
+        if with_flows:
+            refuse_if_locked(prep / FLOWS_DIR, "losh train")
+    dataset = parts[0] if len(parts) == 1 else MixtureDataset(parts)
     dataset.check_readable()
     if d.main:   # one writer per run folder; a second `losh train --out` here is refused at once
         stack.enter_context(folder_lock(out, "losh train"))
@@ -331,7 +351,9 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
     model = build_model(config, load_pretrained=checkpoint is None and not backbone_from_init)
     if model.text_encoder.trained_tokenizer and checkpoint is None:
         # randomly initialised text encoder (tiny): its tokenizer learns the training vocabulary
-        model.text_encoder.fit_tokenizer(sorted({t for r in dataset.data.records for t in (r.long, r.short)}))
+        texts = dataset.texts if isinstance(dataset, MixtureDataset) else \
+            {t for r in dataset.data.records for t in (r.long, r.short)}
+        model.text_encoder.fit_tokenizer(sorted(texts))
     # a new run from another checkpoint's weights (resuming: this run's own checkpoint has them)
     init_report = initialise_from(model, init_from, init_parts) if init_from and checkpoint is None else None
     if init_report and backbone_from_init and not any(k.startswith("backbone.") for k in init_report.loaded):
@@ -398,7 +420,8 @@ def _train(data: Path, config: ModelConfig, out: Path, settings: TrainSettings, 
             "schema": CHECKPOINT_SCHEMA, "version": CHECKPOINT_VERSION, "model_config": config.to_dict(),
             "train_settings": settings.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch_,
-            "step_in_epoch": step_in_epoch_, "global_step": global_step, "data": str(Path(data).resolve()),
+            "step_in_epoch": step_in_epoch_, "global_step": global_step,
+            "data": ",".join(str(p.resolve()) for p in sets),
             # how the training frames were prepared: `losh predict` resizes a user's video the same way
             "data_preparation": {"dataset": manifest["dataset"], "window": manifest["window"],
                                  "resolution": manifest["resolution"]},
