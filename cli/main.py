@@ -117,16 +117,19 @@ def synth(
     out: Annotated[Optional[Path], typer.Option(help="Folder to write the data set into (in the --layout layout): "
                                                      "new or empty, or one this command wrote (--overwrite).")] = None,
     out_old: Annotated[Optional[Path], typer.Argument(hidden=True, metavar="OUT")] = None,
-    videos: Annotated[int, typer.Option(min=3, help="Number of videos.")] = 12,
+    videos: Annotated[Optional[int], typer.Option(min=3, help="Number of videos (refcoco: of images; default 12, "
+                                                           "refcoco 40).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed writes the same data set.")] = 42,
     height: Annotated[int, typer.Option(min=32, help="Frame height of the clips.")] = 128,
     width: Annotated[int, typer.Option(min=32, help="Frame width of the clips.")] = 176,
     frames: Annotated[int, typer.Option(min=8, help="Frames per clip.")] = 24,
     annotated: Annotated[int, typer.Option(min=1, help="Annotated frames per video (a2d).")] = 3,
     layout: Annotated[str, typer.Option(help="On-disk layout: a2d, refer-youtube-vos (every 5th frame released, "
-                                              "masks for train), refer-davis (the four expression sets) or jhmdb "
+                                              "masks for train), refer-davis (the four expression sets), jhmdb "
                                               "(JHMDB-Sentences: PNG frames, one actor's puppet_mask.mat per video, "
-                                              "the last video 2 masks short).")] = "a2d",
+                                              "the last video 2 masks short) or refcoco (still images in the refer "
+                                              "toolkit's layout: refcoco/, refcoco+/, refcocog/ and COCO's "
+                                              "train2014 folder).")] = "a2d",
     overwrite: Annotated[bool, typer.Option(help="Replace a set that `losh synth` wrote in OUT (never other "
                                                  "data).")] = False,
 ) -> None:
@@ -140,7 +143,10 @@ def synth(
         write_synthetic_refer_davis,
         write_synthetic_refer_youtube_vos,
     )
+    from losh.pipeline.synth_refcoco import write_synthetic_refcoco
 
+    if videos is None:
+        videos = 40 if layout == "refcoco" else 12
     writers = {"a2d": lambda: write_synthetic_a2d(out, videos=videos, seed=seed, height=height, width=width,
                                                   frames=frames, annotated_per_video=annotated, overwrite=overwrite),
                "refer-youtube-vos": lambda: write_synthetic_refer_youtube_vos(out, videos=videos, seed=seed,
@@ -148,7 +154,9 @@ def synth(
                "refer-davis": lambda: write_synthetic_refer_davis(out, videos=videos, seed=seed, height=height,
                                                                   width=width, frames=frames, overwrite=overwrite),
                "jhmdb": lambda: write_synthetic_jhmdb(out, videos=videos, seed=seed, height=height, width=width,
-                                                      frames=frames, overwrite=overwrite)}
+                                                      frames=frames, overwrite=overwrite),
+               "refcoco": lambda: write_synthetic_refcoco(out, images=videos, seed=seed, height=height, width=width,
+                                                          overwrite=overwrite)}
     if layout not in writers:
         fail(f"--layout must be one of {', '.join(writers)}", 2)
     from losh.schemas.folders import FolderNotEmpty
@@ -214,13 +222,15 @@ def shorten(
 def prepare_data(
     root: Annotated[Path, typer.Option("--root", help="Raw data set root, in the layout the data set ships.")],
     out: Annotated[Path, typer.Option("--out", help="Prepared data set folder (PREP).")],
-    dataset: Annotated[str, typer.Option(help="a2d (A2D-Sentences), jhmdb (JHMDB-Sentences), refer-youtube-vos or "
-                                              "refer-davis.")] = "a2d",
+    dataset: Annotated[str, typer.Option(help="a2d (A2D-Sentences), jhmdb (JHMDB-Sentences), refer-youtube-vos, "
+                                              "refer-davis, or the still-image sets refcoco, refcoco+, refcocog "
+                                              "(the refer toolkit's data root).")] = "a2d",
     short_text: Annotated[str, typer.Option(help="machine (tagger) or manual (A2D's short_query column).")] = "machine",
     tagger: Annotated[str, typer.Option(help=TAGGER_HELP)] = "auto",
     rule: Annotated[str, typer.Option(help="Short-text rule: subject or first-verb.")] = "subject",
     window: Annotated[Optional[int], typer.Option(min=1, help="Frames a sample's window holds (default: the data "
-                                                          "set's, MTTR's: a2d 8, refer-youtube-vos/davis 12).")] = None,
+                                                          "set's, MTTR's: a2d 8, refer-youtube-vos/davis 12; "
+                                                          "refcoco* 1: training makes the clips).")] = None,
     short_side: Annotated[Optional[int], typer.Option(min=16, help="Short side of stored frames (a2d 320, "
                                                                 "refer-* 360).")] = None,
     max_long_side: Annotated[Optional[int], typer.Option(min=16, help="Cap on the long side of stored frames "
@@ -237,6 +247,12 @@ def prepare_data(
         help="jhmdb: the frames scored: mttr (MTTR's published protocol, shipped with the toolkit), a file in its "
              "format, or seed (3 frames a video drawn with --seed).")] = "mttr",
     split: Annotated[str, typer.Option(help="refer-davis: the DAVIS split to prepare (val or train).")] = "val",
+    split_by: Annotated[Optional[str], typer.Option(help="refcoco*: the refs file refs(SPLIT_BY).p: refcoco unc "
+                                                         "(default) or google, refcoco+ unc, refcocog umd (default) "
+                                                         "or google.")] = None,
+    images: Annotated[Optional[Path], typer.Option(
+        help="refcoco, refcoco+, refcocog: the COCO train2014 images folder (default "
+             "ROOT/images/mscoco/images/train2014).")] = None,
     workers: Annotated[Optional[int], typer.Option(min=0, help=WORKERS_HELP, envvar="LOSH_WORKERS")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a set prepared in OUT with other settings, and its flows "
                                                  "(never other data).")] = False,
@@ -252,6 +268,9 @@ def prepare_data(
         fail(f"--dataset must be one of {', '.join(DATASETS)}, got {dataset!r}", 2)
     if holdout_videos and dataset != "refer-youtube-vos":
         fail("--holdout-videos is for --dataset refer-youtube-vos", 2)
+    from losh.pipeline.datasets import STILL_IMAGE_DATASETS
+    if (split_by is not None or images is not None) and dataset not in STILL_IMAGE_DATASETS:
+        fail(f"--split-by and --images are for --dataset {', '.join(STILL_IMAGE_DATASETS)}", 2)
     settings = settings_for(dataset, window=window, short_side=short_side, max_long_side=max_long_side, codec=codec,
                             jpeg_quality=jpeg_quality, decoder=decoder)
     if samples_metadata != "mttr" and dataset != "jhmdb":
@@ -259,7 +278,8 @@ def prepare_data(
     from losh.pipeline.datasets.jhmdb import MTTR_PROTOCOL
     protocol = {"mttr": MTTR_PROTOCOL, "seed": None}.get(samples_metadata, Path(samples_metadata))
     options = {"refer-youtube-vos": {"holdout_videos": holdout_videos, "seed": seed}, "refer-davis": {"split": split},
-               "jhmdb": {"samples_metadata": protocol, "seed": seed}}.get(dataset, {})
+               "jhmdb": {"samples_metadata": protocol, "seed": seed},
+               **{name: {"split_by": split_by, "images": images} for name in STILL_IMAGE_DATASETS}}.get(dataset, {})
     try:
         manifest = prepare_dataset(dataset, root, out, short_source=short_text, tagger=tagger, rule=rule,
                                    settings=settings, workers=workers, overwrite=overwrite, **options)
@@ -270,9 +290,11 @@ def prepare_data(
     c = manifest["counts"]
     per_split = ", ".join(f"{info['samples']} {name} ({info['kind']}{'' if info['masks'] else ', no masks'})"
                           for name, info in manifest["splits"].items())
-    typer.echo(f"prepared {c['samples']} samples ({per_split}) from {c['videos']} videos, "
-               f"{c['annotated_frames']} annotated frames; {c['merged_short_masks']} samples with a merged short "
-               f"mask; {c['samples_empty_mask']} with an empty mask; evaluated split: {manifest['eval_split']}")
+    source = (f"{c['videos']} referred objects in {c['images']} still images" if dataset in STILL_IMAGE_DATASETS
+              else f"{c['videos']} videos, {c['annotated_frames']} annotated frames")
+    typer.echo(f"prepared {c['samples']} samples ({per_split}) from {source}; {c['merged_short_masks']} samples with "
+               f"a merged short mask; {c['samples_empty_mask']} with an empty mask; evaluated split: "
+               f"{manifest['eval_split']}")
     if dataset == "a2d":
         typer.echo(f"{c['samples_window_past_end']} samples with the annotated frame past the decoded end (kept, "
                    f"as MTTR); {c['videos_frame_count_mismatch']} videos whose decoded length differs from "
@@ -322,7 +344,7 @@ def compute_flows(
         fail("give the prepared data set: --data PREP", 2)
     workers = default_workers(workers) if scheduler is None else workers
     from losh.pipeline.flow_verify import verify_flows
-    from losh.pipeline.flows import FlowComputeError, parse_split
+    from losh.pipeline.flows import FlowComputeError, nothing_to_compute, parse_split
     from losh.pipeline.flows import compute_flows as run_compute_flows
     from losh.schemas.flows import FarnebackParams, FlowParams
     from losh.schemas.prepared import SchemaError
@@ -339,7 +361,12 @@ def compute_flows(
                    f"{report.recomputed} recomputed (max difference {report.max_error:.2g} grid pixels)")
         return
     try:
-        parse_split(split, load_manifest(prep))
+        manifest = load_manifest(prep)
+        note = nothing_to_compute(manifest)
+        if note:   # still images
+            typer.echo(note)
+            return
+        parse_split(split, manifest)
     except ValueError as e:
         fail(f"--{e}", 2)
     except (PreparedDataMissing, SchemaError) as e:

@@ -41,9 +41,9 @@ def load_model(path: str | Path, device: str = "cpu", *, use_ema: bool = True):
 
 def prepare(dataset: str, root: str | Path, out: str | Path, *, short_text: str = "machine", workers: int | None = None,
             progress: bool = True, **options) -> dict:
-    """A raw data set (`dataset`: a2d, jhmdb, refer-youtube-vos, refer-davis; `root` in the layout it ships) as a
-    prepared one in `out`, as `losh prepare-data` does; `options` as its flags (window, short_side, ...).
-    Returns the manifest."""
+    """A raw data set (`dataset`: a2d, jhmdb, refer-youtube-vos, refer-davis, refcoco, refcoco+, refcocog; `root` in
+    the layout it ships) as a prepared one in `out`, as `losh prepare-data` does; `options` as its flags (window,
+    short_side, ..., and the reader's: split_by, images, ...). Returns the manifest."""
     from losh.pipeline.prepare import prepare_dataset, settings_for
 
     setting_names = ("window", "short_side", "max_long_side", "codec", "jpeg_quality", "decoder")

@@ -100,6 +100,14 @@ def window_splits(manifest: dict) -> tuple[str, ...]:
     return tuple(s for s in SPLITS if manifest["splits"].get(s, {}).get("kind") == "window")
 
 
+def nothing_to_compute(manifest: dict) -> str | None:
+    """Why a prepared set has no flows to compute (None: it has some): still images (RefCOCO) have no motion."""
+    if window_splits(manifest) or not any(info.get("kind") == "image" for info in manifest["splits"].values()):
+        return None
+    return (f"this {manifest['dataset']} set holds still images: there is no optical flow to compute (train on it "
+            "with --set loss.fbc=0)")
+
+
 def parse_split(split: str, manifest: dict | None = None) -> tuple[str, ...]:
     """The splits of a --split value: a window split of PREP (A2D: train, test), or all of them."""
     choices = window_splits(manifest) if manifest is not None else ("train", "test")
@@ -345,6 +353,10 @@ def compute_flows(prep: Path, params: FlowParams = FlowParams(), *, split: str =
     `prepare-data` writes PREP)."""
     prep = Path(prep).resolve()
     refuse_if_locked(prep, "losh compute-flows")
+    if (prep / "manifest.json").is_file():
+        note = nothing_to_compute(load_manifest(prep))
+        if note:   # before flows/ exists
+            raise ValueError(note)
     with folder_lock(flows_dir(prep), "losh compute-flows"):
         return _compute_flows(prep, params, split=split, workers=workers, scheduler=scheduler, progress=progress)
 

@@ -26,7 +26,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from losh.pipeline.datasets import DATASETS, plan_dataset
+from losh.pipeline.coco_masks import decode_segmentation
+from losh.pipeline.datasets import DATASETS, STILL_IMAGE_DATASETS, plan_dataset
 from losh.pipeline.datasets.a2d import CorruptMaskFile, list_annotated_frames, read_frame_annotation
 from losh.pipeline.datasets.base import DatasetPlan, DatasetRootError, Problem, VideoSpec
 from losh.pipeline.masks import group_by_short, merge_masks
@@ -36,6 +37,7 @@ from losh.pipeline.prepared_folder import (
     replaces_existing_set,
     requested_settings,
 )
+from losh.pipeline.short_fallback import usable_short
 from losh.pipeline.video import (
     DECODERS,
     VideoUnreadable,
@@ -83,6 +85,8 @@ class VideoJob:
                "expressions": [asdict(e) for e in spec.expressions], "shorts": self.shorts,
                "frames": len(spec.frame_files), "frame_names": spec.frame_names, "objects": spec.object_ids, "annotated": spec.annotated,
                "annotations": spec.annotation_format, "settings": asdict(self.settings)}
+        if spec.coco_segmentation:   # a still image's object: its mask and the size it is decoded at
+            key.update(segmentation=spec.coco_segmentation, orig_size=list(spec.orig_size or ()))
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -179,6 +183,14 @@ def read_jhmdb_annotations(spec: VideoSpec) -> Annotations:
     return {f: (ids, masks[None, :, :, f - 1] > 0) for f in spec.annotated if f <= masks.shape[2]}
 
 
+def read_coco_annotation(spec: VideoSpec) -> Annotations:
+    """A still image's referred object (instance 1) from its COCO segmentation, decoded at the image size the
+    annotations file gives (`orig_size`), as pycocotools' annToMask does."""
+    height, width = spec.orig_size
+    mask = decode_segmentation(json.loads(spec.coco_segmentation), height, width)
+    return {1: (np.asarray([1], dtype=np.int64), mask[None])}
+
+
 def read_image_frames(spec: VideoSpec, wanted: set[int]) -> dict[int, np.ndarray]:
     """BGR frames at the wanted 0-based indices from the video's image files."""
     frames = {}
@@ -208,6 +220,9 @@ def image_video_plans(spec: VideoSpec, annotations: Annotations, n_frames: int, 
     positions, target frames), for each sampling (base.py)."""
     plans = []
     for k, e in enumerate(spec.expressions):
+        if spec.sampling == "image":              # a still image: the one frame, its one object
+            plans.append((k, [0], 1, [0], [1]))
+            continue
         if spec.sampling == "annotated_frames":   # JHMDB: MTTR's window around each annotated frame
             plans += [(k, window_indices(f, n_frames, window), f, [window // 2], [f])
                       for f, (ids, _) in sorted(annotations.items()) if e.instance_id in ids]
@@ -258,6 +273,11 @@ def prepare_video(job: VideoJob) -> VideoResult:
             annotations = read_jhmdb_annotations(spec)
         except (OSError, ValueError, NotImplementedError) as e:
             return fail_all(f"unreadable puppet_mask.mat: {e}")
+    elif spec.annotation_format == "coco":
+        try:
+            annotations = read_coco_annotation(spec)
+        except Exception as e:   # noqa: BLE001 - pycocotools raises several kinds on a damaged segmentation
+            return fail_all(f"undecodable COCO segmentation: {e}")
     elif spec.annotation_format != "a2d_h5":
         annotations = {}
     if spec.sampling != "whole_video" and not annotations:
@@ -303,6 +323,9 @@ def prepare_video(job: VideoJob) -> VideoResult:
             decoded = read_image_frames(spec, {i for _, window, *_ in plans for i in window})
         except VideoUnreadable as e:
             return fail_all(f"unreadable frames: {e}")
+        if spec.annotation_format == "coco" and decoded[0].shape[:2] != tuple(spec.orig_size):
+            return fail_all(f"the image is {decoded[0].shape[0]}x{decoded[0].shape[1]}, its entry in the annotations "
+                            f"file says {spec.orig_size[0]}x{spec.orig_size[1]} (the mask would not fit)")
     if not plans:
         return VideoResult(vid, [], [p.to_dict() for p in problems + [Problem(vid, "no sample (no annotated frame "
                                                                                    "of its expressions)")]])
@@ -350,6 +373,8 @@ def prepare_video(job: VideoJob) -> VideoResult:
             kind = "video" if spec.sampling == "whole_video" else "window"
             if spec.sampling == "annotated_frames":
                 sample_id = f"{vid}_{e.instance_id}_{anchor:05d}"
+            elif spec.sampling == "image":
+                sample_id = f"{vid}_{e.expression_id}"
             elif kind == "window":
                 sample_id = f"{vid}_{e.expression_id}_{anchor:05d}"
             else:
@@ -399,11 +424,12 @@ def extract_shorts(plan: DatasetPlan, short_source: str, tagger: str, rule: str
     for video in plan.videos:
         texts = []
         for e in video.expressions:
-            short = shorts[position].strip()
+            given = shorts[position].strip()
             position += 1
-            if not short:  # e.g. an expression that starts with its verb: the whole text is the subject
-                short = e.long
-                info["fallback_to_long"] += 1
+            # e.g. an expression that starts with its verb, or a short text naming nothing ("on the left" -> "on"):
+            # the whole text is the subject (pipeline/short_fallback.py)
+            short = usable_short(e.long, given)
+            info["fallback_to_long"] += short != given
             texts.append(short)
         result[video.video_id] = tuple(texts)
     return result, info
@@ -420,6 +446,13 @@ def settings_for(dataset: str, **overrides) -> PrepareSettings:
         raise ValueError(f"unknown data set {dataset!r}; one of {', '.join(DATASETS)}")
     values = {**DATASETS[dataset][1], **{k: v for k, v in overrides.items() if v is not None}}
     return PrepareSettings(**values)
+
+
+def check_still_image_window(dataset: str, settings: PrepareSettings) -> None:
+    """A still-image set (RefCOCO/+/g) is prepared one image a sample: its clips are made at training time."""
+    if dataset in STILL_IMAGE_DATASETS and settings.window != 1:
+        raise ValueError(f"{dataset} holds still images: a sample is its one image (window 1), and training makes a "
+                         f"clip of the model's window from it; leave --window out (got {settings.window})")
 
 
 def without_unsafe_ids(plan: DatasetPlan) -> DatasetPlan:
@@ -444,6 +477,7 @@ def prepare_dataset(dataset: str, root: Path, out: Path, *, short_source: str = 
     is replaced, its flows/ included. Any other non-empty folder raises FolderNotEmpty, also with `overwrite`."""
     out = Path(out)
     settings = settings or settings_for(dataset)
+    check_still_image_window(dataset, settings)
     tagger_note = None
     if short_source == "machine":   # "auto": the rule's own tagger, or spaCy's where NLTK's data is missing
         from losh.pipeline.shorten import resolve_tagger
@@ -467,6 +501,7 @@ def _prepare_dataset(dataset: str, root: Path, out: Path, *, short_source: str =
     `replace_existing`: remove the prepared set in `out` (once the raw root has been read)."""
     root, out = Path(root), Path(out)
     settings = settings or settings_for(dataset)
+    check_still_image_window(dataset, settings)
     if settings.decoder not in DECODERS:
         raise ValueError(f"decoder must be one of {DECODERS}, got {settings.decoder!r}")
     plan = plan_dataset(dataset, root, **reader_options)

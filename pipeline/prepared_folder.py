@@ -20,7 +20,8 @@ from losh.schemas.locks import LOCK_NAME
 MANIFEST, RECORDS, REPORT, SHARDS = "manifest.json", "samples.jsonl", "report.json", "shards"
 # what prepare-data (and compute-flows, in flows/) writes into OUT: a folder holding only these is its own
 PREPARED_ENTRIES = frozenset({MANIFEST, RECORDS, REPORT, SHARDS, FLOWS_DIR, LOCK_NAME, METADATA_FILE})
-INPUT_LOCATIONS = ("samples_metadata",)   # reader options that say where an input lies (as --root), not a setting
+# reader options that say where an input lies (as --root), not a setting
+INPUT_LOCATIONS = ("samples_metadata", "images")
 
 
 class PreparedSetDiffers(FolderNotEmpty):

@@ -1,7 +1,7 @@
 """Contract of a prepared data set (PREP): manifest.json, samples.jsonl and per-video HDF5 shards.
 
-Every data set (A2D-Sentences, Refer-YouTube-VOS, Refer-DAVIS17, ...) is prepared into this one layout;
-the trainer and the evaluator never know which data set they read.
+Every data set (A2D-Sentences, Refer-YouTube-VOS, Refer-DAVIS17, RefCOCO/+/g, ...) is prepared into this one
+layout; the trainer and the evaluator never know which data set they read.
 
 PREP/manifest.json   written last: schema name + version, data set, source, short-text settings, counts,
                      the splits (their kind, whether they hold masks) and the split evaluated by default; the
@@ -29,6 +29,11 @@ Two kinds of sample:
             window positions with masks (A2D: the annotated frame at w//2; Refer-YouTube-VOS: every frame)
   "video"   an expression over its whole video (window = every frame), predicted by sliding windows and
             scored per expression (J&F) on its annotated frames (`targets`; none where masks are private)
+
+A split's kind (manifest "splits"): "window" and "video" as their samples', or "image": still images (RefCOCO,
+RefCOCO+, RefCOCOg), one-frame "window" samples (window [1], targets [0]) whose shard holds the image once and the
+referred object as instance 1. Training makes a clip of the model's window from each (losh/data/still_images.py);
+such a split has no optical flow (no L_fbc), and is scored image by image.
 """
 from __future__ import annotations
 
@@ -42,9 +47,10 @@ from losh.schemas.safe_paths import unsafe_reason
 PREPARED_SCHEMA = "losh.prepared"
 PREPARED_VERSION = 3   # 2: video_frames, MTTR's sample list; 3: any data set (kinds, targets, expression ids)
 # train/test: A2D-Sentences, JHMDB; holdout: train videos held out with masks, valid: the Refer-YouTube-VOS
-# server's split (no masks); val: Refer-DAVIS17's
-SPLITS = ("train", "test", "holdout", "valid", "val")
-KINDS = ("window", "video")
+# server's split (no masks); val: Refer-DAVIS17's; val/testA/testB (RefCOCO, RefCOCO+) and val/test (RefCOCOg)
+SPLITS = ("train", "test", "holdout", "valid", "val", "testA", "testB")
+KINDS = ("window", "video")             # of a sample
+SPLIT_KINDS = (*KINDS, "image")         # of a split: "image" holds still images' one-frame window samples
 
 
 class SchemaError(ValueError):
@@ -200,9 +206,14 @@ def validate_manifest(manifest: dict, where: str = "manifest.json") -> dict:
         if key not in manifest["counts"]:
             raise SchemaError(f"{where}: counts lacks {key!r}")
     for name, info in manifest["splits"].items():
-        if name not in SPLITS or not isinstance(info, dict) or info.get("kind") not in KINDS \
+        if name not in SPLITS or not isinstance(info, dict) or info.get("kind") not in SPLIT_KINDS \
                 or not isinstance(info.get("masks"), bool):
             raise SchemaError(f"{where}: splits[{name!r}] must be a split of {SPLITS} with its kind and masks")
     if manifest["eval_split"] not in manifest["splits"]:
         raise SchemaError(f"{where}: eval_split {manifest['eval_split']!r} is not one of its splits")
     return manifest
+
+
+def still_images(manifest: dict, split: str) -> bool:
+    """Whether `split` of a prepared set holds still images (kind "image"), whose clips training makes."""
+    return manifest["splits"].get(split, {}).get("kind") == "image"

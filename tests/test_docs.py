@@ -93,13 +93,15 @@ def validate(name: str, params: dict) -> None:
 
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory):
-    """Raw data sets in the four real layouts at /data/<set>, a video and a frame folder of one's own."""
+    """Raw data sets in the five real layouts at /data/<set> (the refer toolkit's at /data/refer), a video and a frame
+    folder of one's own."""
     from losh.pipeline.synth import write_synthetic_a2d
     from losh.pipeline.synth_layouts import (
         write_synthetic_jhmdb,
         write_synthetic_refer_davis,
         write_synthetic_refer_youtube_vos,
     )
+    from losh.pipeline.synth_refcoco import write_synthetic_refcoco
 
     root = tmp_path_factory.mktemp("docs")
     data = root / "data"
@@ -108,6 +110,7 @@ def sandbox(tmp_path_factory):
     write_synthetic_jhmdb(data / "jhmdb", videos=2, frames=12, **small)
     write_synthetic_refer_youtube_vos(data / "refer-youtube-vos", videos=4, frames=12, **small)
     write_synthetic_refer_davis(data / "refer-davis", videos=2, frames=6, **small)
+    write_synthetic_refcoco(data / "refer", images=4, **small)
     (root / "weights").mkdir()
     video = sorted((data / "a2d" / "Release" / "clips320H").glob("*.mp4"))[0]
     for name in ("my_video.mp4", "lecture.mp4"):

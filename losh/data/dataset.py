@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from losh.data.still_images import still_image_clip
 from losh.pipeline.flow_field import hflip_flows
 from losh.schemas.flow_units import rescale_vectors
-from losh.schemas.prepared import SampleRecord
+from losh.schemas.prepared import SampleRecord, still_images
 from losh.schemas.prepared_reader import PreparedDataset
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -63,16 +64,23 @@ def evenly_spread(records: list[SampleRecord], max_samples: int) -> list[SampleR
 
 
 class RVOSDataset(Dataset):
-    """Samples of one split of PREP as tensors; flows from PREP/flows when asked for."""
+    """Samples of one split of PREP as tensors; flows from PREP/flows when asked for. A split of still images
+    (RefCOCO) gives clips of `clip_frames` frames made from each image (still_images.py), every frame supervised;
+    without `clip_frames`, the image alone."""
 
     def __init__(self, prep: Path, split: str, *, with_flows: bool = False, augment: Augment | None = None,
-                 seed: int = 0, max_samples: int = 0) -> None:
+                 seed: int = 0, max_samples: int = 0, clip_frames: int | None = None) -> None:
         self.data = PreparedDataset(prep, split)
         if len(self.data) == 0:
             raise ValueError(f"{prep} holds no {split} sample")
         if any(r.kind != "window" for r in self.data.records):
             raise ValueError(f"the {split} split of {prep} holds whole-video samples: they are predicted by "
                              "sliding windows in `losh evaluate`, not read as training windows")
+        self.still = still_images(self.data.manifest, split)
+        if self.still and with_flows:
+            raise ValueError(f"the {split} split of {prep} holds still images: they have no optical flow (L_fbc "
+                             "needs flows; train with --set loss.fbc=0)")
+        self.clip_frames = clip_frames if self.still else None
         self.data.records = evenly_spread(self.data.records, max_samples)
         self.flows = None
         if with_flows:
@@ -109,12 +117,21 @@ class RVOSDataset(Dataset):
         masks = np.concatenate([m for s in samples for m in (s.long_masks, s.short_masks)]
                                + [first.instance_masks.reshape(-1, h, w)])
         texts = [(s.record.long, s.record.short) for s in samples]
+        annotated, supervised = first.annotated_index, list(first.record.targets)
+        # per-item randomness from (seed, epoch, index): reproducible and worker-count independent
+        rng = random.Random((self.seed * 1_000_003 + self.epoch) * 10_000_019 + key)
+        if self.clip_frames:
+            # a still image: the clip SgMg makes of it, every frame supervised (the masks moved with their frame)
+            frames, masks = still_image_clip(frames[0], masks, self.clip_frames,
+                                             np.random.default_rng(rng.getrandbits(64)))
+            masks = np.concatenate([masks[:, :2 * n].transpose(1, 0, 2, 3).reshape(-1, h, w),
+                                    masks[:, 2 * n:].reshape(-1, h, w)])
+            a = self.clip_frames
+            annotated, supervised = a // 2, list(range(a))
         flows = valid = None
         if self.flows is not None:
             flows, valid = self.flows.read(first.record.video_id, first.record.frame)  # (4, 2, gh, gw) grid px
             flows = rescale_vectors(flows, flows.shape[-2:], frames.shape[1:3])   # -> pixels of the stored frames
-        # per-item randomness from (seed, epoch, index): reproducible and worker-count independent
-        rng = random.Random((self.seed * 1_000_003 + self.epoch) * 10_000_019 + key)
         flipped = False
         if self.augment is not None and rng.random() < self.augment.flip_p:
             flipped = True
@@ -129,8 +146,7 @@ class RVOSDataset(Dataset):
             frames_t, masks_t, flows = self._resize(frames_t, masks_t, flows, rng.choice(self.augment.scales))
         instances = masks_t[2 * n * a:]
         shared = {"frames": frames_t, "instance_masks": instances.reshape(a, -1, *instances.shape[-2:]),
-                  "annotated_index": first.annotated_index, "supervised": list(first.record.targets),
-                  "flipped": flipped}
+                  "annotated_index": annotated, "supervised": supervised, "flipped": flipped}
         if flows is not None:
             shared["flows"] = torch.from_numpy(np.ascontiguousarray(flows, dtype=np.float32))
             shared["flow_valid"] = torch.from_numpy(np.asarray(valid, dtype=bool))
@@ -162,10 +178,12 @@ class ClipDataset(RVOSDataset):
     of the same frames, are then in the same batch."""
 
     def __init__(self, prep: Path, split: str, *, max_expressions: int, with_flows: bool = False,
-                 augment: Augment | None = None, seed: int = 0, max_samples: int = 0) -> None:
+                 augment: Augment | None = None, seed: int = 0, max_samples: int = 0,
+                 clip_frames: int | None = None) -> None:
         if max_expressions < 1:
             raise ValueError(f"max_expressions must be >= 1, got {max_expressions}")
-        super().__init__(prep, split, with_flows=with_flows, augment=augment, seed=seed, max_samples=max_samples)
+        super().__init__(prep, split, with_flows=with_flows, augment=augment, seed=seed, max_samples=max_samples,
+                         clip_frames=clip_frames)
         by_clip: dict[tuple, list[int]] = {}
         for index, r in enumerate(self.data.records):
             by_clip.setdefault((r.video_id, tuple(r.window), tuple(r.target_frames)), []).append(index)

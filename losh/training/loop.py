@@ -29,6 +29,7 @@ from losh.schemas.atomic import remove_stale_temporaries
 from losh.schemas.config import ModelConfig, with_overrides
 from losh.schemas.flows import FLOWS_DIR
 from losh.schemas.locks import folder_lock, refuse_if_locked
+from losh.schemas.prepared import still_images
 from losh.schemas.train import SAFE_TO_CHANGE_ON_RESUME, TrainSettings
 from losh.training.checkpoint import (
     CHECKPOINT_SCHEMA,
@@ -223,8 +224,14 @@ def short_text_note(config: ModelConfig, manifest: dict) -> str | None:
 
 
 def check_data_matches_config(manifest: dict, config: ModelConfig) -> None:
-    """Refuse a prepared set whose window or short text differs from what the config trains."""
-    if manifest["window"] != config.window:
+    """Refuse a prepared set whose window or short text differs from what the config trains. Still images (RefCOCO)
+    become clips of the config's window, whatever the data's; they have no optical flow, so L_fbc must be off."""
+    if still_images(manifest, "train"):
+        if config.loss.fbc > 0:
+            raise ValueError(f"the train split of this {manifest['dataset']} set holds still images: they have no "
+                             f"optical flow, so L_fbc (loss.fbc={config.loss.fbc:g}) cannot be trained on them; "
+                             "pass `--set loss.fbc=0`")
+    elif manifest["window"] != config.window:
         raise ValueError(f"the config trains on windows of {config.window} frames but the data was prepared with "
                          f"--window {manifest['window']} ({manifest['dataset']}); pass `losh train --window "
                          f"{manifest['window']}` or prepare again with --window {config.window}")
@@ -329,11 +336,15 @@ def _train(data: Path | Sequence[Path], config: ModelConfig, out: Path, settings
     augment = Augment(settings.scales, settings.max_long_side, settings.flip_p)
     parts = []
     for prep in sets:
+        # still images: clips of the config's window made from each (losh/data/still_images.py)
+        clip_frames = config.window if still_images(dataset_manifest(prep), "train") else None
         if settings.expressions_per_clip > 1:
             parts.append(ClipDataset(prep, "train", max_expressions=settings.expressions_per_clip,
-                                     with_flows=with_flows, seed=settings.seed, augment=augment))
+                                     with_flows=with_flows, seed=settings.seed, augment=augment,
+                                     clip_frames=clip_frames))
         else:
-            parts.append(RVOSDataset(prep, "train", with_flows=with_flows, seed=settings.seed, augment=augment))
+            parts.append(RVOSDataset(prep, "train", with_flows=with_flows, seed=settings.seed, augment=augment,
+                                     clip_frames=clip_frames))
         # before the run folder exists: the data it reads is whole, and no writer is working on it now
         refuse_if_locked(prep, "losh train")
         if with_flows:

@@ -14,6 +14,16 @@ Sampling (how a video's records are drawn, `VideoSpec.sampling`):
                       window, every annotated frame of the window supervised
   "whole_video"       one "video" sample per expression over the whole video (whole-video inference),
                       scored on its annotated frames (none where the masks are private)
+  "image"             a still image (RefCOCO/+/g): a one-frame video, one "window" sample of that frame per
+                      expression; training makes a clip of the model's window from it (losh/data/still_images.py)
+
+Annotation formats (where a video's masks come from, `VideoSpec.annotation_format`):
+  "a2d_h5"       A2D-Sentences' per-frame .h5 files in `annotation_dir`
+  "palette_png"  one palette PNG per frame (`annotation_files`), pixel value = object id
+  "jhmdb_mat"    JHMDB's puppet_mask.mat (`annotation_files[0]`), the frames of `annotated`
+  "coco"         one object of a still image: its COCO segmentation (`coco_segmentation`, polygons or RLE as
+                 JSON) decoded at `orig_size` as pycocotools' annToMask does; the object is instance 1
+  "none"         no masks (private)
 """
 from __future__ import annotations
 
@@ -22,8 +32,8 @@ from pathlib import Path
 
 from losh.schemas.safe_paths import unsafe_reason
 
-SAMPLINGS = ("annotated_frames", "consecutive", "whole_video")
-ANNOTATION_FORMATS = ("a2d_h5", "palette_png", "jhmdb_mat", "none")
+SAMPLINGS = ("annotated_frames", "consecutive", "whole_video", "image")
+ANNOTATION_FORMATS = ("a2d_h5", "palette_png", "jhmdb_mat", "coco", "none")
 
 
 class DatasetRootError(RuntimeError):
@@ -94,6 +104,7 @@ class VideoSpec:
     annotation_files: tuple[str, ...] = ()   # palette_png: one file per frame, "" where it has none
     object_ids: tuple[int, ...] = ()         # palette_png: the video's objects (pixel value = id)
     annotated: tuple[int, ...] = ()          # jhmdb_mat: the frames of the protocol (1-based)
+    coco_segmentation: str = ""              # coco: the object's COCO segmentation, as JSON text
     orig_size: tuple[int, int] | None = None  # (H, W) when the index lists it (else read from the frames)
     expected_annotated: int = -1             # annotated frames the index lists (checked when >= 0)
     listed_frames: int = -1                  # frames the index lists (checked when >= 0)
@@ -105,7 +116,7 @@ class DatasetPlan:
     videos: list[VideoSpec]
     problems: list[Problem] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
-    splits: dict[str, dict] = field(default_factory=dict)     # split -> {"kind": ..., "masks": bool}
+    splits: dict[str, dict] = field(default_factory=dict)     # split -> {"kind": window/video/image, "masks": bool}
     eval_split: str = "test"
     info: dict = field(default_factory=dict)                  # data-set facts for the manifest
     has_manual_short: bool = False
