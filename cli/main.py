@@ -460,12 +460,12 @@ def train(
     many GPUs."""
     from dataclasses import replace
 
+    from losh.data.mixture import parse_data_list
     from losh.errors import AssetMissing
     from losh.schemas.config import ConfigError
     from losh.schemas.prepared import SchemaError
     from losh.schemas.prepared_reader import PreparedDataMissing
     from losh.schemas.train import TrainConfigError, TrainSettings
-    from losh.data.mixture import parse_data_list
 
     try:
         data_sets = [Path(p) for p in parse_data_list(data)]
