@@ -10,7 +10,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from pycocotools import mask as coco_mask
 
 
 def segmentation_problem(segmentation: object, height: int, width: int) -> str | None:
@@ -43,6 +42,8 @@ def segmentation_problem(segmentation: object, height: int, width: int) -> str |
 
 def decode_segmentation(segmentation: list | dict, height: int, width: int) -> np.ndarray:
     """(height, width) bool mask of a COCO segmentation (checked with `segmentation_problem` first)."""
+    from pycocotools import mask as coco_mask  # only where COCO masks are read (not on every machine)
+
     if isinstance(segmentation, list):
         rle = coco_mask.merge(coco_mask.frPyObjects(segmentation, height, width))
     elif isinstance(segmentation["counts"], list):

@@ -22,7 +22,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 from PIL import Image
-from pycocotools import mask as coco_mask
 from tqdm import tqdm
 
 from losh.pipeline.py2_pickle import py2_pickle
@@ -144,6 +143,8 @@ def coco_segmentation(mask: np.ndarray, form: str) -> tuple[list | dict, str]:
         if flat[0]:
             counts = [0, *counts]
         return {"counts": counts, "size": list(mask.shape)}, form
+    from pycocotools import mask as coco_mask  # only where a synthetic RefCOCO set is written
+
     encoded = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
     return {"counts": encoded["counts"].decode("ascii"), "size": list(mask.shape)}, form
 

@@ -115,7 +115,7 @@ def test_train_sbatch_starts_torchrun_c10d_on_every_node(tmp_path):
     assert args.module and args.training_script == "losh.cli.main"
     assert env["MASTER_ADDR"] == "gpu-a" and env["MASTER_PORT"] == "29500" and env["LOSH_MAX_OPEN_SHARDS"] == "64"
     ctx = check_losh(args.training_script_args)
-    assert ctx.info_name == "train" and ctx.params["data"] == prep and ctx.params["out"] == run
+    assert ctx.info_name == "train" and ctx.params["data"] == str(prep) and ctx.params["out"] == run
     assert ctx.params["config"] == "losh-m" and ctx.params["workers"] == 8   # 32 CPUs / 4 GPUs
     assert ctx.params["resume"] is False
 

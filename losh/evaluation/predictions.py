@@ -1,13 +1,15 @@
 """A folder of predicted masks, so that any method's output can be scored with our protocol.
 
 Layout (documented in README "losh evaluate"):
-    DIR/predictions.json                         {"schema": "losh.predictions", "version": 2,
+    DIR/predictions.json                         {"schema": "losh.predictions", "version": 3,
                                                   "split": ..., "resolution": "original" | "prepared",
                                                   "scores": {sample_id: float}}
-    DIR/<video_id>/<instance_id>/<frame:05d>.png one binary mask (0 / 255) per sample and frame, at
+    DIR/<video_id>/<expression_id>/<frame:05d>.png one binary mask (0 / 255) per sample and frame, at
                                                  the original video size (record.orig_size) or the
                                                  prepared one (record.size), as `resolution` says
-A sample without a score is scored 1.0. Version 1 folders (no `resolution`) hold prepared-size masks.
+A sample without a score is scored 1.0. Version 1 folders (no `resolution`) hold prepared-size masks; version 1 and 2
+folders name the folder by <instance_id> (one expression per object and frame, as A2D-Sentences; RefCOCO's objects
+have several, hence the expression since version 3).
 
 One mask a sample: its mAP is not MTTR's, which ranks all query masks of a sample by their scores,
 so the folder's figure is named `map_single_mask` (COCO AP of the one scored mask a sample).
@@ -29,11 +31,14 @@ from losh.schemas.prepared_reader import PreparedDataset
 from losh.schemas.safe_paths import join_ids
 
 PREDICTIONS_SCHEMA = "losh.predictions"
-PREDICTIONS_VERSION = 2
+PREDICTIONS_VERSION = 3
 
 
-def mask_path(root: Path, record: SampleRecord, frame: int | None = None) -> Path:
-    return join_ids(root, record.video_id, str(record.instance_id), f"{frame or record.frame:05d}.png")
+def mask_path(root: Path, record: SampleRecord, frame: int | None = None, version: int = PREDICTIONS_VERSION
+              ) -> Path:
+    """Where a sample's mask of `frame` (default: its anchor frame) lies in a predictions folder of `version`."""
+    folder = record.expression_id if version >= 3 else str(record.instance_id)
+    return join_ids(root, record.video_id, folder, f"{frame or record.frame:05d}.png")
 
 
 def write_mask(path: Path, mask: np.ndarray) -> None:
@@ -63,11 +68,13 @@ def score_predictions(prep: Path, predictions: Path, split: str = "test", progre
     predictions = Path(predictions)
     scores: dict[str, float] = {}
     saved_resolution = "original"
+    version = PREDICTIONS_VERSION
     index = predictions / "predictions.json"
     if index.exists():
         doc = json.loads(index.read_text())
-        if doc.get("schema") == PREDICTIONS_SCHEMA and doc.get("version") == 1:
-            saved_resolution = "prepared"     # version 1 wrote prepared-size masks
+        if doc.get("schema") == PREDICTIONS_SCHEMA and doc.get("version") in (1, 2):
+            version = doc["version"]
+            saved_resolution = doc.get("resolution", "prepared")   # version 1 wrote prepared-size masks
         else:
             check_version(doc, str(index), PREDICTIONS_SCHEMA, PREDICTIONS_VERSION)
             saved_resolution = doc["resolution"]
@@ -82,7 +89,7 @@ def score_predictions(prep: Path, predictions: Path, split: str = "test", progre
     missing: list[str] = []
     for record in tqdm(data.records, desc="score", unit="sample", disable=not progress):
         gt = truth.long_mask(record, data.read(record).long_mask)
-        path = mask_path(predictions, record)
+        path = mask_path(predictions, record, version=version)
         if path.exists():
             pred = read_mask(path)
             if pred.shape != gt.shape:

@@ -12,13 +12,8 @@ hold the S x S weights of a frame (4,820 tokens at 360 x 640); the residual, pos
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-if TYPE_CHECKING:   # the deformable encoder builds these layers: a type only, no import cycle
-    from losh.models.losh_s.deformable_transformer import DeformableEncoderLayer
 
 
 class DenseCrossAttentionLayer(nn.Module):
@@ -47,7 +42,7 @@ class DenseCrossAttentionLayer(nn.Module):
             nn.init.zeros_(projection.bias)
 
     @classmethod
-    def like(cls, layer: DeformableEncoderLayer) -> DenseCrossAttentionLayer:
+    def like(cls, layer: nn.Module) -> DenseCrossAttentionLayer:
         """A dense layer with the widths, heads and dropout of the encoder's deformable layers."""
         attention = layer.self_attn
         return cls(attention.d_model, attention.n_heads, layer.linear1.out_features, layer.dropout1.p)
