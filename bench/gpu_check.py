@@ -287,6 +287,8 @@ def _stop(signum, frame) -> None:   # noqa: ARG001 - a signal handler's signatur
 def run_check(out: Path, plan: Plan, parts: tuple[str, ...] = PARTS, budget_s: float = TOTAL_BUDGET_S) -> dict:
     from tqdm import tqdm
 
+    from losh.schemas.progress import progress_bar
+
     start = time.monotonic()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -300,7 +302,7 @@ def run_check(out: Path, plan: Plan, parts: tuple[str, ...] = PARTS, budget_s: f
         with tempfile.TemporaryDirectory(prefix="gpu_check_") as work:
             work = Path(work)
             try:
-                for part in tqdm(parts, desc="gpu-check", unit="part", file=sys.stderr):
+                for part in progress_bar(parts, desc="gpu-check", unit="part", file=sys.stderr):
                     report["parts"][part] = _run_part(part, plan, work, budget_s - (time.monotonic() - start))
                     tqdm.write(f"gpu-check: {part} {report['parts'][part]['status']} in "
                                f"{report['parts'][part].get('seconds', 0)} s", file=sys.stderr)

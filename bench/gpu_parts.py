@@ -96,9 +96,8 @@ def step_time(plan: Plan, compiled: bool, deadline: float, save_partial=None, pa
     model's own steps. Each training step is the trainer's (`losh.training.loop.train_step`: fused AdamW, the
     batch from pinned host memory). `save_partial(figures)` is called after each model's warm-up (a compile that
     outlasts the time box still leaves what was measured)."""
-    from tqdm import tqdm
-
     from losh.schemas.presets import get_config
+    from losh.schemas.progress import progress_bar
 
     device = _device()
     cuda = device.type == "cuda"
@@ -148,7 +147,8 @@ def step_time(plan: Plan, compiled: bool, deadline: float, save_partial=None, pa
     if save_partial is not None:
         save_partial(out)
     times = {spec: ([], []) for spec in timed}
-    for _ in tqdm(range(steps), desc="compiled steps" if compiled else "steps", mininterval=10, file=sys.stderr):
+    for _ in progress_bar(range(steps), desc="compiled steps" if compiled else "steps", unit="step", mininterval=10,
+                          file=sys.stderr):
         if time.monotonic() > deadline:
             out["stopped_early"] = "time box reached"
             break

@@ -81,6 +81,7 @@ WORKERS_HELP = "Processes that load or prepare data (0: in this process; default
 TAGGER_HELP = ("Part-of-speech tagger: auto (the rule's own: NLTK's for first-verb, as the paper, with spaCy's where "
                "NLTK's data is missing; spaCy's for subject), spacy or nltk.")
 SET_HELP = "KEY=VALUE: a config field by its dotted name, e.g. loss.fbc=0.0 (repeatable; validated)."
+QUIET_HELP = "No progress bars (errors and the summary still print)."
 
 
 def default_workers(workers: int | None) -> int:
@@ -256,6 +257,7 @@ def prepare_data(
     workers: Annotated[Optional[int], typer.Option(min=0, help=WORKERS_HELP, envvar="LOSH_WORKERS")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a set prepared in OUT with other settings, and its flows "
                                                  "(never other data).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help=QUIET_HELP)] = False,
 ) -> None:
     """Raw data set -> prepared data set: short expressions, merged masks, manifest, HDF5 shards."""
     workers = max(default_workers(workers), 1)   # 0 and 1 both mean: this process
@@ -282,7 +284,8 @@ def prepare_data(
                **{name: {"split_by": split_by, "images": images} for name in STILL_IMAGE_DATASETS}}.get(dataset, {})
     try:
         manifest = prepare_dataset(dataset, root, out, short_source=short_text, tagger=tagger, rule=rule,
-                                   settings=settings, workers=workers, overwrite=overwrite, **options)
+                                   settings=settings, workers=workers, overwrite=overwrite, progress=not quiet,
+                                   **options)
     except (DatasetRootError, TaggerUnavailable, ValueError, FolderBusy) as e:
         fail(str(e))
     if manifest["short_text"].get("note"):
@@ -337,8 +340,10 @@ def compute_flows(
                                                          "index records; the parameter options are ignored).")] = False,
     verify_samples: Annotated[int, typer.Option(min=0, help="Annotated frames --verify recomputes.")] = 8,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    quiet: Annotated[bool, typer.Option("--quiet", help=QUIET_HELP)] = False,
 ) -> None:
     """Farneback flows of the annotated frames of a split into HDF5 shards, in parallel with Dask."""
+    progress = progress and not quiet
     prep = one_of(data, prep, "--data")
     if prep is None:
         fail("give the prepared data set: --data PREP", 2)
@@ -451,6 +456,15 @@ def train(
         help="With --init-from: only these parts, comma-separated prefixes of the model's names (e.g. "
              "backbone,text_encoder,text_proj); default: every tensor the model has.")] = None,
     device: Annotated[Optional[str], typer.Option(help="Force a device (cpu, cuda:0).")] = None,
+    log: Annotated[Optional[str], typer.Option(
+        help="tensorboard (default): also RUN/tensorboard event files (every loss term, lr per group, gradient "
+             "norm, clips/s, data wait, validation metrics and overlays); none: metrics.jsonl only.")] = None,
+    log_images_every: Annotated[Optional[int], typer.Option(
+        min=0, help="TensorBoard overlays of a fixed few validation expressions every N validations (default 1; "
+                    "0: none).")] = None,
+    log_every: Annotated[Optional[int], typer.Option(
+        min=1, help="Log the losses every N steps (metrics.jsonl, TensorBoard; default 10).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help=QUIET_HELP)] = False,
     trust_checkpoint: Annotated[bool, typer.Option(
         "--trust-checkpoint", help="Load checkpoint and weights files whole, code included: only for files you "
                                    "trust (by default a file holding more than tensors and plain values is "
@@ -494,14 +508,15 @@ def train(
                      "text_encoder_lr": text_encoder_lr, "amp": amp, "num_workers": workers,
                      "seed": seed, "max_steps": max_steps, "checkpoint_every_steps": checkpoint_every,
                      "ema_decay": ema_decay, "eval_every": eval_every, "eval_split": eval_split,
-                     "eval_samples": eval_samples, "best_metric": best_metric,
+                     "eval_samples": eval_samples, "best_metric": best_metric, "log": log,
+                     "log_images_every": log_images_every, "log_every_steps": log_every,
                      "lr_milestones": tuple(int(m) for m in lr_milestones.split(",") if m) if lr_milestones else None}
         settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None}).validate()
         with trusting_files(trust_checkpoint):
             if init_parts and init_from is None:
                 raise ValueError("--init-parts chooses what --init-from loads: give --init-from too")
             summary = run_training(data, model_config, out, settings, resume=resume, device=device,
-                                   init_from=init_from,
+                                   init_from=init_from, progress=not quiet,
                                    init_parts=tuple(p for p in (init_parts or "").split(",") if p.strip()))
     except NonFiniteLoss as e:
         fail(str(e), 3)
@@ -602,13 +617,21 @@ def evaluate(
     text_encoder: Annotated[Optional[str], typer.Option(
         help="Local RoBERTa folder, where the checkpoint's text.encoder path is not on this machine.")] = None,
     device: Annotated[Optional[str], typer.Option(help="Force a device (cpu, cuda:0).")] = None,
+    report_file: Annotated[Optional[Path], typer.Option(
+        "--report", help="The HTML report to write (one self-contained file: metrics beside the paper's, plots, "
+                         "the worst and best samples, every expression's overlay); default OUT/report.html when "
+                         "--out is a folder.")] = None,
+    no_report: Annotated[bool, typer.Option("--no-report", help="No report, and no per-sample results and "
+                                                               "pictures in OUT.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help=QUIET_HELP)] = False,
     trust_checkpoint: Annotated[bool, typer.Option(
         "--trust-checkpoint", help="Load checkpoint and weights files whole, code included: only for files you "
                                    "trust (by default a file holding more than tensors and plain values is "
                                    "refused, naming what it holds).")] = False,
 ) -> None:
-    """Metrics of a checkpoint (or of a predictions folder) on a split: OUT/metrics.json, the submission zip of a
-    split whose masks are private, optional pictures."""
+    """Metrics of a checkpoint (or of a predictions folder) on a split: OUT/metrics.json, the per-sample results
+    (OUT/samples.jsonl) and the HTML report, the submission zip of a split whose masks are private, optional
+    pictures."""
     from losh.errors import AssetMissing
     from losh.evaluation.frame_metrics import METRIC_KEYS, format_table
     from losh.schemas.prepared import SchemaError
@@ -616,8 +639,17 @@ def evaluate(
 
     if (checkpoint is None) == (predictions is None):
         fail("give exactly one of --checkpoint and --predictions", 2)
+    if report_file is not None and (no_report or predictions is not None):
+        fail("--report is made of a model's evaluation: give --checkpoint, without --no-report", 2)
     workers = default_workers(workers)
+    out_is_folder = out is not None and out.suffix != ".json"
     folder, out = evaluation_outputs(out, overwrite)
+    if report_file is None and out_is_folder and predictions is None and not no_report:
+        from losh.evaluation.report import REPORT_FILE
+        report_file = folder / REPORT_FILE
+    if report_file is not None and report_file.exists() and not overwrite and \
+            not (out_is_folder and report_file.parent == folder):
+        fail(f"{report_file} exists: pass --overwrite to replace it", 2)
     try:
         manifest = load_manifest(data)
     except (PreparedDataMissing, SchemaError) as e:
@@ -635,13 +667,18 @@ def evaluate(
     if resolution not in ("original", "prepared"):
         fail(f"--resolution must be original or prepared, got {resolution!r}", 2)
     stack = ExitStack()
+    samples_dir = None
+    if report_file is not None:   # the per-sample results: in the evaluation folder, else only for the report
+        import tempfile
+        samples_dir = folder if out_is_folder else Path(stack.enter_context(tempfile.TemporaryDirectory()))
     try:
         if predictions is not None:
             from losh.evaluation.predictions import score_predictions
             from losh.schemas.atomic import atomic_write_json
             from losh.schemas.prepared_reader import load_manifest
             split = split or load_manifest(data)["eval_split"]
-            metrics, missing = score_predictions(data, predictions, split, resolution=resolution, raw=raw)
+            metrics, missing = score_predictions(data, predictions, split, resolution=resolution, raw=raw,
+                                                 progress=not quiet)
             report = {**metrics, "split": split, "predictions": str(predictions), "missing_predictions": len(missing)}
             if missing:
                 typer.secho(f"warning: {len(missing)} samples have no prediction (scored as empty masks), "
@@ -658,7 +695,7 @@ def evaluate(
                                          num_workers=workers, device=device, use_ema=ema, amp=amp,
                                          resolution=resolution, raw=raw,
                                          inference_short_pathway=inference_short_pathway, submission=submission,
-                                         text_encoder=text_encoder)
+                                         text_encoder=text_encoder, samples_dir=samples_dir, progress=not quiet)
             split = report["split"]
             if baselines:
                 from losh.evaluation.evaluate import trivial_baselines, untrained_model_mean_iou
@@ -669,6 +706,9 @@ def evaluate(
                                        "untrained_model_mean_iou": untrained_model_mean_iou(data, config, split=split)}
                 if out is not None:
                     atomic_write_json(out, report)
+            if report_file is not None:
+                from losh.evaluation.report import write_report
+                write_report(samples_dir, report_file, metrics=report)
     except (SchemaError, PreparedDataMissing, FileNotFoundError, AssetMissing, ValueError) as e:
         fail(str(e))
     finally:
@@ -689,6 +729,12 @@ def evaluate(
         typer.echo(f"metrics written to {out}")
     if visualize and checkpoint is not None:
         typer.echo(f"pictures in {visualize_dir}")
+    if report_file is not None:
+        typer.echo(f"report: {report_file}")
+
+
+# what `evaluate --out EVAL` writes before metrics.json, its last file
+EVALUATION_PARTS = {"samples.jsonl", "thumbnails", "overlays", "pictures", "submission.zip"}
 
 
 def evaluation_outputs(out: Path | None, overwrite: bool) -> tuple[Path | None, Path | None]:
@@ -701,6 +747,8 @@ def evaluation_outputs(out: Path | None, overwrite: bool) -> tuple[Path | None, 
     metrics = out / "metrics.json"
     if out.exists() and any(out.iterdir()):
         if not metrics.is_file():
+            if {p.name for p in out.iterdir()} <= EVALUATION_PARTS:   # an evaluation stopped before its metrics
+                return out, metrics
             fail(f"{out} holds files this command did not write: choose another --out", 2)
         if not overwrite:
             fail(f"{out} holds an evaluation: pass --overwrite to replace it, or choose another --out", 2)
@@ -737,6 +785,7 @@ def predict(
         help="Folder for the per-query mask logits kept until every frame is scored (float16, on disk beyond "
              "1 GiB; default: the system's temporary folder).")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    quiet: Annotated[bool, typer.Option("--quiet", help=QUIET_HELP)] = False,
     trust_checkpoint: Annotated[bool, typer.Option(
         "--trust-checkpoint", help="Load checkpoint and weights files whole, code included: only for files you "
                                    "trust (by default a file holding more than tensors and plain values is "
@@ -755,7 +804,8 @@ def predict(
         with trusting_files(trust_checkpoint):
             report = run_predict(checkpoint, video, text, out, fps=fps, device=device, overlay=not no_video,
                                  overwrite=overwrite, short_side=short_side, max_long_side=max_long_side, amp=amp,
-                                 use_ema=ema, inference_short_pathway=inference_short_pathway, progress=progress,
+                                 use_ema=ema, inference_short_pathway=inference_short_pathway,
+                                 progress=progress and not quiet,
                                  spill_dir=spill_dir, text_encoder=text_encoder)
     except PredictUsageError as e:
         fail(str(e), 2)
@@ -771,6 +821,56 @@ def predict(
         typer.echo(f"overlay: {out / report['overlay']['video']} ({report['overlay']['codec']}), preview "
                    f"{out / report['overlay']['preview']}")
     typer.echo(f"predictions: {out / 'predictions.json'}")
+
+
+@app.command("report")
+def report_command(
+    evaluation: Annotated[Path, typer.Argument(help="An evaluation folder (losh evaluate --out EVAL): its "
+                                                    "metrics.json, samples.jsonl and pictures.")],
+    out: Annotated[Optional[Path], typer.Option(help="The HTML file to write (default EVAL/report.html).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+) -> None:
+    """The HTML report of a saved evaluation: one self-contained file (metrics beside the paper's, precision@k and
+    the IoU histogram, the 20 worst and best samples, every expression with its overlay, J&F per video)."""
+    from losh.evaluation.report import REPORT_FILE, write_report
+
+    target = out if out is not None else evaluation / REPORT_FILE
+    if target.exists() and not overwrite:
+        fail(f"{target} exists: pass --overwrite to replace it", 2)
+    try:
+        written = write_report(evaluation, target)
+    except (FileNotFoundError, ValueError, json.JSONDecodeError) as e:
+        fail(str(e))
+    typer.echo(f"report: {written}")
+
+
+runs_app = typer.Typer(help="Look at training runs side by side.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+
+
+@runs_app.command("compare")
+def runs_compare(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders (losh train --out RUN).")],
+    out: Annotated[Optional[Path], typer.Option(help="Also write the table to this file: .md, .csv or "
+                                                     ".json.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Steps, epochs, wall time, the final and best validation metrics (percent) of each run, and the settings
+    that differ between them (dotted names; train.* for the training settings)."""
+    from losh.training.compare_runs import FORMATS, compare_runs, format_text, write_table
+
+    if out is not None and out.suffix not in FORMATS:
+        fail(f"--out must end in one of {', '.join(FORMATS)}", 2)
+    if out is not None and out.exists() and not overwrite:
+        fail(f"{out} exists: pass --overwrite to replace it", 2)
+    try:
+        table = compare_runs(runs)
+    except (FileNotFoundError, ValueError, json.JSONDecodeError) as e:
+        fail(str(e))
+    typer.echo(format_text(table))
+    if out is not None:
+        write_table(table, out)
+        typer.echo(f"written to {out}")
 
 
 config_app = typer.Typer(help="See a model config, or write one to a file that --config takes.",

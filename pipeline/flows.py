@@ -31,7 +31,6 @@ from pathlib import Path
 import cv2
 import h5py
 import numpy as np
-from tqdm import tqdm
 
 from losh.pipeline.flow_field import encode, farneback, gray_from_bgr, to_grid
 from losh.schemas.atomic import atomic_path, atomic_write_text
@@ -50,6 +49,7 @@ from losh.schemas.frame_codec import decode_frame
 from losh.schemas.locks import folder_lock, refuse_if_locked
 from losh.schemas.prepared import SPLITS, SchemaError, read_json
 from losh.schemas.prepared_reader import load_manifest, load_records
+from losh.schemas.progress import progress_bar
 from losh.schemas.safe_paths import join_ids
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3   # glibc mallopt parameters
@@ -403,7 +403,8 @@ def _compute_flows(prep: Path, params: FlowParams = FlowParams(), *, split: str 
         else:
             results = _run_dask(todo, min(workers or os.cpu_count() or 1, len(todo)), None, prep)
         failures = []
-        bar = tqdm(total=len(jobs), initial=len(summaries), desc="compute-flows", unit="video", disable=not progress)
+        bar = progress_bar(total=len(jobs), initial=len(summaries), desc="compute-flows", unit="video",
+                           disable=not progress)
         for job, summary, error in results:
             if error is None:
                 run.task_seconds[job.video_id] = summary.pop("seconds")

@@ -24,7 +24,6 @@ import cv2
 import h5py
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from losh.pipeline.coco_masks import decode_segmentation
 from losh.pipeline.datasets import DATASETS, STILL_IMAGE_DATASETS, plan_dataset
@@ -52,6 +51,7 @@ from losh.schemas.flows import FLOWS_DIR
 from losh.schemas.frame_codec import encode_frame
 from losh.schemas.locks import folder_lock, refuse_if_locked
 from losh.schemas.prepared import PREPARED_SCHEMA, PREPARED_VERSION, SampleRecord
+from losh.schemas.progress import progress_bar
 from losh.schemas.safe_paths import join_ids, unsafe_reason
 
 SHORT_SOURCES = ("machine", "manual")
@@ -518,7 +518,7 @@ def _prepare_dataset(dataset: str, root: Path, out: Path, *, short_source: str =
             for v in plan.videos]
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) or 1))
     results: list[VideoResult] = []
-    bar = tqdm(total=len(jobs), desc="prepare-data", unit="video", disable=not progress)
+    bar = progress_bar(total=len(jobs), desc="prepare-data", unit="video", disable=not progress)
     if workers == 1:
         _worker_init()
         for job in jobs:

@@ -20,7 +20,6 @@ import io
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from losh.pipeline.synth_language import describe
 from losh.pipeline.synth_output import synthetic_set
@@ -34,6 +33,7 @@ from losh.pipeline.synth_scenes import (
     make_instances,
     video_ids,
 )
+from losh.schemas.progress import progress_bar
 
 __all__ = ["COLOURS", "MALFORMED_INSTANCE_ID", "MEAN_SHADE", "plan_video", "write_h5", "write_synthetic_a2d"]
 
@@ -118,7 +118,7 @@ def _write_a2d(out: Path, videos: int, seed: int, height: int, width: int, frame
                "missed_video": ids[missed], "expressions": 0, "annotated_frames": 0, "instances": 0,
                "instance_masks": 0, "occluded_masks": 0, "hidden_instances": 0, "shared_short_groups": 0}
     videoset_lines = []
-    for index in tqdm(range(videos), desc="synth videos", disable=not progress):
+    for index in progress_bar(range(videos), desc="synth videos", unit="video", disable=not progress):
         video = plan_video(video_seeds[index], ids[index], int(index in test), index in twins,
                             index in crossing, edges.get(index), height, width, frames, annotated_per_video)
         images = []

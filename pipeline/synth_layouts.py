@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from losh.pipeline.synth import plan_video
 from losh.pipeline.synth_output import synthetic_set
 from losh.pipeline.synth_render import render, write_text
 from losh.pipeline.synth_scenes import video_ids
 from losh.schemas.atomic import atomic_path, atomic_write_json
+from losh.schemas.progress import progress_bar
 
 RELEASE_STEP = 5       # Refer-YouTube-VOS releases every 5th frame
 _PALETTE = [0, 0, 0] + [v for i in range(1, 256) for v in ((i * 97) % 256, (i * 57) % 256, (i * 151) % 256)]
@@ -70,8 +70,8 @@ def _write_refer_youtube_vos(out: Path, videos: int, seed: int, height: int, wid
     released = list(range(0, frames, RELEASE_STEP))
     names = [f"{t:05d}" for t in released]
     n_valid = max(1, videos // 3)
-    for index, video in tqdm(scenes(videos, seed, height, width, frames), total=videos, desc="synth videos",
-                             disable=not progress):
+    for index, video in progress_bar(scenes(videos, seed, height, width, frames), total=videos, desc="synth videos",
+                                     unit="video", disable=not progress):
         split = "valid" if index >= videos - n_valid else "train"
         visible: dict[int, list[str]] = {}
         for t, name in zip(released, names):
@@ -114,8 +114,8 @@ def _write_refer_davis(out: Path, videos: int, seed: int, height: int, width: in
     davis = out / "DAVIS"
     split_of, lines = {}, {name: [] for name in ("annot1", "annot1_full_video", "annot2", "annot2_full_video")}
     n_val = max(1, videos // 2)
-    for index, video in tqdm(scenes(videos, seed, height, width, frames), total=videos, desc="synth videos",
-                             disable=not progress):
+    for index, video in progress_bar(scenes(videos, seed, height, width, frames), total=videos, desc="synth videos",
+                                     unit="video", disable=not progress):
         sequence = video.video_id.lower()
         split_of[sequence] = "val" if index < n_val else "train"
         for t in range(frames):
@@ -192,8 +192,8 @@ def _write_jhmdb(out: Path, videos: int, seed: int, height: int, width: int, fra
     images_root, masks_root = out / "Rename_Images", out / "puppet_mask"
     rows, puppets, classes = [], {}, {}
     short_video, masked_total = None, 0
-    for index, video in tqdm(scenes(videos, seed, height, width, frames), total=videos, desc="synth videos",
-                             disable=not progress):
+    for index, video in progress_bar(scenes(videos, seed, height, width, frames), total=videos, desc="synth videos",
+                                     unit="video", disable=not progress):
         rendered = [render(video, t, height, width)[:2] for t in range(frames)]
         n_masks = frames - JHMDB_SHORT_MASKS if index == videos - 1 else frames
         all_ids = [i.instance_id for i in video.instances]

@@ -22,7 +22,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from losh.pipeline.py2_pickle import py2_pickle
 from losh.pipeline.synth import plan_video
@@ -31,6 +30,7 @@ from losh.pipeline.synth_output import synthetic_set
 from losh.pipeline.synth_render import render
 from losh.pipeline.synth_scenes import SHAPES, Instance
 from losh.schemas.atomic import atomic_path, atomic_write_json
+from losh.schemas.progress import progress_bar
 
 IMAGES = Path("images") / "mscoco" / "images" / "train2014"
 FIRST_IMAGE_ID = 9001
@@ -61,7 +61,7 @@ def _write_refcoco(out: Path, count: int, seed: int, height: int, width: int, pr
     split_of = {key: image_splits(rng, count, splits) for key, splits in SET_SPLITS.items()}
     coco_images, annotations, objects = [], [], []   # objects: (image index, annotation, still instance, scene)
     forms = dict.fromkeys(SEGMENTATION_FORMS, 0)
-    for index in tqdm(range(count), desc="synth images", disable=not progress):
+    for index in progress_bar(range(count), desc="synth images", unit="image", disable=not progress):
         image_id = FIRST_IMAGE_ID + index
         video = plan_video(scene_seeds[index], str(image_id), 0, False, False, None, height, width, SCENE_FRAMES,
                            annotated_per_video=1)

@@ -16,8 +16,9 @@ AMP_MODES = ("bf16", "fp16", "off")
 # logs, and how many loader workers read (items do not depend on the worker count). Anything else would
 # make the resumed run another run (and what it evaluates on, which best.pt compares across epochs).
 SAFE_TO_CHANGE_ON_RESUME = ("epochs", "max_steps", "eval_every", "checkpoint_every_steps", "log_every_steps",
-                            "num_workers")
+                            "num_workers", "log", "log_images_every")
 BEST_METRICS = ("mean_iou", "overall_iou", "map", "jf", "j", "f")
+LOG_CHOICES = ("tensorboard", "none")   # where a run's curves go besides metrics.jsonl
 
 
 class TrainConfigError(ValueError):
@@ -54,6 +55,8 @@ class TrainSettings:
     eval_split: str = "test"
     eval_samples: int = 0                  # >0: a fixed, evenly spread subset of that many samples; 0: the split
     best_metric: str = "mean_iou"          # which evaluation metric best.pt maximises
+    log: str = "tensorboard"               # RUN/tensorboard event files too (metrics.jsonl is always written)
+    log_images_every: int = 1              # validation overlays every N validations (0: none)
 
 
     def validate(self) -> "TrainSettings":
@@ -81,6 +84,10 @@ class TrainSettings:
             raise bad(f"eval_split must be one of {SPLITS}")
         if self.best_metric not in BEST_METRICS:
             raise bad(f"best_metric must be one of {BEST_METRICS}")
+        if self.log not in LOG_CHOICES:
+            raise bad(f"log must be one of {LOG_CHOICES}")
+        if self.log_every_steps < 1 or self.log_images_every < 0:
+            raise bad("log_every_steps must be >= 1 and log_images_every >= 0")
         return self
 
     def to_dict(self) -> dict[str, Any]:

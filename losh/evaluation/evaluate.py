@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from losh.data.dataset import ClipDataset, RVOSDataset, collate_clips, normalise_frames
 from losh.data.size_batches import size_grouped_batches
 from losh.evaluation.frame_metrics import MetricAccumulator, mask_iou
 from losh.evaluation.ground_truth import GroundTruth
 from losh.evaluation.predictions import mask_path, write_mask, write_scores
+from losh.evaluation.sample_log import SampleLog
 from losh.inference.drawing import comparison_picture, save_picture
 from losh.inference.short_text import tagger_short_texts
 from losh.inference.video_inference import query_masks
@@ -23,6 +23,7 @@ from losh.models.registry import build_model
 from losh.schemas.atomic import atomic_write_json
 from losh.schemas.config import ModelConfig
 from losh.schemas.prepared_reader import PreparedDataset, load_manifest
+from losh.schemas.progress import progress_bar
 from losh.schemas.safe_paths import join_ids
 from losh.training.checkpoint import load_model
 from losh.training.device import AMP_CHOICES, Dist, autocast_for, padding_mask_of, select_device, to_device
@@ -35,11 +36,12 @@ def evaluate_checkpoint(data: Path, checkpoint: Path, *, split: str | None = Non
                         progress: bool = True, use_ema: bool = True, amp: str = "off",
                         resolution: str = "original", raw: Path | None = None, max_samples: int = 0,
                         inference_short_pathway: str | None = None, submission: Path | None = None,
-                        text_encoder: str | None = None) -> dict:
+                        text_encoder: str | None = None, samples_dir: Path | None = None) -> dict:
     """A checkpoint's metrics on `split` of `data` (default: the split the data set evaluates, e.g. A2D's
     test), in float32 unless `amp` is 'bf16' (MTTR evaluates in float32, whatever the training used),
     scored at the original video size unless `resolution` is 'prepared'. Whole-video splits
-    (Refer-YouTube-VOS, Refer-DAVIS17) give J&F, and with `submission` the server's zip."""
+    (Refer-YouTube-VOS, Refer-DAVIS17) give J&F, and with `submission` the server's zip. `samples_dir`: where the
+    per-sample results and their pictures go, for the report (`losh.evaluation.sample_log`)."""
     manifest = load_manifest(Path(data))
     split = split or manifest["eval_split"]
     if amp not in AMP_CHOICES:
@@ -48,12 +50,17 @@ def evaluate_checkpoint(data: Path, checkpoint: Path, *, split: str | None = Non
     model, ckpt = load_model(checkpoint, dev, use_ema=use_ema, inference_short_pathway=inference_short_pathway,
                              text_encoder=text_encoder)
     windows, notes = window_check(manifest, model.config, split)
+    samples = SampleLog(samples_dir) if samples_dir is not None else None
     metrics = evaluate_model(model, data, split=split, save_predictions=save_predictions, visualize=visualize,
                              visualize_dir=visualize_dir or (Path(out).parent / "pictures" if out else Path("pictures")),
                              batch_size=batch_size, num_workers=num_workers, amp=amp, progress=progress,
-                             resolution=resolution, raw=raw, max_samples=max_samples, submission=submission)
+                             resolution=resolution, raw=raw, max_samples=max_samples, submission=submission,
+                             samples=samples)
+    if samples is not None:
+        samples.close()
     report = {**metrics, "split": split, "checkpoint": str(checkpoint), "data": str(data),
-              "model": ckpt["model_config"]["name"],
+              "dataset": manifest["dataset"], "model": ckpt["model_config"]["name"],
+              "backbone": ckpt["model_config"].get("backbone", {}).get("variant"),
               "weights": "ema" if use_ema and ckpt.get("model_ema") is not None else "trained",
               "amp": amp, "precision": "bfloat16" if amp == "bf16" and dev.type == "cuda" else "float32",
               "resolution": resolution, "batch_size": batch_size,
@@ -91,18 +98,20 @@ def evaluate_model(model: torch.nn.Module, data: Path, *, split: str = "test", s
                    visualize: int = 0, visualize_dir: Path = Path("pictures"), batch_size: int = 2,
                    num_workers: int = 0, amp: str = "off", progress: bool = True, resolution: str = "original",
                    raw: Path | None = None, max_samples: int = 0, submission: Path | None = None,
-                   require_tagger: bool = True) -> dict:
+                   require_tagger: bool = True, samples: SampleLog | None = None) -> dict:
     """MTTR's protocol: per sample, all queries' masks of the annotated frame with their mean reference
     scores (mAP), the best-scoring one for IoU, precision@k, J and F, at the original video size (or the
     prepared one). Batches hold clips of one frame size: nothing is padded, so the metrics do not depend
-    on `batch_size` or `num_workers`. NaN metrics become None. `require_tagger`: see `inference_short_texts`."""
+    on `batch_size` or `num_workers`. NaN metrics become None. `require_tagger`: see `inference_short_texts`.
+    `samples`: receives each sample's IoU and overlay (the caller closes it)."""
     model.eval()
     if load_manifest(Path(data))["splits"].get(split, {}).get("kind") == "video":
         from losh.evaluation.evaluate_videos import evaluate_videos
         videos = PreparedDataset(data, split)
         shorts, source = inference_short_texts(videos, model.config, require_tagger)
         return {**evaluate_videos(model, videos, split=split, inference_shorts=shorts, submission=submission,
-                                  amp=amp, progress=progress, max_samples=max_samples), "inference_short_text": source}
+                                  amp=amp, progress=progress, max_samples=max_samples, samples=samples),
+                "inference_short_text": source}
     if submission is not None:
         raise ValueError(f"--submission is for whole-video splits (Refer-YouTube-VOS valid); {split} is not one")
     dev = next(model.parameters()).device
@@ -117,7 +126,7 @@ def evaluate_model(model: torch.nn.Module, data: Path, *, split: str = "test", s
     scores_out: dict[str, float] = {}
     pictures_left = visualize
     records = {r.sample_id: r for r in dataset.data.records}
-    for batch in tqdm(loader, desc=f"evaluate {split}", unit="batch", disable=not progress):
+    for batch in progress_bar(loader, desc=f"evaluate {split}", unit="batch", disable=not progress):
         batch = to_device(batch, dev)
         frames = normalise_frames(batch["frames"], batch["valid_size"])
         padded = tuple(frames.shape[-2:])
@@ -142,9 +151,17 @@ def evaluate_model(model: torch.nn.Module, data: Path, *, split: str = "test", s
             scores_out[sample_id] = float(scores[best])
             if save_predictions is not None:
                 write_mask(mask_path(save_predictions, record), masks[best])
+            pred_long = None
+            if samples is not None:
+                pred_long = query_masks(logits[best:best + 1], padded, valid)[0].cpu().numpy()   # at the frame size
+                frame = batch["frames"][clip, annotated, :, :valid[0], :valid[1]].permute(1, 2, 0).cpu().numpy()
+                samples.add({"sample_id": sample_id, "video_id": record.video_id, "frame": record.frame,
+                             "long": record.long, "short": shorts[b], "iou": iou, "score": float(scores[best])},
+                            frame, batch["long_mask"][b, 0, :valid[0], :valid[1]].cpu().numpy(), pred_long)
             if pictures_left > 0:
                 pictures_left -= 1
-                pred_long = query_masks(logits[best:best + 1], padded, valid)[0].cpu().numpy()   # at the frame size
+                if pred_long is None:
+                    pred_long = query_masks(logits[best:best + 1], padded, valid)[0].cpu().numpy()
                 _picture(model, batch, b, clip, annotated, padded, valid, best, pred_long, iou, dev, amp,
                          join_ids(visualize_dir, f"{sample_id}.png"))
     if save_predictions is not None:

@@ -17,14 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from losh.data.dataset import evenly_spread
+from losh.evaluation.sample_log import SampleLog
 from losh.evaluation.submission import SubmissionWriter
 from losh.evaluation.video_metrics import JFAccumulator, compose_label_maps, davis_unsupervised_sequence, frame_j_f
 from losh.inference.video_inference import predict_video
 from losh.schemas.prepared import SampleRecord
 from losh.schemas.prepared_reader import PreparedDataset
+from losh.schemas.progress import progress_bar
 
 
 class ShardFrames:
@@ -48,10 +49,10 @@ class ShardFrames:
 def evaluate_videos(model: torch.nn.Module, data: Path | PreparedDataset, *, split: str,
                     inference_shorts: dict[str, str] | None = None,
                     submission: Path | None = None, amp: str = "off", progress: bool = True,
-                    max_samples: int = 0, spill_dir: Path | None = None) -> dict:
+                    max_samples: int = 0, spill_dir: Path | None = None, samples: SampleLog | None = None) -> dict:
     """Whole-video metrics of `split` of `data` (PREP, or its `split` already open; kind "video"); see the
     module docstring. `inference_shorts`: {sample_id: short text} to run through the encoder instead of the
-    prepared ones."""
+    prepared ones. `samples`: receives each expression's J, F and an overlay of its first annotated frame."""
     dataset = data if isinstance(data, PreparedDataset) else PreparedDataset(data, split)
     records = evenly_spread(dataset.records, max_samples)
     if not records:
@@ -68,7 +69,7 @@ def evaluate_videos(model: torch.nn.Module, data: Path | PreparedDataset, *, spl
     with ExitStack() as stack:
         # the zip appears only when every video is done (SubmissionWriter renames it into place on exit)
         writer = stack.enter_context(SubmissionWriter(submission, overwrite=True)) if submission is not None else None
-        for video_id in tqdm(sorted(by_video), desc=f"evaluate {split}", unit="video", disable=not progress):
+        for video_id in progress_bar(sorted(by_video), desc=f"evaluate {split}", unit="video", disable=not progress):
             group = by_video[video_id]
             first = group[0]
             longs = [r.long for r in group]
@@ -78,6 +79,7 @@ def evaluate_videos(model: torch.nn.Module, data: Path | PreparedDataset, *, spl
             labels = {f: dataset.original_labels(first, f) for f in targets}
             frame_scores: dict[int, list[tuple[float, float]]] = defaultdict(list)
             kept: dict[int, dict[int, np.ndarray]] = defaultdict(dict)     # expression -> frame -> mask (sets)
+            pictured: dict[int, tuple] = {}      # expression -> (frame, ground truth, mask) of its first target
             with predict_video(model, ShardFrames(dataset, first), longs, shorts, window=model.config.window,
                                output_size=tuple(first.orig_size), amp=amp, spill_dir=spill_dir) as prediction:
                 for t, masks in prediction.frame_masks():
@@ -89,6 +91,8 @@ def evaluate_videos(model: torch.nn.Module, data: Path | PreparedDataset, *, spl
                         if frame in record.target_frames:
                             gt, void = _ground_truth(dataset, record, frame, labels.get(frame), mask.shape)
                             frame_scores[k].append(frame_j_f(mask, gt, void))
+                            if samples is not None and frame == record.target_frames[0]:
+                                pictured[k] = _at_frame_size(dataset, first, frame, gt, mask)
                             if with_sets:
                                 kept[k][frame] = mask
             for k, record in enumerate(group):
@@ -97,6 +101,10 @@ def evaluate_videos(model: torch.nn.Module, data: Path | PreparedDataset, *, spl
                     continue
                 j, f = np.mean(frame_scores[k], axis=0)
                 scored.add(record.sample_id, float(j), float(f), subset=record.subset)
+                if samples is not None and k in pictured:
+                    samples.add({"sample_id": record.sample_id, "video_id": video_id, "frame": record.target_frames[0],
+                                 "long": record.long, "short": shorts[k], "iou": float(j), "j": float(j),
+                                 "f": float(f), "subset": record.subset}, *pictured[k])
             if davis is not None:
                 _score_sets(group, kept, labels, targets, davis)
     report: dict = {"samples": len(records), "videos": len(by_video), "frames": frames_predicted,
@@ -113,6 +121,17 @@ def evaluate_videos(model: torch.nn.Module, data: Path | PreparedDataset, *, spl
     if submission is not None:
         report["submission"] = str(submission)
     return report
+
+
+def _at_frame_size(dataset: PreparedDataset, record: SampleRecord, frame: int, gt: np.ndarray,
+                   mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The stored frame `frame` (RGB) and the ground truth and predicted masks (at the video's size) resized to it."""
+    import cv2
+    picture = dataset.read_frames(record, [frame])[0]
+    size = (picture.shape[1], picture.shape[0])
+    gt_small, mask_small = (cv2.resize(m.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+                            for m in (gt, mask))
+    return picture, gt_small, mask_small
 
 
 def _ground_truth(dataset: PreparedDataset, record: SampleRecord, frame: int, labels: np.ndarray | None,

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from losh.evaluation.frame_metrics import MetricAccumulator
 from losh.evaluation.ground_truth import GroundTruth
 from losh.schemas.atomic import atomic_path, atomic_write_json
 from losh.schemas.prepared import SampleRecord, SchemaError, check_version
 from losh.schemas.prepared_reader import PreparedDataset
+from losh.schemas.progress import progress_bar
 from losh.schemas.safe_paths import join_ids
 
 PREDICTIONS_SCHEMA = "losh.predictions"
@@ -87,7 +87,7 @@ def score_predictions(prep: Path, predictions: Path, split: str = "test", progre
     truth = GroundTruth(data, resolution or saved_resolution, raw)
     acc = MetricAccumulator()
     missing: list[str] = []
-    for record in tqdm(data.records, desc="score", unit="sample", disable=not progress):
+    for record in progress_bar(data.records, desc="score", unit="sample", disable=not progress):
         gt = truth.long_mask(record, data.read(record).long_mask)
         path = mask_path(predictions, record, version=version)
         if path.exists():

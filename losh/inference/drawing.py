@@ -1,5 +1,7 @@
 """Everything drawn on frames: masks tinted and outlined on video frames with a legend (`losh predict`'s overlay and
-its GIF preview), and evaluation's side-by-side pictures of ground truth and prediction, long and short."""
+its GIF preview), evaluation's side-by-side pictures of ground truth and prediction, long and short, the rows of
+frame, ground truth and long- and short-text masks that training shows at each validation, and the small overlays
+of the HTML reports."""
 from __future__ import annotations
 
 import textwrap
@@ -26,7 +28,7 @@ def overlay(frame_rgb: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int
     return out
 
 
-def _caption(panel: np.ndarray, text: str, lines: int = 2) -> np.ndarray:
+def caption(panel: np.ndarray, text: str, lines: int = 2) -> np.ndarray:
     """The panel under a white bar holding `text`, wrapped on `lines` lines (long expressions fit)."""
     width = max(8, int(panel.shape[1] / 6.5))
     rows = textwrap.wrap(text, width)[:lines] or [""]
@@ -47,17 +49,85 @@ def comparison_picture(frame_rgb: np.ndarray, long_text: str, short_text: str, g
         gt_long, pred_long = (np.repeat(np.repeat(m, zoom, 0), zoom, 1) for m in (gt_long, pred_long))
         if gt_short is not None and pred_short is not None:
             gt_short, pred_short = (np.repeat(np.repeat(m, zoom, 0), zoom, 1) for m in (gt_short, pred_short))
-    panels = [_caption(overlay(frame_rgb, gt_long, GT_COLOUR), f"GT long: {long_text}"),
-              _caption(overlay(frame_rgb, pred_long, PRED_COLOUR),
-                       "prediction (long)" + (f", IoU {iou:.2f}" if iou is not None else ""))]
+    panels = [caption(overlay(frame_rgb, gt_long, GT_COLOUR), f"GT long: {long_text}"),
+              caption(overlay(frame_rgb, pred_long, PRED_COLOUR),
+                      "prediction (long)" + (f", IoU {iou:.2f}" if iou is not None else ""))]
     if gt_short is not None and pred_short is not None:
-        panels += [_caption(overlay(frame_rgb, gt_short, GT_COLOUR), f"GT short: {short_text}"),
-                   _caption(overlay(frame_rgb, pred_short, PRED_COLOUR), "prediction (short)")]
+        panels += [caption(overlay(frame_rgb, gt_short, GT_COLOUR), f"GT short: {short_text}"),
+                   caption(overlay(frame_rgb, pred_short, PRED_COLOUR), "prediction (short)")]
     gap = np.full((panels[0].shape[0], 4, 3), 255, np.uint8)
     row = [panels[0]]
     for p in panels[1:]:
         row += [gap, p]
     return np.concatenate(row, axis=1)
+
+
+SHORT_COLOUR = (40, 90, 230)
+
+
+def _zoomed(width: int, target: int) -> int:
+    """The whole factor that brings a small frame near `target` pixels wide (1 for frames already that wide)."""
+    return max(1, round(target / width))
+
+
+def _repeat(array: np.ndarray, zoom: int) -> np.ndarray:
+    return np.repeat(np.repeat(array, zoom, 0), zoom, 1) if zoom > 1 else array
+
+
+def validation_row(frame_rgb: np.ndarray, long_text: str, short_text: str, gt_long: np.ndarray,
+                   pred_long: np.ndarray, pred_short: np.ndarray | None, iou: float | None = None,
+                   target_width: int = 240) -> np.ndarray:
+    """Four captioned panels: the frame | the ground truth | the long-text mask | the short-text mask (blank where
+    the model has no short pathway)."""
+    zoom = _zoomed(frame_rgb.shape[1], target_width)
+    frame = _repeat(frame_rgb, zoom)
+    gt_long, pred_long = _repeat(gt_long, zoom), _repeat(pred_long, zoom)
+    short = (caption(overlay(frame, _repeat(pred_short, zoom), SHORT_COLOUR), f"short: {short_text}")
+             if pred_short is not None else caption(np.full_like(frame, 255), "no short pathway"))
+    long_caption = "long text" + (f", IoU {iou:.2f}" if iou is not None else "")
+    panels = [caption(frame, long_text), caption(overlay(frame, gt_long, GT_COLOUR), "ground truth"),
+              caption(overlay(frame, pred_long, PRED_COLOUR), long_caption), short]
+    return side_by_side(panels)
+
+
+def side_by_side(panels: Sequence[np.ndarray], gap: int = 4) -> np.ndarray:
+    """Panels of one height in a row, white gaps between."""
+    spacer = np.full((panels[0].shape[0], gap, 3), 255, np.uint8)
+    row = [panels[0]]
+    for p in panels[1:]:
+        row += [spacer, p]
+    return np.concatenate(row, axis=1)
+
+
+def stack_rows(rows: Sequence[np.ndarray], gap: int = 6) -> np.ndarray:
+    """Rows one under another (narrower ones padded white on the right)."""
+    width = max(r.shape[1] for r in rows)
+    padded = [np.pad(r, ((0, gap), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    return np.concatenate(padded)[:-gap] if gap else np.concatenate(padded)
+
+
+def thumbnail(frame_rgb: np.ndarray, gt: np.ndarray, pred: np.ndarray, width: int = 160) -> np.ndarray:
+    """One small picture of a prediction: the predicted mask tinted, the ground truth outlined in green."""
+    picture = overlay(frame_rgb, pred, PRED_COLOUR)
+    contours, _ = cv2.findContours(gt.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(picture, contours, -1, GT_COLOUR, 1)
+    return resized_to_width(picture, width)
+
+
+def resized_to_width(picture_rgb: np.ndarray, width: int) -> np.ndarray:
+    """`picture_rgb` scaled to `width` pixels wide (area resampling down, nearest up: masks stay crisp)."""
+    h, w = picture_rgb.shape[:2]
+    if w == width:
+        return picture_rgb
+    size = (width, max(1, round(h * width / w)))
+    return cv2.resize(picture_rgb, size, interpolation=cv2.INTER_AREA if width < w else cv2.INTER_NEAREST)
+
+
+def jpeg_bytes(picture_rgb: np.ndarray, quality: int = 85) -> bytes:
+    ok, data = cv2.imencode(".jpg", np.ascontiguousarray(picture_rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise OSError("could not encode a JPEG picture")
+    return data.tobytes()
 
 
 def save_picture(path: Path, picture_rgb: np.ndarray) -> None:

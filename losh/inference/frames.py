@@ -10,10 +10,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from losh.errors import PredictError, PredictUsageError
 from losh.pipeline.video import VideoUnreadable, probe_frame_rate, resize_frame, stream_frames, target_size
+from losh.schemas.progress import progress_bar
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
@@ -64,7 +64,7 @@ class VideoFileFrames:
         except VideoUnreadable as e:
             raise PredictError(str(e)) from e
         self.passes += 1
-        for n, frame in tqdm(_decoded(self.path), desc="count frames", unit="frame", disable=not progress,
+        for n, frame in progress_bar(_decoded(self.path), desc="count frames", unit="frame", disable=not progress,
                              leave=False):
             if size is None:
                 size = (frame.height, frame.width)

@@ -29,6 +29,8 @@ what a killed run left, `.OUT.partial-<pid>`, is removed by the next run):
     OUT/predictions.json                      expressions, short texts, chosen query and score, frames, timings
     OUT/overlay.mp4, OUT/overlay.gif          each expression's mask in its own colour, with a legend
                                               (H.264 yuv420p, faststart; a downscaled GIF of <= 100 frames)
+    OUT/predict.html                          one self-contained page: the expressions, scores, and 8 frames spread
+                                              over the video with each expression's mask (with the overlay only)
 """
 from __future__ import annotations
 
@@ -42,15 +44,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from losh.errors import PredictError, PredictUsageError, first_line
 from losh.inference.drawing import PALETTE, legend_patch, render_overlay, write_preview
 from losh.inference.frames import FolderFrames, open_frames
+from losh.inference.predict_page import PAGE_FRAMES, predict_page, small
 from losh.pipeline.video import H264Writer, NoVideoEncoder, resize_frame
 from losh.schemas.atomic import atomic_write_json, remove_stale_staging, staging_path
 from losh.schemas.config import ModelConfig
 from losh.schemas.folders import publish_folder
+from losh.schemas.progress import progress_bar
 
 __all__ = ["PredictError", "PredictUsageError", "predict"]
 
@@ -193,14 +196,20 @@ def predict(checkpoint: Path, video: Path, texts: Sequence[str], out: Path, *, f
         timings["short_text_s"] = time.perf_counter() - t0
         stage = _prepare_out(out, overwrite)
         try:
+            page_frames: list = []
             report = _run(model, ckpt, source, texts, shorts, stage, dev=dev, amp=amp, window=window,
-                          overlay=overlay, progress=progress, spill_dir=spill_dir, timings=timings)
+                          overlay=overlay, progress=progress, spill_dir=spill_dir, timings=timings,
+                          page_frames=page_frames)
             report.update(video=str(video), checkpoint=str(checkpoint), resolution={**resolution,
                           "source": resolution_source}, requested_fps=fps,
                           weights="ema" if use_ema and ckpt.get("model_ema") is not None else "trained")
             timings["total_s"] = time.perf_counter() - started
             report["timings"] = {k: round(v, 3) for k, v in timings.items()}
             report["timings"]["frames_per_s"] = round(report["frames"] / max(timings["total_s"], 1e-9), 2)
+            if overlay:
+                report["page"] = "predict.html"
+                (stage / "predict.html").write_text(predict_page(report, page_frames, _colours(len(texts))),
+                                                    encoding="utf-8")
             atomic_write_json(stage / "predictions.json", report)
             publish_folder(stage, out)   # replaces what was there (checked before)
         except BaseException:
@@ -214,13 +223,14 @@ def predict(checkpoint: Path, video: Path, texts: Sequence[str], out: Path, *, f
 @torch.no_grad()
 def _run(model, ckpt: dict, source, texts: list[str], shorts: list[str] | None, stage: Path, *, dev: torch.device,
          amp: str, window: int, overlay: bool, progress: bool, spill_dir: Path | None,
-         timings: dict[str, float]) -> dict:
-    """Inference, then masks (and the overlay) streamed into `stage`."""
+         timings: dict[str, float], page_frames: list) -> dict:
+    """Inference, then masks (and the overlay) streamed into `stage`; with the overlay, `page_frames` receives the
+    frames predict.html shows (frame id, small frame, small masks)."""
     from losh.inference.video_inference import predict_video
 
     used: set[str] = set()
     slugs = [slugify(t, used) for t in texts]
-    colours = [PALETTE[k % len(PALETTE)] for k in range(len(texts))]
+    colours = _colours(len(texts))
     frames = len(source)
     t0 = time.perf_counter()
     prediction = predict_video(model, source, texts, shorts, window=window, output_size=source.original_size,
@@ -232,13 +242,14 @@ def _run(model, ckpt: dict, source, texts: list[str], shorts: list[str] | None, 
             (stage / slug).mkdir()
         writer = None
         keep_preview = set(preview_indices(frames)) if overlay else set()
+        keep_page = set(preview_indices(frames, PAGE_FRAMES)) if overlay else set()
         preview: list[np.ndarray] = []
         legend = None
         originals = source.originals() if overlay else None
         masks_s = overlay_s = 0.0
         stream = prediction.frame_masks()
         try:
-            for _ in tqdm(range(frames), desc="write masks", unit="frame", disable=not progress):
+            for _ in progress_bar(range(frames), desc="write masks", unit="frame", disable=not progress):
                 t0 = time.perf_counter()
                 t, masks = next(stream)
                 name = f"{source.frame_ids[t]:05d}.png"
@@ -260,6 +271,8 @@ def _run(model, ckpt: dict, source, texts: list[str], shorts: list[str] | None, 
                             raise PredictError(f"{e}: use --no-video") from e
                     picture = render_overlay(frame, masks, colours, legend)
                     writer.write(picture)
+                    if t in keep_page:
+                        page_frames.append((source.frame_ids[t], *small(frame, masks)))
                     if t in keep_preview:
                         scale = min(1.0, PREVIEW_WIDTH / picture.shape[1])
                         size = (max(1, round(picture.shape[0] * scale)), max(1, round(picture.shape[1] * scale)))
@@ -302,6 +315,11 @@ def _run(model, ckpt: dict, source, texts: list[str], shorts: list[str] | None, 
             "overlay": report_overlay,
             "data_preparation": ckpt.get("data_preparation"),
         }
+
+
+def _colours(count: int) -> list[tuple[int, int, int]]:
+    """One colour per expression, the overlay's and the page's."""
+    return [PALETTE[k % len(PALETTE)] for k in range(count)]
 
 
 def _sync(device: torch.device) -> None:

@@ -44,9 +44,9 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from losh.data.dataset import normalise_frames
+from losh.schemas.progress import progress_bar
 from losh.training.device import AMP_CHOICES, autocast_for
 
 SPILL_BYTES = 1 << 30          # mask logits above this go to a memmap in a temporary directory
@@ -307,7 +307,8 @@ def _window_outputs(model, source: FrameSource, long_texts: list[str], short_tex
     reader = ThreadPoolExecutor(max_workers=1)   # reads (decodes) the next window while the model runs
     try:
         pending = reader.submit(source.read, list(range(*windows[0][:2])))
-        for w, (start, stop, keep_from) in enumerate(tqdm(windows, desc="video", unit="window", disable=not progress)):
+        bar = progress_bar(windows, desc="video", unit="window", disable=not progress)
+        for w, (start, stop, keep_from) in enumerate(bar):
             clip = pending.result()
             if w + 1 < len(windows):
                 pending = reader.submit(source.read, list(range(*windows[w + 1][:2])))

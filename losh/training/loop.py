@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import sys
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -30,6 +31,7 @@ from losh.schemas.config import ModelConfig, with_overrides
 from losh.schemas.flows import FLOWS_DIR
 from losh.schemas.locks import folder_lock, refuse_if_locked
 from losh.schemas.prepared import still_images
+from losh.schemas.progress import progress_bar
 from losh.schemas.train import SAFE_TO_CHANGE_ON_RESUME, TrainSettings
 from losh.training.checkpoint import (
     CHECKPOINT_SCHEMA,
@@ -51,6 +53,15 @@ from losh.training.device import (
 from losh.training.ema import WeightAverage
 from losh.training.init_from import initialise_from
 from losh.training.optim import main_lr, param_groups, warmed_up
+from losh.training.tensorboard_log import (
+    cuda_memory,
+    learning_rates,
+    loss_scalars,
+    open_tensorboard,
+    validation_number,
+    validation_scalars,
+)
+from losh.training.throughput import Throughput
 
 
 class NonFiniteLoss(RuntimeError):
@@ -129,11 +140,12 @@ def forward_and_loss(model, criterion, batch: dict, device: torch.device, amp: s
 def train_step(net: torch.nn.Module, model: torch.nn.Module, criterion: torch.nn.Module,
                optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, batch: dict,
                device: torch.device, settings: TrainSettings, global_step: int,
-               ema: WeightAverage | None = None) -> dict[str, torch.Tensor]:
+               ema: WeightAverage | None = None, stats: dict | None = None) -> dict[str, torch.Tensor]:
     """One optimiser step on `batch` (the loop's body, also what the benchmarks time and count): forward, loss,
     backward, clipping, AdamW (with the warm-up), EMA. Returns the detached loss terms, still on the device;
     raises `NonFiniteOutputs` (with the terms) when the predictions or the loss are not finite (the weights are
-    then not updated). One host sync: the finiteness check."""
+    then not updated). One host sync: the finiteness check. `stats`, when given, receives "grad_norm": the
+    gradients' norm before clipping, on the device (read with the losses, at the log steps)."""
     losses = forward_and_loss(net, criterion, batch, device, settings.amp)
     loss = losses["loss"]
     if not torch.isfinite(loss):                     # the step's one sync: never step on a NaN
@@ -144,7 +156,9 @@ def train_step(net: torch.nn.Module, model: torch.nn.Module, criterion: torch.nn
     if settings.clip_max_norm > 0:
         if scale:
             scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_max_norm)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_max_norm)
+        if stats is not None:
+            stats["grad_norm"] = norm.detach()
     with warmed_up(optimizer, global_step, settings.lr_warmup_steps):
         if scale:
             scaler.step(optimizer)
@@ -418,6 +432,10 @@ def _train(data: Path | Sequence[Path], config: ModelConfig, out: Path, settings
             if progress:
                 tqdm.write(f"{init_report.line()}; lists in {out / 'init-from.json'}")
     log = open(out / "metrics.jsonl", "a", encoding="utf-8") if d.main else None
+    board = open_tensorboard(out, settings.log, global_step, lambda line: tqdm.write(line, file=sys.stderr)) \
+        if d.main else None
+    if board is not None:
+        stack.callback(board.close)
     if log and checkpoint is not None:
         log.write(json.dumps({"resume": {"epoch": epoch, "step": global_step,
                                          "changed": {k: list(v) for k, v in safe_changes.items()}}}) + "\n")
@@ -450,32 +468,42 @@ def _train(data: Path | Sequence[Path], config: ModelConfig, out: Path, settings
         dataset.set_epoch(epoch)
         net.train()
         window, whole_epoch = LossLog(), LossLog()      # since the last log line / this epoch, on the device
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", initial=step_in_epoch,
-                   total=step_in_epoch + len(loader), disable=not (progress and d.main))
-        for i, batch in enumerate(bar, start=step_in_epoch):
+        bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", initial=step_in_epoch,
+                           total=step_in_epoch + len(loader), disable=not (progress and d.main))
+        speed = Throughput(d.world_size)     # a new epoch: its loader's start-up counts as waiting
+        for i, batch in enumerate(speed.batches(bar), start=step_in_epoch):
+            stats: dict[str, torch.Tensor] = {}
             try:
-                last_step = train_step(net, model, criterion, optimizer, scaler, batch, dev, settings, global_step, ema)
+                last_step = train_step(net, model, criterion, optimizer, scaler, batch, dev, settings, global_step, ema,
+                                       stats=stats)
             except NonFiniteOutputs as error:   # NaN predictions or loss: stop before the weights change
                 where = f"at epoch {epoch + 1}, step {i + 1} (samples {batch['sample_id']})"
                 detail = "" if str(error) == "non-finite loss" else f" ({error})"
                 raise non_finite_loss(f"non-finite loss{detail} {where}", error.terms, ckpt_path) from None
-            window.add(last_step)
+            window.add({**last_step, **stats})
             whole_epoch.add(last_step)
+            speed.count(len(batch["frames"]))    # clips: a host tensor's size, no sync
             global_step += 1
             step_in_epoch = i + 1
             if global_step % settings.log_every_steps == 0:
                 means = window.mean_and_reset()      # the one device -> host copy of these steps' losses
+                grad_norm = means.pop("grad_norm", None)
                 bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in means.items()
                                  if k in ("loss", "loss_dice_long", "loss_lsi", "loss_fbc")})
+                warm = min(1.0, global_step / settings.lr_warmup_steps) if settings.lr_warmup_steps else 1.0
                 if log:
-                    warm = min(1.0, global_step / settings.lr_warmup_steps) if settings.lr_warmup_steps else 1.0
                     log.write(json.dumps({"epoch": epoch + 1, "step": global_step, "lr": main_lr(optimizer) * warm,
                                           "time_s": round(time.time() - start, 2), **means}) + "\n")
                     log.flush()
+                if board is not None:
+                    board.scalars(global_step, {**loss_scalars(means), **learning_rates(optimizer, warm),
+                                                "train/grad_norm": grad_norm, **speed.read(), **cuda_memory(dev)})
             if settings.checkpoint_every_steps and global_step % settings.checkpoint_every_steps == 0:
                 save(epoch, step_in_epoch)
             if settings.max_steps and global_step >= settings.max_steps:
                 stop = True
+                bar.n = step_in_epoch       # the bar counts a batch only when the next one is asked for
+                bar.close()
                 break
         if not stop:
             scheduler.step()
@@ -483,7 +511,14 @@ def _train(data: Path | Sequence[Path], config: ModelConfig, out: Path, settings
         save(epoch, step_in_epoch)       # before any evaluation: an evaluation that fails loses no training
         if settings.eval_every and step_in_epoch == 0 and (epoch % settings.eval_every == 0 or epoch == settings.epochs):
             if d.main:
-                metrics = validation_metrics(model, ema, data, settings)
+                number = validation_number(epoch, settings.eval_every)
+                pictures = board is not None and settings.log_images_every > 0 and \
+                    (number - 1) % settings.log_images_every == 0
+                metrics = validation_metrics(model, ema, data, settings, progress=progress, pictures=pictures)
+                if board is not None:
+                    board.scalars(global_step, validation_scalars(metrics))
+                    if metrics.get("overlays") is not None:
+                        board.picture("val/overlays", global_step, metrics["overlays"])
                 value = metrics.get(settings.best_metric)
                 if value is not None and (best is None or value > best["value"]):
                     best = {"metric": settings.best_metric, "value": value, "epoch": epoch}
@@ -513,12 +548,16 @@ def _train(data: Path | Sequence[Path], config: ModelConfig, out: Path, settings
             "init_from": init_report.line() if init_report is not None else None}
 
 
-def validation_metrics(model: torch.nn.Module, ema: WeightAverage | None, data: Path, settings: TrainSettings) -> dict:
+def validation_metrics(model: torch.nn.Module, ema: WeightAverage | None, data: Path, settings: TrainSettings, *,
+                       progress: bool = False, pictures: bool = False) -> dict:
     """Metrics of the weights that `losh evaluate` would score (the average when there is one) on the
-    validation split or its subset; the training weights and mode are left as they were."""
+    validation split or its subset; the training weights and mode are left as they were. With `pictures`, also
+    "overlays": an RGB picture of a fixed few validation expressions (frame, ground truth, long- and short-text
+    masks), the same expressions at every validation."""
     import copy
 
     from losh.evaluation.evaluate import evaluate_model
+    from losh.evaluation.validation_pictures import validation_overlays
 
     scored = model
     if ema is not None:
@@ -527,7 +566,10 @@ def validation_metrics(model: torch.nn.Module, ema: WeightAverage | None, data: 
     was_training = model.training
     try:
         # at the prepared size: no raw data set needed during training (`losh evaluate` scores the original size)
-        return evaluate_model(scored, data, split=settings.eval_split, max_samples=settings.eval_samples,
-                              resolution="prepared", progress=False, require_tagger=False)
+        metrics = evaluate_model(scored, data, split=settings.eval_split, max_samples=settings.eval_samples,
+                                 resolution="prepared", progress=progress, require_tagger=False)
+        if pictures:
+            metrics["overlays"] = validation_overlays(scored, data, settings.eval_split)
+        return metrics
     finally:
         model.train(was_training)
