@@ -157,9 +157,11 @@ def test_without_short_pathway_a_dense_layer_attends_to_the_long_tokens():
 
 # ------------------------------------------------------------------------------ 3. the model with it
 
-def test_config_switch_is_validated_and_defaults_to_deformable():
+def test_config_switch_is_validated_losh_s_takes_the_papers_form():
+    """losh-s: the paper's dense form (measured the better one); tiny-s and SgMg's own default: deformable."""
     assert get_config("tiny-s").sgmg.long_short_attention == "deformable"
-    assert get_config("losh-s").sgmg.long_short_attention == "deformable"
+    assert get_config("losh-s").sgmg.long_short_attention == "dense"
+    assert get_config("sgmg").sgmg.long_short_attention == "deformable"
     assert _dense_config().sgmg.long_short_attention == "dense"
     with pytest.raises(ConfigError, match="sgmg.long_short_attention"):
         with_overrides(get_config("tiny-s"), {"sgmg.long_short_attention": "sparse"})
