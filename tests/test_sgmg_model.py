@@ -819,7 +819,8 @@ def test_losh_s_and_sgmg_presets():
     assert baseline.loss.lsi == baseline.loss.match_lsi == baseline.loss.fbc == 0
     expected = with_overrides(config, {"name": "sgmg", "use_short_text": False, "transformer.cross_attention": "none",
                                        "loss.lsi": 0.0, "loss.match_lsi": 0.0, "loss.fbc": 0.0,
-                                       "inference_short_pathway": "none"})
+                                       "inference_short_pathway": "none",
+                                       "sgmg.long_short_attention": "deformable"})   # SgMg has no such attention
     assert baseline == expected                                     # nothing else differs
     swin_b = with_overrides(config, {"backbone.variant": "swin-b"}).backbone
     assert (swin_b.embed_dim, swin_b.depths, swin_b.num_heads) == (128, (2, 2, 18, 2), (4, 8, 16, 32))
