@@ -1,5 +1,7 @@
 import importlib.util
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,3 +56,12 @@ def prepared_with_flows(prepared, tmp_path_factory) -> Path:
     shutil.copytree(prepared, out)
     compute_flows(out, workers=0, progress=False)
     return out
+
+
+@pytest.fixture()
+def live_process():
+    """A process that runs while the test does (a lock's or a staging folder's live owner)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield proc
+    proc.kill()
+    proc.wait()

@@ -65,14 +65,6 @@ def dead_pid() -> int:
     return proc.pid
 
 
-@pytest.fixture()
-def live_process():
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    yield proc
-    proc.kill()
-    proc.wait()
-
-
 def user_data(folder: Path) -> dict[str, bytes]:
     """A folder that looks like a real data set (the a2d layout's names) plus a file of the user's."""
     (folder / "Release").mkdir(parents=True)

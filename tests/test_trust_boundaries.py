@@ -159,14 +159,6 @@ def test_resuming_mid_epoch_is_bit_identical(prepared, tmp_path):
 
 # ------------------------------------------------------------------------------------------ locks
 
-@pytest.fixture()
-def live_process():
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    yield proc
-    proc.kill()
-    proc.wait()
-
-
 def _plant_lock(folder: Path, pid: int, command: str = "losh train") -> None:
     import socket
 

@@ -265,10 +265,10 @@ def check_data_matches_config(manifest: dict, config: ModelConfig) -> None:
                          f"(another --out)")
 
 
-def check_same_short_text(sets: Sequence[Path]) -> None:
-    """The sets of a mixture hold the same kind of short text (source and rule): one config trains on them."""
-    kinds = {str(p): (m["short_text"]["source"], m["short_text"].get("rule"))
-             for p, m in ((p, dataset_manifest(p)) for p in sets)}
+def check_same_short_text(manifests: dict[Path, dict]) -> None:
+    """The sets of a mixture ({path: manifest}) hold the same kind of short text (source and rule): one config
+    trains on them."""
+    kinds = {str(p): (m["short_text"]["source"], m["short_text"].get("rule")) for p, m in manifests.items()}
     if len(set(kinds.values())) > 1:
         raise ValueError("the prepared sets of --data hold different short texts (" + ", ".join(
             f"{p}: {source}{f' {rule}' if rule else ''}" for p, (source, rule) in kinds.items())
@@ -308,10 +308,11 @@ def _train(data: Path | Sequence[Path], config: ModelConfig, out: Path, settings
         torch.backends.cudnn.benchmark = True
     out = Path(out)
     refuse_if_locked(out, "losh train")      # another process writes this run now: say so before anything else
-    manifest = dataset_manifest(data)
-    for other in sets:                              # the config as asked, before the data's values fill it in
-        check_data_matches_config(dataset_manifest(other), config)
-    check_same_short_text(sets)
+    manifests = {prep: dataset_manifest(prep) for prep in sets}
+    manifest = manifests[data]
+    for other in manifests.values():                # the config as asked, before the data's values fill it in
+        check_data_matches_config(other, config)
+    check_same_short_text(manifests)
     short_text_line = short_text_note(config, manifest)
     config = config_for_data(config, manifest)
     ckpt_path = out / "checkpoints" / "last.pt"
@@ -351,7 +352,7 @@ def _train(data: Path | Sequence[Path], config: ModelConfig, out: Path, settings
     parts = []
     for prep in sets:
         # still images: clips of the config's window made from each (losh/data/still_images.py)
-        clip_frames = config.window if still_images(dataset_manifest(prep), "train") else None
+        clip_frames = config.window if still_images(manifests[prep], "train") else None
         if settings.expressions_per_clip > 1:
             parts.append(ClipDataset(prep, "train", max_expressions=settings.expressions_per_clip,
                                      with_flows=with_flows, seed=settings.seed, augment=augment,

@@ -12,7 +12,8 @@ Terms (unweighted; "_aux{i}" for the earlier decoder layers), per pathway `p`:
                                 (the short pathway's target: the short expression's possibly merged mask and box)
     loss_focal_p, loss_dice_p   its masks at the input resolution over the supervised frames / num_boxes
     loss_focal_low_p, loss_dice_low_p   the same at stride 2 (the mask head's output before refinement)
-and loss_lsi (eq. 1 on the matched query's long and short masks, per frame as LoSh-M, batch mean) and loss_fbc (eq. 6), as LoSh-M.
+and loss_lsi (eq. 1 on the matched query's long and short masks, per frame, batch mean) and loss_fbc (eq. 6), as
+LoSh-M.
 num_boxes is SgMg's: the number of supervised frames where the object is visible (mean over processes, >= 1).
 Boxes come from the masks (a mask-only data set): normalised (cx, cy, w, h) of the frame's valid area.
 Frames without the object: with `loss.boxes_in_absent_frames` (SgMg, the `losh-s` and `sgmg` presets) their box

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from losh.models.losh_s.deformable_attention import MSDeformAttn, level_shapes, spatial_shapes_tensor
 from losh.models.losh_s.dense_cross_attention import DenseCrossAttentionLayer
+from losh.models.losh_s.post_norm import PostNormFeedForward
 from losh.models.shared.long_short import cross_attention_layers
 
 
@@ -62,20 +63,14 @@ def scale_by_valid_ratios(reference_points: Tensor, valid_ratios: Tensor) -> Ten
     return reference_points[:, :, None] * valid_ratios[:, None]
 
 
-class DeformableEncoderLayer(nn.Module):
+class DeformableEncoderLayer(PostNormFeedForward):
     """Deformable self-attention over all levels, then a feed-forward block; post-norm."""
 
     def __init__(self, d_model: int = 256, dim_feedforward: int = 1024, dropout: float = 0.1, n_levels: int = 4,
                  n_heads: int = 8, n_points: int = 4) -> None:
         super().__init__()
         self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
-        self.dropout1 = nn.Dropout(dropout)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.dropout2 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
-        self.dropout3 = nn.Dropout(dropout)
-        self.norm2 = nn.LayerNorm(d_model)
+        self.build_block(d_model, dim_feedforward, dropout)
 
     def forward(self, src: Tensor, pos: Tensor, reference_points: Tensor, spatial_shapes: Tensor,
                 level_start_index: Tensor, padding_mask: Tensor | None = None, source: Tensor | None = None) -> Tensor:
@@ -84,9 +79,7 @@ class DeformableEncoderLayer(nn.Module):
         cross-attention: long tokens query, the short pathway's tokens are sampled)."""
         values = src if source is None else source
         attended = self.self_attn(src + pos, reference_points, values, spatial_shapes, level_start_index, padding_mask)
-        src = self.norm1(src + self.dropout1(attended))
-        feed_forward = self.linear2(self.dropout2(F.relu(self.linear1(src))))
-        return self.norm2(src + self.dropout3(feed_forward))
+        return self.finish(src, attended)
 
 
 class LongShortDeformableEncoder(nn.Module):

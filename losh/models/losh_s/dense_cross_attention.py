@@ -15,28 +15,24 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from losh.models.losh_s.post_norm import PostNormFeedForward
 
-class DenseCrossAttentionLayer(nn.Module):
+
+class DenseCrossAttentionLayer(PostNormFeedForward):
     """Multi-head attention from the layer's tokens (queries) to a source's tokens of the same frame (keys and
     values, every level), then a feed-forward block; post-norm, as `DeformableEncoderLayer`."""
 
     def __init__(self, d_model: int = 256, n_heads: int = 8, dim_feedforward: int = 1024,
                  dropout: float = 0.1) -> None:
-        super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model must be divisible by n_heads, got {d_model} and {n_heads}")
+        super().__init__()
         self.n_heads = n_heads
         self.query_proj = nn.Linear(d_model, d_model)
         self.key_proj = nn.Linear(d_model, d_model)
         self.value_proj = nn.Linear(d_model, d_model)
         self.output_proj = nn.Linear(d_model, d_model)
-        self.dropout1 = nn.Dropout(dropout)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.dropout2 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
-        self.dropout3 = nn.Dropout(dropout)
-        self.norm2 = nn.LayerNorm(d_model)
+        self.build_block(d_model, dim_feedforward, dropout)
         for projection in (self.query_proj, self.key_proj, self.value_proj, self.output_proj):
             nn.init.xavier_uniform_(projection.weight)   # as nn.MultiheadAttention starts
             nn.init.zeros_(projection.bias)
@@ -68,7 +64,4 @@ class DenseCrossAttentionLayer(nn.Module):
         no query attends to -> (N, S, d). Called as `DeformableEncoderLayer` is: the reference points and level
         shapes, which dense attention does not need, are accepted and unused."""
         source = src if source is None else source
-        attended = self.attend(src + pos, source + pos, source, padding_mask)
-        src = self.norm1(src + self.dropout1(attended))
-        feed_forward = self.linear2(self.dropout2(F.relu(self.linear1(src))))
-        return self.norm2(src + self.dropout3(feed_forward))
+        return self.finish(src, self.attend(src + pos, source + pos, source, padding_mask))
